@@ -1,0 +1,13 @@
+"""decodelab: every decoding algorithm on any Hugging Face causal LM, under one API."""
+
+from .api import generate, generate_batch, next_token_probs, stream
+from .engine import Event, Generation
+from .errors import DecodelabError, ModelError
+from .methods import MethodInfo, methods
+from .model import LM, builtin_path, load
+from .stats import Stats
+
+__version__ = "0.1.0"
+
+__all__ = ["LM", "DecodelabError", "Event", "Generation", "MethodInfo", "ModelError", "Stats",
+           "builtin_path", "generate", "generate_batch", "load", "methods", "next_token_probs", "stream"]

@@ -1,0 +1,95 @@
+"""The public Python API: generate, stream, generate_batch, next_token_probs, methods."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from .engine import Event, Generation, run_method
+from .methods import get
+from .model import LM, Session
+from .processors import Sampler, check_sampling_params
+
+
+def _prompt_ids(lm: LM, prompt: str | list[int]) -> list[int]:
+    if isinstance(prompt, str):
+        ids = lm.encode(prompt)
+    elif isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        ids = list(prompt)
+        bad = [t for t in ids if not 0 <= t < lm.vocab_size]
+        if bad:
+            raise ValueError(f"prompt token id {bad[0]} out of range [0, {lm.vocab_size})")
+    else:
+        raise ValueError("prompt must be a str or a list of int token ids")
+    if not ids:
+        raise ValueError("prompt is empty: give at least one token")
+    if len(ids) >= lm.max_length:
+        raise ValueError(f"prompt has {len(ids)} tokens; the model's maximum context is {lm.max_length}")
+    return ids
+
+
+def _check_common(max_new_tokens: int, stop) -> list[str]:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer ≥ 1, got {max_new_tokens!r}")
+    stop = [stop] if isinstance(stop, str) else list(stop or [])
+    if any(not isinstance(s, str) or not s for s in stop):
+        raise ValueError("stop must be a non-empty string or a list of non-empty strings")
+    return stop
+
+
+def _run(lm, prompts, method, max_new_tokens, seed, stop, params) -> Iterator[Event]:
+    info = get(method)
+    checked = info.check_params(params)
+    stop = _check_common(max_new_tokens, stop)
+    ids = [_prompt_ids(lm, p) for p in prompts]
+    if len(ids) > 1 and not info.batched:
+        return _one_by_one(info, lm, ids, checked, max_new_tokens, seed, stop)
+    return run_method(info, lm, ids, checked, max_new_tokens, seed, stop)
+
+
+def _one_by_one(info, lm, ids, params, max_new_tokens, seed, stop) -> Iterator[Event]:
+    for b, prompt in enumerate(ids):
+        for event in run_method(info, lm, [prompt], params, max_new_tokens, seed, stop):
+            event.row = b
+            yield event
+
+
+def stream(lm: LM, prompt: str | list[int], *, method: str = "greedy", max_new_tokens: int = 64,
+           seed: int | None = None, stop: str | list[str] | None = None, **params) -> Iterator[Event]:
+    """Yield events with each new text piece; the last event carries the final `Generation`."""
+    return _run(lm, [prompt], method, max_new_tokens, seed, stop, params)
+
+
+def generate(lm: LM, prompt: str | list[int], *, method: str = "greedy", max_new_tokens: int = 64,
+             seed: int | None = None, stop: str | list[str] | None = None, **params) -> Generation:
+    """Generate a continuation of one prompt with any registered method."""
+    for event in stream(lm, prompt, method=method, max_new_tokens=max_new_tokens, seed=seed, stop=stop, **params):
+        if event.generation is not None:
+            return event.generation
+    raise RuntimeError("engine ended without a result")  # pragma: no cover
+
+
+def generate_batch(lm: LM, prompts: list[str | list[int]], *, method: str = "greedy", max_new_tokens: int = 64,
+                   seed: int | None = None, stop: str | list[str] | None = None, **params) -> list[Generation]:
+    """Generate for several prompts: one left-padded batch for batched methods, else one by one."""
+    if not prompts:
+        raise ValueError("prompts is empty")
+    results: dict[int, Generation] = {}
+    for event in _run(lm, list(prompts), method, max_new_tokens, seed, stop, params):
+        if event.generation is not None:
+            results[event.row] = event.generation
+    return [results[b] for b in range(len(prompts))]
+
+
+@torch.inference_mode()
+def next_token_probs(lm: LM, prompt: str | list[int], **params) -> torch.Tensor:
+    """[vocab_size] next-token distribution after the processors `params` switch on."""
+    checked = check_sampling_params(params)
+    unknown = sorted(set(params) - set(checked))
+    if unknown:
+        raise ValueError(f"unknown sampling parameter {unknown[0]!r}; allowed: {', '.join(sorted(checked))}")
+    ids = _prompt_ids(lm, prompt)
+    logits = Session(lm).forward(ids, last_only=True)[:, -1]
+    sampler = Sampler(checked, prompt_len=len(ids))
+    return sampler.probs(torch.tensor([ids]), logits)[0]

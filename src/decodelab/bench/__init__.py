@@ -1,0 +1,1 @@
+"""decodelab bench: side-by-side benchmark of decoding methods (suites, protocol, reports)."""

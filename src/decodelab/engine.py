@@ -1,0 +1,188 @@
+"""The decoding engine: prefill, the method's step generator, and all output bookkeeping.
+
+The engine knows nothing about how a method finds its tokens; a method knows nothing about stop
+strings, EOS, text or timing (cf. nanochat's engine as a generator of token events). `stream`
+yields `Event`s; `generate` consumes the same stream.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from .model import LM, Session
+from .processors import Sampler
+from .stats import Stats
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    stats: Stats
+    method: str = ""
+    params: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "params": self.params, "text": self.text,
+                "token_ids": self.token_ids, "finish_reason": self.finish_reason,
+                "stats": self.stats.to_dict()}
+
+
+@dataclass
+class Event:
+    """A streamed piece: `text` new since the last event (row `row`); `generation` on the last one."""
+
+    text: str
+    token_ids: list[int]
+    row: int = 0
+    generation: Generation | None = None
+
+
+class Context:
+    """What a method sees: the model, prompts, sampler, RNG, stats and the tokens emitted so far."""
+
+    def __init__(self, lm: LM, prompts: list[list[int]], params: dict, sampler: Sampler,
+                 generator: torch.Generator | None, max_new_tokens: int, stats: Stats):
+        self.lm = lm
+        self.prompts = prompts
+        self.params = params
+        self.sampler = sampler
+        self.generator = generator
+        self.max_new_tokens = max_new_tokens
+        self.stats = stats
+        self.out: list[list[int]] = [[] for _ in prompts]
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.prompts)
+
+    def ids(self, row: int = 0) -> list[int]:
+        """Prompt + tokens emitted so far for one row."""
+        return self.prompts[row] + self.out[row]
+
+    def remaining(self, row: int = 0) -> int:
+        """Tokens this row may still emit: the lesser of max_new_tokens and the context left."""
+        return min(self.max_new_tokens, self.lm.max_length - len(self.prompts[row])) - len(self.out[row])
+
+    def session(self, lm: LM | None = None, role: str = "target") -> Session:
+        return Session(lm or self.lm, self.batch_size, stats=self.stats, role=role)
+
+    def padded_prompts(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[B, L] left-padded prompt ids and the [B, L] pad mask (None when all rows are equal length)."""
+        width = max(len(p) for p in self.prompts)
+        if all(len(p) == width for p in self.prompts):
+            return torch.tensor(self.prompts, dtype=torch.long), None
+        pad = self.lm.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in self.prompts], dtype=torch.long)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in self.prompts], dtype=torch.long)
+        return ids, mask
+
+    def history(self) -> torch.Tensor:
+        """[B, L] padded prompt + generated ids: the input_ids processors see."""
+        ids, _ = self.padded_prompts()
+        gen = torch.tensor(self.out, dtype=torch.long).reshape(self.batch_size, -1)
+        return torch.cat([ids, gen], dim=1)
+
+
+class _RowState:
+    """Per-row stop detection: EOS, stop strings, length."""
+
+    def __init__(self, lm: LM, stop: list[str], prompt_len: int):
+        self.lm, self.stop = lm, stop
+        self.tokens: list[int] = []
+        self.text = ""
+        self.sent = 0  # characters of text already streamed
+        self.finish: str | None = None
+
+    def add(self, tokens: list[int], remaining: int) -> list[int]:
+        """Append tokens up to the first stop condition; return the ones kept."""
+        kept = []
+        for t in tokens:
+            if self.finish:
+                break
+            kept.append(t)
+            self.tokens.append(t)
+            if t in self.lm.eos_token_ids:
+                self.finish = "eos"
+            elif self._hit_stop():
+                self.finish = "stop"
+            elif len(kept) >= remaining:
+                self.finish = "length"
+        if not self.finish or self.finish == "length":
+            self.text = self.lm.decode(self.tokens)
+        return kept
+
+    def _hit_stop(self) -> bool:
+        if not self.stop:
+            return False
+        text = self.lm.decode(self.tokens)
+        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
+        if cut < 0:
+            self.text = text
+            return False
+        self.text = text[:cut]
+        return True
+
+    def visible_text(self) -> str:
+        """Text that is final: holds back a possible partial stop string and a partial UTF-8 char."""
+        text = self.text
+        if self.finish:
+            return text
+        hold = max((len(s) - 1 for s in self.stop), default=0)
+        end = len(text) - hold
+        while end > 0 and text[end - 1] == "\ufffd":
+            end -= 1
+        return text[: max(end, self.sent)]
+
+
+def run_method(info, lm: LM, prompts: list[list[int]], params: dict, max_new_tokens: int,
+               seed: int | None, stop: list[str]) -> Iterator[Event]:
+    """Drive one method over a batch of prompts, yielding events; the last per row carries a Generation."""
+    stats = Stats()
+    sampler = Sampler(params, prompt_len=max(len(p) for p in prompts))
+    generator = None
+    if not sampler.greedy:
+        generator = torch.Generator(device="cpu")
+        generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
+    ctx = Context(lm, prompts, params, sampler, generator, max_new_tokens, stats)
+    rows = [_RowState(lm, stop, len(p)) for p in prompts]
+    t0 = time.perf_counter()
+    steps = info.run(ctx)
+    try:
+        for i, emitted in enumerate(steps):
+            kept_before = sum(len(r.tokens) for r in rows)
+            yield from _absorb(ctx, rows, emitted)
+            if i > 0:
+                stats.record_step((sum(len(r.tokens) for r in rows) - kept_before) / len(rows))
+            if all(r.finish for r in rows):
+                break
+    finally:
+        steps.close()
+    stats.wall_time_s = time.perf_counter() - t0
+    stats.new_tokens = sum(len(r.tokens) for r in rows)
+    for b, row in enumerate(rows):
+        gen = Generation(_final_text(lm, row), row.tokens, row.finish or "length", stats, info.name, params)
+        yield Event(gen.text[row.sent:], [], b, gen)
+
+
+def _absorb(ctx: Context, rows: list[_RowState], emitted: list[list[int]]) -> Iterator[Event]:
+    for b, (row, tokens) in enumerate(zip(rows, emitted)):
+        if row.finish:
+            continue
+        kept = row.add(tokens, ctx.remaining(b))
+        ctx.out[b].extend(kept)
+        visible = row.visible_text()
+        if kept and len(visible) > row.sent:
+            yield Event(visible[row.sent:], kept, b)
+            row.sent = len(visible)
+
+
+def _final_text(lm: LM, row: _RowState) -> str:
+    if row.finish == "eos":
+        return lm.decode(row.tokens[:-1])
+    return row.text

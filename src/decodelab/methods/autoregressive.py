@@ -1,0 +1,39 @@
+"""Plain autoregressive decoding: `greedy` (argmax) and `sample` (ancestral sampling).
+
+Batched with left padding. These are the references every lossless method is tested against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from .registry import register
+
+
+def prefill(ctx, session) -> "torch.Tensor":  # noqa: F821
+    """Run every prompt through `session`; return the last position's logits [B, V]."""
+    ids, mask = ctx.padded_prompts()
+    return session.forward(ids, pad_mask=mask, last_only=True)[:, -1]
+
+
+def autoregressive(ctx) -> Iterator[list[list[int]]]:
+    session = ctx.session()
+    logits = prefill(ctx, session)  # [B, V]
+    while True:
+        history = ctx.history() if ctx.sampler.needs_history else None
+        token = ctx.sampler.sample(ctx.sampler.probs(history, logits), ctx.generator)  # [B]
+        yield [[t] for t in token.tolist()]
+        logits = session.forward(token[:, None])[:, -1]
+
+
+@register("greedy", description="Greedy decoding: the argmax token at every step.", lossless=True,
+          batched=True, temperature=0.0)
+def greedy(ctx) -> Iterator[list[list[int]]]:
+    return autoregressive(ctx)
+
+
+@register("sample", description="Ancestral sampling from the processed next-token distribution "
+          "(temperature, top-k/p, min-p, typical, ε/η, penalties).", lossless=True, batched=True,
+          temperature=1.0)
+def sample(ctx) -> Iterator[list[list[int]]]:
+    return autoregressive(ctx)

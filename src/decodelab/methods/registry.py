@@ -1,0 +1,106 @@
+"""The methods registry: `@register(name, ...)` on a decoding method; CLI, server and bench read it.
+
+A method is a generator function `run(ctx) -> Iterator[list[list[int]]]`. Each item it yields is the
+list of new tokens per batch row: the first item is the token prefill emits, every later item one
+decoding step (≥ 1 token). The engine owns everything else — stopping at EOS / stop strings /
+`max_new_tokens` / context length, cutting tokens past the stop, text, events and timing — so a
+method never repeats output bookkeeping.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..processors import SAMPLING_DEFAULTS, check_sampling_params
+
+
+@dataclass(frozen=True)
+class Param:
+    """A method parameter: default plus the allowed range (inclusive) or choices."""
+
+    default: Any
+    low: float | None = None
+    high: float | None = None
+    choices: tuple | None = None
+    help: str = ""
+
+    def check(self, name: str, value: Any) -> Any:
+        if self.choices is not None:
+            if value not in self.choices:
+                raise ValueError(f"{name} must be one of {list(self.choices)}, got {value!r}")
+            return value
+        if isinstance(self.default, str):
+            if not isinstance(value, str):
+                raise ValueError(f"{name} must be a string, got {value!r}")
+            return value
+        return self._check_number(name, value)
+
+    def _check_number(self, name: str, value: Any) -> Any:
+        rng = f"[{self.low}, {self.high if self.high is not None else '∞'}]"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            raise ValueError(f"{name} must be a number in {rng}, got {value!r}")
+        if isinstance(self.default, int) and not isinstance(self.default, bool):
+            if value != int(value):
+                raise ValueError(f"{name} must be an integer in {rng}, got {value!r}")
+            value = int(value)
+        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+            raise ValueError(f"{name} must be in {rng}, got {value!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    name: str
+    description: str
+    lossless: bool
+    paper: str | None
+    specs: dict[str, Param]
+    run: Callable[..., Iterator[list[list[int]]]] = field(repr=False)
+    batched: bool = False
+    temperature: float = 0.0  # default temperature
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Name → default: the method's own parameters, then the sampling parameters."""
+        return {**{k: p.default for k, p in self.specs.items()},
+                **SAMPLING_DEFAULTS, "temperature": self.temperature}
+
+    def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Fill defaults and validate; unknown names raise ValueError naming them."""
+        unknown = sorted(set(params) - set(self.params))
+        if unknown:
+            raise ValueError(f"unknown parameter {unknown[0]!r} for method {self.name!r}; "
+                             f"allowed: {', '.join(sorted(self.params))}")
+        merged = check_sampling_params({"temperature": self.temperature, **params})
+        for name, spec in self.specs.items():
+            merged[name] = spec.check(name, params.get(name, spec.default))
+        return merged
+
+
+_REGISTRY: dict[str, MethodInfo] = {}
+
+
+def register(name: str, *, description: str, lossless: bool, paper: str | None = None,
+             params: dict[str, Param] | None = None, batched: bool = False, temperature: float = 0.0):
+    def wrap(fn):
+        _REGISTRY[name] = MethodInfo(name, description, lossless, paper, dict(params or {}), fn,
+                                     batched, temperature)
+        return fn
+    return wrap
+
+
+def methods() -> dict[str, MethodInfo]:
+    """All registered methods by name."""
+    from . import _load_all  # noqa: F401  (importing registers every method)
+
+    return dict(_REGISTRY)
+
+
+def get(name: str) -> MethodInfo:
+    table = methods()
+    if name not in table:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(table))}")
+    return table[name]

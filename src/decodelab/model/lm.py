@@ -1,0 +1,160 @@
+"""Loading: embedded builtin models, local Hugging Face directories, Hub ids — with clear errors."""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..errors import ModelError
+
+if TYPE_CHECKING:
+    from .session import Session
+
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "builtin"
+DEFAULT_MODEL = "builtin:pyco"
+DRAFTS = {"builtin:pyco": "builtin:pyco-draft"}
+
+
+def builtin_path(name: str) -> Path:
+    """Local directory of an embedded model (`builtin:pyco` or `pyco`)."""
+    short = name.removeprefix("builtin:")
+    path = BUILTIN_DIR / short
+    if not (path / "config.json").exists():
+        known = sorted(p.name for p in BUILTIN_DIR.iterdir() if (p / "config.json").exists()) if BUILTIN_DIR.exists() else []
+        raise ModelError(f"no embedded model {name!r}; embedded models: {['builtin:' + k for k in known]}")
+    return path
+
+
+def _resolve(name: str) -> tuple[Path | str, bool]:
+    """(location, is_local) for a builtin name, a local directory, or a Hub id."""
+    if name.startswith("builtin:"):
+        return builtin_path(name), True
+    path = Path(name).expanduser()
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        if not path.is_dir():
+            raise ModelError(f"model path {name!r} does not exist or is not a directory")
+        return path, True
+    return name, False
+
+
+def _check_local_dir(path: Path, allow_pickle: bool) -> None:
+    if not (path / "config.json").exists():
+        raise ModelError(f"{path}: no config.json — not a Hugging Face model directory")
+    has_safetensors = any(path.glob("*.safetensors")) or (path / "model.safetensors.index.json").exists()
+    has_pickle = any(path.glob("*.bin")) or any(path.glob("*.pt"))
+    if not has_safetensors and has_pickle and not allow_pickle:
+        raise ModelError(f"{path}: only pickle weights (*.bin); refusing to unpickle — pass allow_pickle=True to trust them")
+    if not has_safetensors and not has_pickle:
+        raise ModelError(f"{path}: no weights (*.safetensors) found")
+    if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")):
+        raise ModelError(f"{path}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
+    config = json.loads((path / "config.json").read_text())
+    if config.get("auto_map") and not config.get("model_type"):
+        raise ModelError(f"{path}: needs remote code; pass trust_remote_code=True if you trust it")
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+
+
+def load(name: str | None = None, *, device: str = "cpu", dtype: torch.dtype | str | None = None,
+         allow_pickle: bool = False, trust_remote_code: bool = False) -> "LM":
+    """Load a causal LM + tokenizer. `name=None` → the embedded default `builtin:pyco`."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    name = name or DEFAULT_MODEL
+    location, local = _resolve(name)
+    if local:
+        _check_local_dir(Path(location), allow_pickle)
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    dtype = dtype or (torch.float32 if device == "cpu" else torch.float16)
+    try:
+        config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # noqa: BLE001 - any failure here is the user's model, reported in one line
+        raise ModelError(f"{name}: cannot read config — {_short(exc)}") from None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            location, dtype=dtype, use_safetensors=None if allow_pickle else True,
+            trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        if "Unrecognized configuration" in str(exc) or "model type" in str(exc):
+            raise ModelError(f"{name}: unsupported architecture {getattr(config, 'model_type', '?')!r} "
+                             "(not a causal LM transformers knows)") from None
+        raise ModelError(f"{name}: cannot load weights — {_short(exc)}") from None
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(f"{name}: cannot load weights — {_short(exc)}") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(f"{name}: cannot load tokenizer — {_short(exc)}") from None
+    return LM(model.to(device).eval(), tokenizer, name=name)
+
+
+class LM:
+    """A loaded causal LM: the HF model, its tokenizer, and the facts decoding needs.
+
+    `model` and `tokenizer` are the plain transformers objects; decoding code reaches the model
+    only through `Session` (see session.py).
+    """
+
+    def __init__(self, model, tokenizer, name: str = "custom"):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.config = model.config
+        self.state: dict = {}  # per-model state that methods keep across calls (e.g. token recycling)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @cached_property
+    def vocab_size(self) -> int:
+        """Size of the logits' last dimension."""
+        return self.model.get_output_embeddings().weight.shape[0]
+
+    @cached_property
+    def max_length(self) -> int:
+        """Longest sequence (prompt + generated) the model accepts."""
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            value = getattr(self.config, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return 1 << 20
+
+    @cached_property
+    def eos_token_ids(self) -> frozenset[int]:
+        ids = set()
+        for src in (getattr(self.model, "generation_config", None), self.config, self.tokenizer):
+            value = getattr(src, "eos_token_id", None) if src is not None else None
+            if value is not None:
+                ids.update(value if isinstance(value, (list, tuple)) else [value])
+        return frozenset(int(i) for i in ids)
+
+    @cached_property
+    def pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad) if pad is not None else min(self.eos_token_ids, default=0)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def session(self, batch_size: int = 1) -> "Session":
+        from .session import Session
+
+        return Session(self, batch_size)
+
+    def __repr__(self) -> str:
+        n = sum(p.numel() for p in self.model.parameters())
+        return f"LM({self.name!r}, {self.config.model_type}, {n / 1e6:.1f}M params, {self.dtype}, {self.device})"

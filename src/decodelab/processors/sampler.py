@@ -1,0 +1,96 @@
+"""The sampler: turns a model's next-token logits into the distribution every decoding method draws from.
+
+Logits processors (penalties) run first, then — unless temperature is 0 (greedy) — the warpers in
+Hugging Face's order. `Sampler.probs` is the target distribution that ancestral sampling draws from
+and that speculative verification must preserve; `probs_rows` gives one per draft position, each with
+its own history, for chain and tree drafts (Leviathan et al., "Fast Inference from Transformers via
+Speculative Decoding", arXiv:2211.17192).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from decodelab.processors.history import NoRepeatNGram, PresenceFrequencyPenalty, RepetitionPenalty
+from decodelab.processors.params import SAMPLING_DEFAULTS
+from decodelab.processors.warpers import EpsilonCutoff, EtaCutoff, MinP, Temperature, TopK, TopP, Typical
+
+Processor = Callable[[torch.LongTensor, torch.FloatTensor], torch.FloatTensor]
+
+
+def build_logits_processors(params: dict, prompt_len: int) -> list[Processor]:
+    """The penalties that `params` switch on, in application order."""
+    p = {**SAMPLING_DEFAULTS, **params}
+    chain: list[Processor] = []
+    if p["repetition_penalty"] != 1.0:
+        chain.append(RepetitionPenalty(p["repetition_penalty"]))
+    if p["presence_penalty"] != 0 or p["frequency_penalty"] != 0:
+        chain.append(PresenceFrequencyPenalty(p["presence_penalty"], p["frequency_penalty"], prompt_len))
+    if p["no_repeat_ngram_size"] > 0:
+        chain.append(NoRepeatNGram(p["no_repeat_ngram_size"]))
+    return chain
+
+
+def build_warpers(params: dict) -> list[Processor]:
+    """The warpers that `params` switch on, in Hugging Face's order (none for temperature 0)."""
+    p = {**SAMPLING_DEFAULTS, **params}
+    if p["temperature"] == 0:
+        return []
+    switched = [
+        (p["temperature"] != 1, Temperature, "temperature"),
+        (p["top_k"] > 0, TopK, "top_k"),
+        (p["top_p"] < 1, TopP, "top_p"),
+        (p["min_p"] > 0, MinP, "min_p"),
+        (p["typical_p"] < 1, Typical, "typical_p"),
+        (p["epsilon_cutoff"] > 0, EpsilonCutoff, "epsilon_cutoff"),
+        (p["eta_cutoff"] > 0, EtaCutoff, "eta_cutoff"),
+    ]
+    return [cls(p[name]) for on, cls, name in switched if on]
+
+
+def _apply(chain: list[Processor], input_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    for processor in chain:
+        logits = processor(input_ids, logits)
+    return logits
+
+
+class Sampler:
+    """Processors for one request; `prompt_len` marks where generated tokens start in `input_ids`."""
+
+    def __init__(self, params: dict, prompt_len: int):
+        self.greedy: bool = {**SAMPLING_DEFAULTS, **params}["temperature"] == 0
+        self.logits_processors = build_logits_processors(params, prompt_len)
+        self.warpers = build_warpers(params)
+
+    @property
+    def needs_history(self) -> bool:
+        return any(p.needs_history for p in self.logits_processors + self.warpers)
+
+    def process(self, input_ids: torch.LongTensor, logits: torch.FloatTensor) -> torch.FloatTensor:
+        # input_ids: [B, L] (prompt included); logits: [B, V] → [B, V], -inf for removed tokens
+        return _apply(self.logits_processors + self.warpers, input_ids, logits)
+
+    def probs(self, input_ids: torch.LongTensor, logits: torch.FloatTensor) -> torch.FloatTensor:
+        # input_ids: [B, L]; logits: [B, V] → [B, V] float32 distribution (one-hot when greedy)
+        if not self.greedy:
+            return self.process(input_ids, logits).float().softmax(dim=-1)
+        best = _apply(self.logits_processors, input_ids, logits).argmax(dim=-1, keepdim=True)  # [B, 1]
+        return torch.zeros_like(logits, dtype=torch.float32).scatter_(-1, best, 1.0)
+
+    def probs_rows(self, histories: list[list[int]], logits: torch.FloatTensor) -> torch.FloatTensor:
+        # histories: N token-id lists (row i's full history); logits: [N, V] → [N, V] float32
+        if not self.needs_history:
+            return self.probs(torch.zeros(logits.shape[0], 0, dtype=torch.long, device=logits.device), logits)
+        rows = [
+            self.probs(torch.tensor([h], dtype=torch.long, device=logits.device), logits[i : i + 1])
+            for i, h in enumerate(histories)
+        ]
+        return torch.cat(rows, dim=0)
+
+    def sample(self, probs: torch.FloatTensor, generator: torch.Generator | None = None) -> torch.LongTensor:
+        # probs: [B, V] → [B] token ids
+        if self.greedy:
+            return probs.argmax(dim=-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

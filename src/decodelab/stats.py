@@ -1,0 +1,77 @@
+"""The one statistics object every method fills (see CONTRACT.md for the public fields)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Stats:
+    """Counters for one generation.
+
+    τ (`mean_accepted`) follows the reference definition: tokens emitted per target forward pass in
+    the decode phase — the token that prefill emits is not part of any step, so plain greedy has
+    τ = 1.00 exactly and `forward_passes = 1 + steps` for it.
+    """
+
+    new_tokens: int = 0
+    forward_passes: int = 0
+    draft_forward_passes: int = 0
+    steps: int = 0
+    wall_time_s: float = 0.0
+    target_time_s: float = 0.0
+    draft_time_s: float = 0.0
+    decode_tokens: float = 0  # tokens emitted by decode steps (new_tokens minus prefill's)
+    drafted: list[int] = field(default_factory=list)  # per draft position: times a draft was offered
+    accepted: list[int] = field(default_factory=list)  # per draft position: times it was accepted
+
+    def count_forward(self, role: str, seconds: float) -> None:
+        if role == "target":
+            self.forward_passes += 1
+            self.target_time_s += seconds
+        else:
+            self.draft_forward_passes += 1
+            self.draft_time_s += seconds
+
+    def record_step(self, emitted: float) -> None:
+        """One decoding step that emitted `emitted` tokens per row (after stop-cutting)."""
+        self.steps += 1
+        self.decode_tokens += emitted
+
+    def record_drafts(self, drafted: int, accepted: int) -> None:
+        """A verify step offered `drafted` tokens along its best chain and `accepted` of them were kept."""
+        for i in range(drafted):
+            if i >= len(self.drafted):
+                self.drafted.append(0)
+                self.accepted.append(0)
+            self.drafted[i] += 1
+            self.accepted[i] += int(i < accepted)
+
+    @property
+    def mean_accepted(self) -> float:
+        return self.decode_tokens / self.steps if self.steps else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.wall_time_s if self.wall_time_s > 0 else 0.0
+
+    @property
+    def acceptance_by_position(self) -> list[float]:
+        return [a / d if d else 0.0 for a, d in zip(self.accepted, self.drafted)]
+
+    @property
+    def draft_time_share(self) -> float:
+        return self.draft_time_s / self.wall_time_s if self.wall_time_s > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "new_tokens": self.new_tokens,
+            "forward_passes": self.forward_passes,
+            "draft_forward_passes": self.draft_forward_passes,
+            "steps": self.steps,
+            "mean_accepted": round(self.mean_accepted, 4),
+            "wall_time_s": round(self.wall_time_s, 6),
+            "tokens_per_s": round(self.tokens_per_s, 3),
+            "draft_time_share": round(self.draft_time_share, 4),
+            "acceptance_by_position": [round(a, 4) for a in self.acceptance_by_position],
+        }

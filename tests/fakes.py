@@ -1,0 +1,84 @@
+"""Test doubles: a byte tokenizer and tiny randomly initialised models of several architectures."""
+
+from __future__ import annotations
+
+from functools import cache, lru_cache
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+from decodelab.model import LM
+
+SPECIALS = ["<eos>", "<pad>"]
+VOCAB = 256 + len(SPECIALS)
+EOS, PAD = 256, 257
+
+
+@cache
+def byte_tokenizer():
+    """Byte-level tokenizer with no merges: token id = byte value, then <eos>, <pad>."""
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet(), key=lambda c: _byte_of(c))
+    vocab = {c: i for i, c in enumerate(alphabet)}
+    vocab.update({s: 256 + i for i, s in enumerate(SPECIALS)})
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(SPECIALS)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>",
+                                   clean_up_tokenization_spaces=False)
+
+
+def _byte_of(ch: str) -> int:
+    table = {c: b for b, c in enumerate(_bytes_to_unicode())}
+    return table[ch]
+
+
+@lru_cache(maxsize=1)
+def _bytes_to_unicode() -> list[str]:
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for _, c in sorted(zip(bs, cs))]
+
+
+def tiny_config(arch: str, **overrides):
+    from transformers import GPT2Config, LlamaConfig, Qwen2Config
+
+    common = dict(vocab_size=VOCAB, eos_token_id=EOS, pad_token_id=PAD, bos_token_id=EOS)
+    if arch == "llama":
+        cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, max_position_embeddings=256, **common)
+    elif arch == "qwen2":
+        cfg = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=1, max_position_embeddings=256, **common)
+    elif arch == "gpt2":
+        cfg = GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=256, **common)
+    else:
+        raise ValueError(arch)
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+ARCHS = ("llama", "qwen2", "gpt2")
+
+
+def tiny_lm(arch: str = "llama", seed: int = 0, attn: str = "sdpa", **overrides) -> LM:
+    """A tiny random model. Logits are sharpened (scaled init) so sampling tests see peaked p."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = tiny_config(arch, **overrides)
+    cfg._attn_implementation = attn
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():
+        head = model.get_output_embeddings().weight
+        head.mul_(8.0 / head.std())
+    return LM(model, byte_tokenizer(), name=f"tiny-{arch}")
