@@ -1,0 +1,15 @@
+"""`pld`: prompt lookup decoding — drafts copied from earlier in the context (Saxena, 2023)."""
+
+from __future__ import annotations
+
+from ..proposers.lookup import PromptLookup
+from .loop import speculative_loop
+from .registry import Param, register
+
+
+@register("pld", lossless=True,
+          description="Prompt lookup: the tokens that followed the last n-gram's earlier occurrence.",
+          paper="Prompt Lookup Decoding (Saxena, 2023; no arXiv id)",
+          params={"max_ngram_size": Param(3, 1, 16), "num_draft_tokens": Param(10, 1, 64)})
+def pld(ctx):
+    return speculative_loop(ctx, PromptLookup(ctx.params["max_ngram_size"], ctx.params["num_draft_tokens"]))
