@@ -64,6 +64,9 @@ def tiny_config(arch: str, **overrides):
         raise ValueError(arch)
     for k, v in overrides.items():
         setattr(cfg, k, v)
+    types = getattr(cfg, "layer_types", None)  # derived from num_hidden_layers at construction
+    if types is not None and "layer_types" not in overrides and len(types) != cfg.num_hidden_layers:
+        cfg.layer_types = [types[0]] * cfg.num_hidden_layers
     return cfg
 
 

@@ -59,9 +59,17 @@ def cmd_generate(args) -> None:
     if info is None:
         raise ValueError(f"unknown method {args.method!r}; available: {', '.join(sorted(methods()))}")
     params = parse_params(args.param or [], info.params)
+    info.check_params(params)  # user errors first, before the (slow, chatty) model load
+    if args.max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer ≥ 1, got {args.max_new_tokens}")
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if prompt is None:
         raise ValueError("no prompt: give PROMPT or - to read stdin")
+    if not prompt:
+        raise ValueError("prompt is empty: give at least one token")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # stderr carries only our own one-line messages
     lm = load(args.model, device=args.device)
     gen = None
     for event in stream(lm, prompt, method=args.method, max_new_tokens=args.max_new_tokens, seed=args.seed,

@@ -66,8 +66,12 @@ class Context:
         return self.prompts[row] + self.out[row]
 
     def remaining(self, row: int = 0) -> int:
-        """Tokens this row may still emit: the lesser of max_new_tokens and the context left."""
-        return min(self.max_new_tokens, self.lm.max_length - len(self.prompts[row])) - len(self.out[row])
+        """Tokens this row may still emit: the lesser of max_new_tokens and the context left.
+
+        A batch shares one left-padded cache, so the context left is that of the longest prompt.
+        """
+        width = max(len(p) for p in self.prompts)
+        return min(self.max_new_tokens, self.lm.max_length - width) - len(self.out[row])
 
     def session(self, lm: LM | None = None, role: str = "target") -> Session:
         return Session(lm or self.lm, self.batch_size, stats=self.stats, role=role)
@@ -133,10 +137,10 @@ class _RowState:
         text = self.text
         if self.finish:
             return text
-        hold = max((len(s) - 1 for s in self.stop), default=0)
-        end = len(text) - hold
-        while end > 0 and text[end - 1] == "\ufffd":
+        end = len(text)
+        while end > 0 and text[end - 1] == "\ufffd":  # drop a partial character first, then hold back
             end -= 1
+        end -= max((len(s) - 1 for s in self.stop), default=0)
         return text[: max(end, self.sent)]
 
 

@@ -22,7 +22,11 @@ class Proposer(Protocol):
         """A draft of depth ≤ limit for the context ctx.ids() (its last token is pending)."""
 
     def observe(self, ctx, draft: Draft, verdict: Verdict, logits: torch.Tensor) -> None:
-        """Learn from a verify step; logits [1 + len(draft) + len(aux), V]."""
+        """Learn from a verify step; logits [1 + len(draft) + len(aux), V].
+
+        A proposer with `wants_hidden = True` is also given `hidden=`: the verify forward's hidden
+        states (embeddings + every layer, each [1, 1 + len(draft) + len(aux), H]).
+        """
 
 
 def _clip(draft: Draft, limit: int) -> Draft:
@@ -67,17 +71,20 @@ def speculative_loop(ctx, proposer) -> Iterator[list[list[int]]]:
     first = ctx.sampler.sample(ctx.sampler.probs(torch.tensor([ctx.prompts[0]]), prefill(ctx, session)),
                                ctx.generator)
     yield [[int(first)]]
+    wants_hidden = getattr(proposer, "wants_hidden", False)
     while True:
         limit = min(ctx.remaining() - 1, ctx.lm.max_length - session.length - 1)
         draft = _clip(proposer.propose(ctx, limit), limit) if limit > 0 else Draft()
         start = session.length
         if draft.is_chain():
-            logits = session.forward([ctx.ids()[-1]] + draft.tokens)[0]
+            out = session.forward([ctx.ids()[-1]] + draft.tokens, hidden=wants_hidden)
         else:
             parents = [-1] + [p + 1 for p in draft.parents + draft.aux_parents]
-            logits = session.forward([ctx.ids()[-1]] + draft.tokens + draft.aux_tokens, parents=parents)[0]
+            out = session.forward([ctx.ids()[-1]] + draft.tokens + draft.aux_tokens, parents=parents,
+                                  hidden=wants_hidden)
+        logits, extra = (out[0][0], {"hidden": out[1]}) if wants_hidden else (out[0], {})
         verdict = verify(draft, _p_at(ctx, draft, logits), ctx.generator, ctx.sampler.greedy)
         session.compact(list(range(start + 1)) + [start + 1 + i for i in verdict.path])
-        proposer.observe(ctx, draft, verdict, logits)
+        proposer.observe(ctx, draft, verdict, logits, **extra)
         ctx.stats.record_drafts(draft.depth(), len(verdict.path))
         yield [verdict.tokens]

@@ -52,7 +52,12 @@ def _check_local_dir(path: Path, allow_pickle: bool) -> None:
         raise ModelError(f"{path}: no weights (*.safetensors) found")
     if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")):
         raise ModelError(f"{path}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
-    config = json.loads((path / "config.json").read_text())
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (ValueError, OSError) as exc:
+        raise ModelError(f"{path}: cannot read config.json — {_short(exc)}") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"{path}: config.json is not a JSON object")
     if config.get("auto_map") and not config.get("model_type"):
         raise ModelError(f"{path}: needs remote code; pass trust_remote_code=True if you trust it")
 
@@ -77,9 +82,9 @@ def load(name: str | None = None, *, device: str = "cpu", dtype: torch.dtype | s
     except Exception as exc:  # noqa: BLE001 - any failure here is the user's model, reported in one line
         raise ModelError(f"{name}: cannot read config — {_short(exc)}") from None
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model, info = AutoModelForCausalLM.from_pretrained(
             location, dtype=dtype, use_safetensors=None if allow_pickle else True,
-            trust_remote_code=trust_remote_code)
+            trust_remote_code=trust_remote_code, output_loading_info=True)
     except ValueError as exc:
         if "Unrecognized configuration" in str(exc) or "model type" in str(exc):
             raise ModelError(f"{name}: unsupported architecture {getattr(config, 'model_type', '?')!r} "
@@ -87,6 +92,9 @@ def load(name: str | None = None, *, device: str = "cpu", dtype: torch.dtype | s
         raise ModelError(f"{name}: cannot load weights — {_short(exc)}") from None
     except Exception as exc:  # noqa: BLE001
         raise ModelError(f"{name}: cannot load weights — {_short(exc)}") from None
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:  # transformers would silently initialise them at random
+        raise ModelError(f"{name}: incomplete weights — {len(missing)} tensor(s) missing, e.g. {missing[0]!r}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001

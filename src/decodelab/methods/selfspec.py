@@ -1,0 +1,24 @@
+"""`selfspec`: self-speculative decoding — the target's first ℓ layers draft, the full model verifies.
+
+LayerSkip (Elhoushi et al., arXiv:2404.16710) with DEL's online choice of the exit layer and draft
+length (Zarch et al., "DEL: Context-Aware Dynamic Exit Layer for Efficient Self-Speculative Decoding",
+arXiv:2504.05598). Needs no second model: the draft shares the target's weight tensors.
+"""
+
+from __future__ import annotations
+
+from ..proposers.self_draft import SelfDraft
+from .loop import speculative_loop
+from .registry import Param, register
+
+
+@register("selfspec", lossless=True,
+          description="Self-speculative decoding: the target's first layers draft (LayerSkip); "
+                      "DEL picks the exit layer and draft length online.",
+          paper="LayerSkip (arXiv:2404.16710); DEL: Context-Aware Dynamic Exit Layer for Efficient "
+                "Self-Speculative Decoding (arXiv:2504.05598)",
+          params={"exit_layer": Param(0, 0, 1024, help="draft with the first ℓ layers; 0 = chosen online by DEL"),
+                  "num_draft_tokens": Param(6, 1, 64, help="maximum draft length (the fixed length when "
+                                            "exit_layer > 0)")})
+def selfspec(ctx):
+    return speculative_loop(ctx, SelfDraft(ctx, ctx.params["exit_layer"], ctx.params["num_draft_tokens"]))

@@ -1,0 +1,240 @@
+"""Lookahead decoding: greedy-exact, window/pool mechanics, and the exact sampling distribution."""
+
+import itertools
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import decodelab
+from decodelab.engine import Context
+from decodelab.methods import get
+from decodelab.methods.loop import speculative_loop
+from decodelab.model.session import tree_depths
+from decodelab.processors import Sampler
+from decodelab.proposers.lookahead import Lookahead, NGramPool, Window, trie
+from decodelab.stats import Stats
+
+from fakes import tiny_lm
+from stat_utils import ALPHA, chi2_pvalue
+
+PROMPTS = [
+    "abcabcabcabcabcabc", "def f(x):\n    return x\n" * 2, "for i in range(10):\n    print(i)\n" * 2,
+    "the cat sat on the mat. the cat sat on the mat.", "1, 2, 3, 1, 2, 3, 1, 2, 3,", "hello world",
+    "a", "import os\nimport sys\n", "class Foo(object):\n    pass", "x = 1\ny = 2\n", "<div><div></div>",
+    "Lorem ipsum dolor sit amet",
+]
+SETTINGS = [dict(N=4, W=5, G=5), dict(N=3, W=2, G=1), dict(N=5, W=7, G=7), dict(N=3, W=1, G=3)]
+
+
+def _same_as_greedy(lm, prompt, n, **params):
+    want = decodelab.generate(lm, prompt, max_new_tokens=n)
+    got = decodelab.generate(lm, prompt, method="lookahead", max_new_tokens=n, **params)
+    assert got.token_ids == want.token_ids, (prompt, params)
+    assert got.finish_reason == want.finish_reason
+    return got
+
+
+# ---- (1) greedy: token-identical to plain greedy -------------------------------------------------
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_greedy_equals_greedy(arch):
+    lm = tiny_lm(arch, seed=1)
+    taus = []
+    for i, prompt in enumerate(PROMPTS):
+        taus.append(_same_as_greedy(lm, prompt, 28, **SETTINGS[i % len(SETTINGS)]).stats.mean_accepted)
+    assert max(taus) > 1.5  # pool n-grams made by the window really get accepted
+
+
+def test_greedy_on_gpt2_and_short_budgets():
+    lm = tiny_lm("gpt2", seed=2)
+    for prompt, params in zip(PROMPTS[:3], SETTINGS):
+        _same_as_greedy(lm, prompt, 20, **params)
+    lm = tiny_lm("llama", seed=1)
+    for n, params in itertools.product((1, 2, 3), SETTINGS[:2]):
+        g = _same_as_greedy(lm, PROMPTS[1], n, **params)
+        assert len(g.token_ids) == n
+
+
+def test_repetitive_prompt_accepts_ngrams():
+    lm = tiny_lm("llama", seed=1)
+    g = _same_as_greedy(lm, PROMPTS[1], 48)
+    assert g.stats.mean_accepted > 1.5
+
+
+def _eos_candidate(lm, prompt, n=40):
+    """A position k whose token is new to the run and is emitted by a lookahead step before its last token."""
+    run, start = [], 0
+    for event in decodelab.stream(lm, prompt, method="lookahead", max_new_tokens=n):
+        run += event.token_ids
+        for k in range(start, len(run) - 1):
+            if start > 0 and run[k] not in run[:k]:
+                return k, run
+        start = len(run)
+    return None, run
+
+
+def test_eos_inside_an_accepted_run():
+    """EOS = a token first emitted inside a multi-token step: the engine cuts the step there."""
+    lm = tiny_lm("llama", seed=1)
+    found = ((p, *_eos_candidate(lm, p)) for p in PROMPTS)
+    prompt, k, run = next((c for c in found if c[1] is not None), (None, None, None))
+    assert k is not None, "no multi-token step emitted a new token"
+    lm = tiny_lm("llama", seed=1, eos_token_id=run[k])
+    g = _same_as_greedy(lm, prompt, 40)
+    assert g.finish_reason == "eos" and g.token_ids == run[: k + 1]
+
+
+def test_context_limit():
+    lm = tiny_lm("qwen2", seed=1)
+    prompt = lm.encode(PROMPTS[1]) * 5
+    prompt = prompt[: lm.max_length - 12]
+    g = _same_as_greedy(lm, prompt, 64)
+    assert len(prompt) + len(g.token_ids) == lm.max_length
+
+
+# ---- (2) window and pool mechanics --------------------------------------------------------------
+
+def _fib(path):
+    """A stand-in model whose argmax depends on the last two tokens: x[t+1] = x[t−1] + x[t] (mod 97)."""
+    return (path[-2] + path[-1]) % 97
+
+
+def _jacobi_step(window, pending):
+    """Feed the window to _fib with tree attention: each node sees its ancestors and the pending token."""
+    tokens, parents = window.tree()
+    guesses = []
+    for i in range(len(tokens)):
+        path, j = [], i
+        while j >= 0:
+            path.append(tokens[j])
+            j = parents[j]
+        guesses.append(_fib([pending] + path[::-1]))
+    return window.step(pending, guesses)
+
+
+def test_window_layout_matches_the_paper():
+    n, w = 4, 3
+    window = Window(n, list(range(10, 10 + w + n - 3)))
+    tokens, parents = window.tree()
+    assert parents == [-1, 0, 1]  # level 0: a chain off the pending token, columns 1..3
+    for _ in range(n - 2):
+        assert _jacobi_step(window, pending=1) == []  # filling: no n-grams yet
+    assert [len(r) for r in window.rows] == [w - 1, w, w]
+    tokens, parents = window.tree()
+    index = {}
+    for lvl, row in enumerate(window.rows):
+        for j in range(len(row)):
+            index[(lvl, j + (lvl == 0))] = len(index)
+    depths = tree_depths(parents)
+    for (lvl, col), i in index.items():
+        assert depths[i] + 1 == lvl + col  # position offset from the pending token
+        above = (0, col - 1) if lvl == 0 else (lvl - 1, col)
+        assert parents[i] == index.get(above, -1)
+
+
+def test_ngrams_read_down_the_columns_are_jacobi_consistent():
+    """Every n-gram from columns ≥ 1 obeys the model: x[i+2] = f(x[i], x[i+1]), once filled."""
+    for n, w in [(3, 4), (4, 3), (5, 5)]:
+        window = Window(n, [3, 8, 1, 4, 1, 5, 9, 2, 6][: w + n - 3])
+        for _ in range(n - 2):
+            _jacobi_step(window, pending=7)
+        for pending in (7, 11, 13):
+            grams = _jacobi_step(window, pending)
+            assert len(grams) == w and all(len(g) == n for g in grams)
+            assert grams[0][0] == pending
+            for g in grams[1:]:
+                assert all(g[i + 2] == _fib(g[i: i + 2]) for i in range(n - 2)), (n, w, g)
+            assert [len(r) for r in window.rows] == [w - 1] + [w] * (n - 2)
+
+
+def test_window_shift_after_fill():
+    window = Window(4, [1, 2, 3, 4])  # W = 3
+    window.rows = [[1, 2], [10, 11, 12], [20, 21, 22]]
+    grams = window.step(pending=0, guesses=[0] * 8 + [30, 31, 32])
+    assert grams == [(0, 10, 20, 30), (1, 11, 21, 31), (2, 12, 22, 32)]
+    assert window.rows == [[11, 12], [20, 21, 22], [30, 31, 32]]
+
+
+def test_pool_caps_each_key_lru():
+    pool = NGramPool(2)
+    pool.add(5, (1, 2))
+    pool.add(5, (3, 4))
+    pool.add(5, (1, 2))  # refreshed: now the newest
+    pool.add(5, (7, 8))  # evicts (3, 4), the least recently used
+    pool.add(6, (9, 9))
+    assert pool.get(5) == [(7, 8), (1, 2)]
+    assert pool.get(6) == [(9, 9)] and pool.get(4) == []
+
+
+def test_trie_merges_prefixes_and_respects_depth_and_size():
+    assert trie([(1, 2, 3), (1, 2, 4), (5, 6, 7)], 9, 99) == ([1, 2, 3, 4, 5, 6, 7], [-1, 0, 1, 1, -1, 4, 5])
+    assert trie([(1, 2, 3), (1, 4, 5)], 2, 99) == ([1, 2, 4], [-1, 0, 0])
+    assert trie([(1, 2, 3), (5, 6, 7)], 9, 4) == ([1, 2, 3, 5], [-1, 0, 1, -1])
+
+
+def test_propose_offsets_window_parents_and_fits_the_context():
+    proposer = Lookahead([1, 2, 3], ngram_size=3, window=2, pool_cap=4)
+    proposer.pool.add(9, (4, 5))
+    ctx = SimpleNamespace(ids=lambda: [1, 2, 3, 9], lm=SimpleNamespace(max_length=100))
+    draft = proposer.propose(ctx, limit=1)
+    assert draft.tokens == [4] and draft.depth() == 1  # clipped to limit by the proposer itself
+    assert draft.aux_parents == [-1, 1]  # level 0 (columns 1, 2): a chain off the pending token
+    ctx.lm.max_length = 6  # room for 2 nodes: the candidate fits, the window does not
+    draft = proposer.propose(ctx, limit=2)
+    assert draft.tokens == [4, 5] and draft.aux_tokens == []
+    proposer.observe(ctx, draft, None, torch.zeros(3, 8))  # no window fed: it stays as it was
+    assert len(proposer.window.rows) == 1
+
+
+# ---- (3) sampling keeps the target distribution --------------------------------------------------
+
+def _exact_tuples(lm, ids, depth, support=3):
+    """{(t1, …, t_depth): probability} under temperature 0.9, top-k 3, by enumeration."""
+    out = {(): 1.0}
+    for _ in range(depth):
+        nxt = {}
+        for prefix, p in out.items():
+            probs = decodelab.next_token_probs(lm, ids + list(prefix), temperature=0.9, top_k=support)
+            for t in probs.nonzero().flatten().tolist():
+                nxt[prefix + (t,)] = p * float(probs[t])
+        out = nxt
+    return out
+
+
+def _primed_run(lm, ids, seed, grams):
+    """First 3 tokens of a lookahead run whose pool starts with `grams` (so step 1 verifies a tree)."""
+    params = get("lookahead").check_params({"temperature": 0.9, "top_k": 3, "N": 4, "W": 3, "G": 4})
+    gen = torch.Generator().manual_seed(seed)
+    ctx = Context(lm, [ids], params, Sampler(params, prompt_len=len(ids)), gen, 8, Stats())
+    proposer = Lookahead(ids, 4, 3, 4)
+    for gram in grams:
+        proposer.pool.add(gram[0], gram[1:])
+    for step in speculative_loop(ctx, proposer):
+        ctx.out[0].extend(step[0])
+        if len(ctx.out[0]) >= 3:
+            return tuple(ctx.out[0][:3]), ctx.stats
+    raise AssertionError("loop ended early")
+
+
+def test_sampling_matches_the_exact_distribution():
+    lm = tiny_lm("llama", seed=3)
+    ids = lm.encode("def f(x):\n")
+    exact = _exact_tuples(lm, ids, 3)
+    # pool: for every possible first token, continuations through likely and unlikely branches
+    ranked = sorted(exact, key=exact.get, reverse=True)
+    grams = [t + (ranked[0][0],) for t in ranked[:12]] + [(t[0], t[2], t[1], t[0]) for t in ranked[:6]]
+    samples, accepted = [], 0
+    for seed in range(800):
+        tokens, stats = _primed_run(lm, ids, seed, grams)
+        samples.append(tokens)
+        accepted += sum(stats.accepted)
+    assert accepted > 400  # the primed tree really is verified and often accepted
+    assert chi2_pvalue(samples, exact) > ALPHA
+
+
+def test_sampling_end_to_end_is_reproducible():
+    lm = tiny_lm("qwen2", seed=1)
+    a = decodelab.generate(lm, PROMPTS[1], method="lookahead", max_new_tokens=24, temperature=0.9, top_k=3, seed=5)
+    b = decodelab.generate(lm, PROMPTS[1], method="lookahead", max_new_tokens=24, temperature=0.9, top_k=3, seed=5)
+    assert a.token_ids == b.token_ids and len(a.token_ids) == 24
