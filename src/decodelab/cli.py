@@ -67,9 +67,6 @@ def cmd_generate(args) -> None:
         raise ValueError("no prompt: give PROMPT or - to read stdin")
     if not prompt:
         raise ValueError("prompt is empty: give at least one token")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # stderr carries only our own one-line messages
     lm = load(args.model, device=args.device)
     gen = None
     for event in stream(lm, prompt, method=args.method, max_new_tokens=args.max_new_tokens, seed=args.seed,
@@ -173,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # stderr carries only our own one-line messages
     try:
         args.func(args)
     except (DecodelabError, ValueError, FileNotFoundError) as exc:

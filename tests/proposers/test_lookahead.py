@@ -62,24 +62,45 @@ def test_repetitive_prompt_accepts_ngrams():
     assert g.stats.mean_accepted > 1.5
 
 
-def _eos_candidate(lm, prompt, n=40):
-    """A position k whose token is new to the run and is emitted by a lookahead step before its last token."""
-    run, start = [], 0
-    for event in decodelab.stream(lm, prompt, method="lookahead", max_new_tokens=n):
-        run += event.token_ids
-        for k in range(start, len(run) - 1):
-            if start > 0 and run[k] not in run[:k]:
-                return k, run
-        start = len(run)
-    return None, run
+def _drive(lm, ids, n, seed=None, grams=(), stop_after=None, **params):
+    """Run the lookahead loop for n new tokens directly (stopping once `stop_after` are out):
+    (steps of emitted tokens, stats). `grams` prime the pool."""
+    params = get("lookahead").check_params(params)
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    ctx = Context(lm, [ids], params, Sampler(params, prompt_len=len(ids)), gen, n, Stats())
+    proposer = Lookahead(ids, params["N"], params["W"], params["G"])
+    for gram in grams:
+        proposer.pool.add(gram[0], gram[1:])
+    steps = []
+    for step in speculative_loop(ctx, proposer):
+        steps.append(step[0])
+        ctx.out[0].extend(step[0])
+        if len(ctx.out[0]) >= (stop_after or n):
+            return steps, ctx.stats
+    raise AssertionError("the loop ended early")  # pragma: no cover
+
+
+def _new_token_inside_a_step(steps):
+    """Index of a token first seen in the run and emitted before the last token of its step."""
+    run = []
+    for step in steps[1:]:
+        for i, t in enumerate(step[:-1]):
+            if t not in run + step[:i] and steps[0][0] != t:
+                return len(steps[0]) + len(run) + i
+        run += step
+    return None
 
 
 def test_eos_inside_an_accepted_run():
     """EOS = a token first emitted inside a multi-token step: the engine cuts the step there."""
     lm = tiny_lm("llama", seed=1)
-    found = ((p, *_eos_candidate(lm, p)) for p in PROMPTS)
-    prompt, k, run = next((c for c in found if c[1] is not None), (None, None, None))
+    for prompt in PROMPTS:
+        steps, _ = _drive(lm, lm.encode(prompt), 40)
+        k = _new_token_inside_a_step(steps)
+        if k is not None:
+            break
     assert k is not None, "no multi-token step emitted a new token"
+    run = sum(steps, [])
     lm = tiny_lm("llama", seed=1, eos_token_id=run[k])
     g = _same_as_greedy(lm, prompt, 40)
     assert g.finish_reason == "eos" and g.token_ids == run[: k + 1]
@@ -117,7 +138,7 @@ def test_window_layout_matches_the_paper():
     n, w = 4, 3
     window = Window(n, list(range(10, 10 + w + n - 3)))
     tokens, parents = window.tree()
-    assert parents == [-1, 0, 1]  # level 0: a chain off the pending token, columns 1..3
+    assert parents == [-1, 0, 1, 2]  # level 0: a chain off the pending token, columns 1..4
     for _ in range(n - 2):
         assert _jacobi_step(window, pending=1) == []  # filling: no n-grams yet
     assert [len(r) for r in window.rows] == [w - 1, w, w]
@@ -202,39 +223,29 @@ def _exact_tuples(lm, ids, depth, support=3):
     return out
 
 
-def _primed_run(lm, ids, seed, grams):
-    """First 3 tokens of a lookahead run whose pool starts with `grams` (so step 1 verifies a tree)."""
-    params = get("lookahead").check_params({"temperature": 0.9, "top_k": 3, "N": 4, "W": 3, "G": 4})
-    gen = torch.Generator().manual_seed(seed)
-    ctx = Context(lm, [ids], params, Sampler(params, prompt_len=len(ids)), gen, 8, Stats())
-    proposer = Lookahead(ids, 4, 3, 4)
-    for gram in grams:
-        proposer.pool.add(gram[0], gram[1:])
-    for step in speculative_loop(ctx, proposer):
-        ctx.out[0].extend(step[0])
-        if len(ctx.out[0]) >= 3:
-            return tuple(ctx.out[0][:3]), ctx.stats
-    raise AssertionError("loop ended early")
-
-
 def test_sampling_matches_the_exact_distribution():
-    lm = tiny_lm("llama", seed=3)
-    ids = lm.encode("def f(x):\n")
+    """First 3 tokens over 800 seeds, with a primed pool so that step 1 verifies a 12-node tree."""
+    lm = tiny_lm("llama", seed=2)
+    with torch.no_grad():
+        lm.model.get_output_embeddings().weight.mul_(0.1)  # flatter p: ~20 cells with expected count ≥ 5
+    ids = lm.encode("x = 1\n")
     exact = _exact_tuples(lm, ids, 3)
-    # pool: for every possible first token, continuations through likely and unlikely branches
-    ranked = sorted(exact, key=exact.get, reverse=True)
-    grams = [t + (ranked[0][0],) for t in ranked[:12]] + [(t[0], t[2], t[1], t[0]) for t in ranked[:6]]
+    grams = []
+    for x in {t[0] for t in exact}:  # per first token: 2 likely continuations, an unlikely one, a wrong order
+        conts = sorted((t for t in exact if t[0] == x), key=exact.get, reverse=True)
+        grams += [conts[-1] + (x,), conts[1] + (x,), conts[0] + (x,), (x, conts[0][2], conts[0][1], x)]
     samples, accepted = [], 0
     for seed in range(800):
-        tokens, stats = _primed_run(lm, ids, seed, grams)
-        samples.append(tokens)
+        steps, stats = _drive(lm, ids, 8, seed, grams, 3, temperature=0.9, top_k=3, N=4, W=3, G=4)
+        samples.append(tuple(sum(steps, [])[:3]))
         accepted += sum(stats.accepted)
-    assert accepted > 400  # the primed tree really is verified and often accepted
+    assert accepted > 400  # the primed tree is really verified, and often accepted
     assert chi2_pvalue(samples, exact) > ALPHA
 
 
 def test_sampling_end_to_end_is_reproducible():
     lm = tiny_lm("qwen2", seed=1)
-    a = decodelab.generate(lm, PROMPTS[1], method="lookahead", max_new_tokens=24, temperature=0.9, top_k=3, seed=5)
-    b = decodelab.generate(lm, PROMPTS[1], method="lookahead", max_new_tokens=24, temperature=0.9, top_k=3, seed=5)
+    kw = dict(method="lookahead", max_new_tokens=24, temperature=0.9, top_k=3, seed=5)
+    a = decodelab.generate(lm, PROMPTS[1], **kw)
+    b = decodelab.generate(lm, PROMPTS[1], **kw)
     assert a.token_ids == b.token_ids and len(a.token_ids) == 24

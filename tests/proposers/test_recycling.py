@@ -1,7 +1,6 @@
 """Token Recycling: template builder, tree instantiation, matrix updates, greedy exactness,
 persistence of the adjacency matrix across calls, and the sampled distribution (α = stat_utils.ALPHA)."""
 
-import itertools
 from collections import Counter
 from types import SimpleNamespace
 
@@ -108,7 +107,7 @@ def test_observe_writes_topk_rows_path_last():
 def test_greedy_exact(arch):
     lm = tiny_lm(arch, seed=3)
     for i, prompt in enumerate(PROMPTS):
-        n = 40 if i % 2 == 0 else 1 + i % 3
+        n = 40 if i % 3 == 0 else 1 + i % 3
         want = decodelab.generate(lm, prompt, max_new_tokens=n).token_ids
         for kw in SETTINGS:
             got = decodelab.generate(lm, prompt, method="recycling", max_new_tokens=n, **kw).token_ids
@@ -152,9 +151,17 @@ def _exact_triples(lm, ids, **kw):
     return out
 
 
+def _soft_lm(seed, scale=0.15):
+    """A tiny model with a softened head: several likely tokens at each step."""
+    lm = tiny_lm("llama", seed=seed)
+    with torch.no_grad():
+        lm.model.get_output_embeddings().weight.mul_(scale)
+    return lm
+
+
 def test_sampling_distribution_of_first_three_tokens():
-    lm = tiny_lm("llama", seed=6)
-    ids = lm.encode("abab")
+    lm = _soft_lm(6)
+    ids = lm.encode("hello")
     kw = {"temperature": 0.9, "top_k": 3}
     samples, accepted = [], 0
     for seed in range(800):
@@ -165,4 +172,4 @@ def test_sampling_distribution_of_first_three_tokens():
     exact = _exact_triples(lm, ids, **kw)
     assert abs(sum(exact.values()) - 1) < 1e-4
     assert chi2_pvalue(samples, exact) > ALPHA, Counter(samples).most_common(5)
-    assert len(set(itertools.islice(samples, 100))) > 3
+    assert len(set(samples)) > 6

@@ -1,11 +1,184 @@
-"""Argument parsing for `decodelab bench` (the runner lives in runner.py)."""
+"""`decodelab bench`: arguments, the interleaved run loop with a live table, and the outputs."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+DEFAULT_SUITES = ["code", "edit", "long"]
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", default=None)
-    p.add_argument("--list", action="store_true", help="list suites and exit")
-    p.set_defaults(func=lambda args: run(args))
+    p.add_argument("--model", default=None, help="model (default builtin:pyco)")
+    p.add_argument("--suite", action="append", default=None, help="suite name or a .jsonl file (repeatable)")
+    p.add_argument("--methods", default=None, help="comma-separated methods (greedy is always the baseline)")
+    p.add_argument("--all", action="store_true", help="every registered method")
+    p.add_argument("-p", "--param", action="append", default=[], metavar="[METHOD.]KEY=VALUE",
+                   help="parameter for one method (method.key=value) or for all (key=value)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--limit", type=int, default=None, help="at most this many prompts per suite")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--draft", default="auto", help="draft model for transformers' assisted generation")
+    p.add_argument("--no-peers", action="store_true", help="skip transformers' generate baselines")
+    p.add_argument("--dist-seeds", type=int, default=200, help="seeds per prompt for the sampling exactness test")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="bench-out")
+    p.add_argument("--json", action="store_true", help="end stdout with one JSON summary object")
+    p.add_argument("--list", action="store_true", help="list suites and methods, then exit")
+    p.set_defaults(func=run)
+
+
+def parse_bench_params(pairs: list[str]) -> dict[str, dict]:
+    """`method.key=value` / `key=value` → {method or '*': {key: typed value}}."""
+    from ..cli import parse_params
+    from ..methods import methods
+    from ..processors import SAMPLING_DEFAULTS
+
+    table = methods()
+    grouped: dict[str, list[str]] = {}
+    for pair in pairs:
+        head = pair.split("=", 1)[0]
+        method, _, _key = head.rpartition(".")
+        if method and method not in table:
+            raise ValueError(f"parameter {pair!r}: unknown method {method!r}")
+        grouped.setdefault(method or "*", []).append(pair.split(".", 1)[1] if method else pair)
+    return {m: parse_params(ps, table[m].params if m in table else SAMPLING_DEFAULTS) for m, ps in grouped.items()}
+
+
+def _print_list() -> None:
+    from ..methods import methods
+    from .suites import list_suites
+
+    for name, desc in list_suites().items():
+        print(f"suite  {name:8s} {desc}")
+    for name, m in methods().items():
+        print(f"method {name:12s} {'lossless' if m.lossless else 'lossy':8s} {m.description}")
 
 
 def run(args) -> None:
-    raise ValueError("decodelab bench is not implemented yet")
+    from ..methods import methods
+
+    if args.list:
+        return _print_list()
+    if args.repeats < 1 or args.max_new_tokens < 1:
+        raise ValueError("--repeats and --max-new-tokens must be ≥ 1")
+    names = sorted(n for n in methods() if n != "sample") if args.all else \
+        [m.strip() for m in (args.methods or "greedy,speculative,pld").split(",") if m.strip()]
+    params = parse_bench_params(args.param)
+    results = benchmark(args, names, params)
+    from .report import write
+
+    paths = write(results, Path(args.out))
+    print(f"wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"out": str(args.out), "aggregates": results["aggregates"]}))
+    else:
+        from .report import markdown
+
+        print(markdown(results))
+
+
+def benchmark(args, names: list[str], params: dict[str, dict]) -> dict:
+    from ..model import load
+    from ..proposers.draft_model import resolve_draft
+    from . import runner
+    from .suites import load_suite
+
+    suites = [load_suite(s) for s in (args.suite or DEFAULT_SUITES)]
+    lm = load(args.model, device=args.device)
+    draft = _maybe_draft(lm, args.draft, resolve_draft)
+    entries = runner.make_entries(names, params, not args.no_peers, draft is not None)
+    temperature = params.get("*", {}).get("temperature", 0.0)
+    prompts = {s.name: runner.prompt_ids(lm, s, args.max_new_tokens)[: args.limit] for s in suites}
+    records = _run_all(lm, entries, prompts, args, draft)
+    results = {"schema": "decodelab.bench/1", "machine": runner.machine_info(lm), "config": {
+        "command": "decodelab bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["bench"]
+        else "decodelab bench (API)", "model": lm.name, "suites": [s.name for s in suites],
+        "suite_versions": {s.name: s.version for s in suites},
+        "methods": [{"label": e.label, "method": e.method, "params": e.params, "lossless": e.lossless} for e in entries],
+        "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "temperature": temperature, "seed": args.seed},
+        "records": records}
+    results["aggregates"] = runner.aggregate(records, entries, [s.name for s in suites])
+    _exactness(results, lm, entries, prompts, temperature, args, draft)
+    return results
+
+
+def _maybe_draft(lm, name, resolve):
+    try:
+        return resolve(lm, name)
+    except Exception:  # noqa: BLE001 - no draft simply means no assisted-generation peer
+        return None
+
+
+def _run_all(lm, entries, prompts, args, draft) -> list[dict]:
+    from rich.console import Console
+    from rich.live import Live
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .runner import run_one
+
+    total = sum(len(p) for p in prompts.values()) * args.repeats * len(entries)
+    progress = Progress(TextColumn("bench"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("{task.description}"))
+    task = progress.add_task("", total=total)
+    records: list[dict] = []
+    console = Console(stderr=True)
+    first = next(iter(prompts.values()))[0]
+    for e in entries:  # warm-up, not recorded
+        run_one(lm, e, first[1], min(8, first[2]), args.seed, draft)
+    with Live(_live_table(records, entries, progress), console=console, refresh_per_second=4) as live:
+        for suite, plist in prompts.items():
+            for pid, ids, n in plist:
+                for rep in range(args.repeats):
+                    for e in entries:  # interleaved: A B C, A B C …
+                        progress.update(task, description=f"{suite} {e.label}")
+                        rec = run_one(lm, e, ids, n, args.seed + rep, draft)
+                        records.append({"suite": suite, "prompt_id": pid, "method": e.label, "repeat": rep, **rec})
+                        progress.advance(task)
+                live.update(_live_table(records, entries, progress))
+    return records
+
+
+def _live_table(records, entries, progress):
+    from rich.console import Group
+    from rich.table import Table
+
+    t = Table("method", "tokens/s", "vs greedy", "τ", title="running totals")
+    tps = {}
+    for e in entries:
+        rs = [r for r in records if r["method"] == e.label]
+        tps[e.label] = sum(r["new_tokens"] for r in rs) / max(1e-9, sum(r["wall_time_s"] for r in rs)) if rs else 0
+    for e in entries:
+        rs = [r for r in records if r["method"] == e.label and "steps" in r]
+        tau = sum(r["decode_tokens"] for r in rs) / max(1, sum(r["steps"] for r in rs)) if rs else 0
+        ratio = tps[e.label] / tps["greedy"] if tps.get("greedy") else 0
+        t.add_row(e.label, f"{tps[e.label]:.1f}", f"{ratio:.2f}×", f"{tau:.2f}" if rs else "—")
+    return Group(progress, t)
+
+
+def _exactness(results, lm, entries, prompts, temperature, args, draft) -> None:
+    """Fill exact / mismatch / distribution_pvalue in the aggregates."""
+    from .runner import ALPHA, distribution_check, first_mismatch
+
+    records = results["records"]
+    for a in results["aggregates"]:
+        entry = next(e for e in entries if e.label == a["method"])
+        if not entry.lossless:
+            continue
+        if temperature == 0:
+            a["exact"], a["mismatch"] = True, None
+            ref = {r["prompt_id"]: r["token_ids"] for r in records
+                   if r["suite"] == a["suite"] and r["method"] == "greedy" and r["repeat"] == 0}
+            for r in records:
+                if r["suite"] == a["suite"] and r["method"] == a["method"] and r["repeat"] == 0:
+                    pos = first_mismatch(r["token_ids"], ref[r["prompt_id"]])
+                    if pos is not None:
+                        a["exact"], a["mismatch"] = False, {"prompt_id": r["prompt_id"], "position": pos}
+                        break
+        elif entry.method not in ("sample",) and not entry.is_peer:
+            short = [ids[:64] for _, ids, _ in prompts[a["suite"]][:2]]
+            a["distribution_pvalue"] = round(distribution_check(lm, entry, short, args.dist_seeds, draft), 6)
+            a["exact"] = a["distribution_pvalue"] > ALPHA

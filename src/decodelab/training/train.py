@@ -42,6 +42,7 @@ class TrainConfig:
     ckpt_every: int = 100
     seed: int = 0
     max_files: int | None = None
+    stop_after: int | None = None  # end (and export) early; the LR schedule still spans `steps`
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -180,7 +181,8 @@ def train(config: str, out: Path, tokenizer_dir: Path | None = None, steps: int 
                   TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.3f}"),
                   TimeElapsedColumn(), TimeRemainingColumn()) as bar:
         task = bar.add_task("train", total=cfg.steps, completed=step, loss=float("nan"))
-        while step < cfg.steps:
+        end = min(cfg.steps, cfg.stop_after or cfg.steps)
+        while step < end:
             t0 = time.perf_counter()
             batch = sample_batch(train_stream, cfg, fim_ids, gen).to(device)
             for g in opt.param_groups:
@@ -195,12 +197,12 @@ def train(config: str, out: Path, tokenizer_dir: Path | None = None, steps: int 
             step += 1
             wall += time.perf_counter() - t0
             rec = {"step": step, "loss": round(loss.item(), 4), "lr": lr_at(step - 1, cfg), "wall_s": round(wall, 1)}
-            if step % cfg.eval_every == 0 or step == cfg.steps:
+            if step % cfg.eval_every == 0 or step == end:
                 rec["valid_ce"] = round(evaluate(model, valid_stream, cfg, device), 4)
             log.write(json.dumps(rec) + "\n")
             log.flush()
             bar.update(task, completed=step, loss=loss.item())
-            if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            if step % cfg.ckpt_every == 0 or step == end:
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
                             "step": step, "wall": wall}, ckpt)
     return export(model, tok_dir, out / "model", cfg, wall)
@@ -213,7 +215,9 @@ def export(model, tok_dir: Path, dest: Path, cfg: TrainConfig, wall: float) -> P
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (tok_dir / name).exists():
             shutil.copy(tok_dir / name, dest / name)
-    summary = {"config": cfg.name, "steps": cfg.steps, "tokens_seen": cfg.steps * cfg.batch_size * cfg.seq_len,
+    steps = min(cfg.steps, cfg.stop_after or cfg.steps)
+    summary = {"config": cfg.name, "steps": steps, "schedule_steps": cfg.steps,
+               "tokens_seen": steps * cfg.batch_size * cfg.seq_len,
                "wall_time_s": round(wall, 1), "params": sum(p.numel() for p in model.parameters()),
                "device": _device(), "torch": torch.__version__}
     (dest / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -1,0 +1,38 @@
+"""The peers in the same table: transformers' own generate — greedy, assisted generation with the
+same draft, and prompt lookup — timed exactly like decodelab's methods."""
+
+from __future__ import annotations
+
+import torch
+
+from ..model import LM
+
+PEERS = {
+    "hf:greedy": "transformers generate, greedy",
+    "hf:assisted": "transformers assisted generation (assistant_model = the same draft)",
+    "hf:pld": "transformers prompt lookup (prompt_lookup_num_tokens=10)",
+}
+
+
+def hf_generate(lm: LM, ids: list[int], max_new_tokens: int, peer: str, draft: LM | None = None,
+                params: dict | None = None) -> list[int]:
+    """New token ids from transformers' generate for one prompt (stopping at EOS as decodelab does)."""
+    params = params or {}
+    kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=lm.pad_token_id,
+                  eos_token_id=sorted(lm.eos_token_ids) or None)
+    temperature = params.get("temperature", 0.0)
+    if temperature > 0:
+        kwargs.update(do_sample=True, temperature=temperature, top_k=params.get("top_k", 0) or None,
+                      top_p=params.get("top_p", 1.0))
+    else:
+        kwargs.update(do_sample=False)
+    if peer == "hf:assisted":
+        if draft is None:
+            raise ValueError("hf:assisted needs a draft model")
+        kwargs["assistant_model"] = draft.model
+    elif peer == "hf:pld":
+        kwargs["prompt_lookup_num_tokens"] = 10
+    x = torch.tensor([ids], device=lm.device)
+    with torch.inference_mode():
+        out = lm.model.generate(x, attention_mask=torch.ones_like(x), **kwargs)
+    return out[0, len(ids):].tolist()

@@ -1,0 +1,138 @@
+"""Benchmark suites: named, versioned prompt sets with a task type, or a user's JSONL file.
+
+Built-in suites are drawn from the stdlib corpus *test* split (never trained on), deterministically:
+- `code`  (v1): complete a function from its header and docstring;
+- `edit`  (v1): a function, then the start of a near-copy of it (renamed) — copy-heavy, the
+               analogue of Spec-Bench's RAG / summarisation tasks;
+- `long`  (v1): continue a file from its first lines for many tokens;
+- `quick` (v1): three short prompts of the above kinds, for smoke tests and CI.
+A JSONL suite has one object per line: {"prompt": str, "id"?: str, "max_new_tokens"?: int}.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..training.corpus import load_split
+
+MAX_PROMPT_CHARS = 1200
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    text: str
+    max_new_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    version: int
+    task: str
+    description: str
+    prompts: tuple[Prompt, ...]
+
+
+def _functions(limit_lines: int = 40):
+    """(file, FunctionDef, lines) for test-split functions with a docstring, in corpus order."""
+    for f in load_split("test"):
+        try:
+            tree = ast.parse(f.text)
+        except SyntaxError:
+            continue
+        lines = f.text.splitlines(keepends=True)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and ast.get_docstring(node) and node.body[1:]:
+                if 6 <= node.end_lineno - node.lineno <= limit_lines:
+                    yield f.relpath, node, lines
+
+
+def _code_prompts(n: int) -> list[Prompt]:
+    out = []
+    for rel, node, lines in _functions():
+        doc_end = node.body[0].end_lineno
+        text = "".join(lines[node.lineno - 1 - len(node.decorator_list): doc_end])
+        if len(text) <= MAX_PROMPT_CHARS:
+            out.append(Prompt(f"code/{rel}:{node.name}", text))
+        if len(out) == n:
+            break
+    return out
+
+
+def _edit_prompts(n: int) -> list[Prompt]:
+    out = []
+    for rel, node, lines in _functions(limit_lines=25):
+        src = "".join(lines[node.lineno - 1: node.end_lineno])
+        if len(src) > MAX_PROMPT_CHARS // 2 or f"def {node.name}(" not in src:
+            continue
+        copy = src.replace(f"def {node.name}(", f"def {node.name}_v2(", 1)
+        head = "".join(copy.splitlines(keepends=True)[:2])
+        out.append(Prompt(f"edit/{rel}:{node.name}", f"{src}\n\n{head}"))
+        if len(out) == n:
+            break
+    return out
+
+
+def _long_prompts(n: int) -> list[Prompt]:
+    out = []
+    for f in load_split("test"):
+        if len(f.text) > 3000:
+            out.append(Prompt(f"long/{f.relpath}", f.text[:600].rsplit("\n", 1)[0] + "\n", 256))
+        if len(out) == n:
+            break
+    return out
+
+
+BUILTIN = {
+    "code": (1, "code", "complete a function from its header and docstring", lambda: _code_prompts(12)),
+    "edit": (1, "copy-heavy", "a function, then the start of a renamed near-copy", lambda: _edit_prompts(12)),
+    "long": (1, "long", "continue a file for 256 tokens", lambda: _long_prompts(6)),
+    "quick": (1, "smoke", "three short prompts (code, edit, long) for CI",
+              lambda: (_code_prompts(1) + _edit_prompts(1) + _long_prompts(1))),
+}
+
+
+def list_suites() -> dict[str, str]:
+    return {name: f"v{v} [{task}] {desc}" for name, (v, task, desc, _) in BUILTIN.items()}
+
+
+def load_suite(name: str) -> Suite:
+    """A built-in suite by name, or a JSONL file of prompts."""
+    if name in BUILTIN:
+        version, task, desc, make = BUILTIN[name]
+        return Suite(name, version, task, desc, tuple(make()))
+    path = Path(name)
+    if path.suffix == ".jsonl" or path.exists():
+        return _load_jsonl(path)
+    raise ValueError(f"unknown suite {name!r}; built-in suites: {', '.join(BUILTIN)} (or a .jsonl file)")
+
+
+def _load_jsonl(path: Path) -> Suite:
+    if not path.is_file():
+        raise ValueError(f"suite file {str(path)!r} does not exist")
+    prompts = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        prompts.append(_parse_line(path, lineno, line))
+    if not prompts:
+        raise ValueError(f"{path}: no prompts")
+    return Suite(path.stem, 1, "user", f"user prompts from {path}", tuple(prompts))
+
+
+def _parse_line(path: Path, lineno: int, line: str) -> Prompt:
+    where = f"{path}:{lineno}"
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not obj["prompt"]:
+        raise ValueError(f'{where}: expected an object with a non-empty string "prompt"')
+    mnt = obj.get("max_new_tokens")
+    if mnt is not None and (not isinstance(mnt, int) or isinstance(mnt, bool) or mnt < 1):
+        raise ValueError(f"{where}: max_new_tokens must be a positive integer")
+    return Prompt(str(obj.get("id", f"{path.stem}/{lineno}")), obj["prompt"], mnt)
