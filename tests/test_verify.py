@@ -5,6 +5,7 @@ import torch
 
 import decodelab.verify as V
 from decodelab.verify import Draft, verify
+
 from stat_utils import ALPHA, chi2_pvalue
 
 VOCAB = 6

@@ -120,6 +120,12 @@ def cmd_corpus(args) -> None:
     print(json.dumps({"root": str(stdlib_root()), "splits": stats}, indent=None if args.json else 2))
 
 
+def cmd_model_card(args) -> None:
+    from .training.evaluate import model_card
+
+    print(json.dumps(model_card(args.target, args.draft, args.windows), indent=1))
+
+
 def cmd_bench(args) -> None:
     from .bench.cli import run as bench_run
 
@@ -158,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("corpus", help="file and character counts of the stdlib corpus splits")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_corpus)
+
+    mc = sub.add_parser("model-card", help="validation CE, draft agreement and samples of the embedded models")
+    mc.add_argument("--target", default="builtin:pyco")
+    mc.add_argument("--draft", default="builtin:pyco-draft")
+    mc.add_argument("--windows", type=int, default=32, help="512-token validation windows to score")
+    mc.set_defaults(func=cmd_model_card)
 
     from .bench.cli import add_arguments
 

@@ -101,6 +101,7 @@ class _RowState:
         self.tokens: list[int] = []
         self.text = ""
         self.sent = 0  # characters of text already streamed
+        self.unsent: list[int] = []  # tokens not yet carried by an event (their text is held back)
         self.finish: str | None = None
 
     def add(self, tokens: list[int], remaining: int) -> list[int]:
@@ -171,7 +172,7 @@ def run_method(info, lm: LM, prompts: list[list[int]], params: dict, max_new_tok
     stats.new_tokens = sum(len(r.tokens) for r in rows)
     for b, row in enumerate(rows):
         gen = Generation(_final_text(lm, row), row.tokens, row.finish or "length", stats, info.name, params)
-        yield Event(gen.text[row.sent:], [], b, gen)
+        yield Event(gen.text[row.sent:], row.unsent, b, gen)
 
 
 def _absorb(ctx: Context, rows: list[_RowState], emitted: list[list[int]]) -> Iterator[Event]:
@@ -180,10 +181,11 @@ def _absorb(ctx: Context, rows: list[_RowState], emitted: list[list[int]]) -> It
             continue
         kept = row.add(tokens, ctx.remaining(b))
         ctx.out[b].extend(kept)
+        row.unsent.extend(kept)
         visible = row.visible_text()
-        if kept and len(visible) > row.sent:
-            yield Event(visible[row.sent:], kept, b)
-            row.sent = len(visible)
+        if row.unsent and len(visible) > row.sent:
+            yield Event(visible[row.sent:], row.unsent, b)
+            row.sent, row.unsent = len(visible), []
 
 
 def _final_text(lm: LM, row: _RowState) -> str:

@@ -10,6 +10,7 @@ import itertools
 import pytest
 
 import decodelab
+
 from fakes import EOS, tiny_lm
 from stat_utils import ALPHA, chi2_pvalue
 

@@ -3,6 +3,7 @@
 import torch
 
 import decodelab
+
 from fakes import PAD, tiny_lm
 
 PROMPTS = ["def f(x):\n    return x\n\ndef f(", "abcabcabcabc", "hello world hello", "import os\nimport"]

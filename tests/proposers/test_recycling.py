@@ -8,9 +8,14 @@ import pytest
 import torch
 
 import decodelab
-from decodelab.proposers.recycling import (PAPER_WIDTHS, TokenRecycling, build_template, parse_widths,
-                                           template_depths)
-from decodelab.verify import Verdict
+from decodelab.proposers.recycling import (
+    PAPER_WIDTHS,
+    TokenRecycling,
+    build_template,
+    parse_widths,
+    template_depths,
+)
+from decodelab.verify import Draft, Verdict
 
 from fakes import tiny_lm
 from stat_utils import ALPHA, chi2_pvalue
@@ -90,7 +95,6 @@ def test_siblings_are_unique_and_depth_respects_limit():
 def test_observe_writes_topk_rows_path_last():
     ctx = _ctx([2, 4], vocab=6)
     prop = TokenRecycling(ctx, (2, 1), 2)
-    from decodelab.verify import Draft
     draft = Draft([3, 3, 1], [-1, 0, 1])  # token 3 fed twice; the path is [0]
     logits = torch.tensor([[0., 1, 5, 2, 0, 0],  # pending 4 → top-2 (2, 3)
                            [9., 8, 0, 0, 0, 0],  # node 0 (token 3, on the path) → (0, 1)
@@ -120,6 +124,15 @@ def test_greedy_exact_with_repetition_penalty():
         kw = {"max_new_tokens": 30, "repetition_penalty": 1.3}
         assert (decodelab.generate(lm, prompt, method="recycling", widths="4,6,4,2", **kw).token_ids
                 == decodelab.generate(lm, prompt, **kw).token_ids)
+
+
+@pytest.mark.parametrize("length", [200, 240, 254])
+def test_near_context_limit_the_tree_shrinks_to_fit(length):
+    lm = tiny_lm("llama", seed=3)
+    prompt = [ord("a") + i % 26 for i in range(length)]
+    want = decodelab.generate(lm, prompt, max_new_tokens=64)
+    got = decodelab.generate(lm, prompt, method="recycling", max_new_tokens=64)
+    assert got.token_ids == want.token_ids and got.finish_reason == want.finish_reason
 
 
 def test_matrix_persists_across_calls_and_second_call_accepts():

@@ -6,7 +6,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from stat_utils import ALPHA, chi2_pvalue
 
 import decodelab
 from decodelab.model.early_exit import early_exit_lm, exit_tokens, num_layers
@@ -14,6 +13,7 @@ from decodelab.proposers.self_draft import SMOOTHING, SelfDraft, best_plan, toke
 from decodelab.verify import Draft, Verdict
 
 from fakes import tiny_lm
+from stat_utils import ALPHA, chi2_pvalue
 
 PROMPTS = [
     "def f(x):\n    return x + 1\n\ndef g(x):\n    return", "abcabcabcabcabcab", "x", "hello hello hello",

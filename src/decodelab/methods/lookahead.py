@@ -14,8 +14,9 @@ from .registry import Param, register
 
 
 @register("lookahead", lossless=True,
-          description="Lookahead decoding: a 2-D Jacobi window collects n-grams; a pool branch verifies them.",
-          paper="Break the Sequential Dependency of LLM Inference Using Lookahead Decoding (arXiv:2402.02057)",
+          description="Lookahead: a 2-D Jacobi window collects n-grams, a pool branch verifies them.",
+          paper="Break the Sequential Dependency of LLM Inference Using Lookahead Decoding "
+                "(arXiv:2402.02057)",
           params={"N": Param(4, 3, 16, help="n-gram size (window levels + 1)"),
                   "W": Param(5, 1, 64, help="window width: n-grams collected per step"),
                   "G": Param(5, 1, 64, help="n-grams kept per first token (LRU)")})

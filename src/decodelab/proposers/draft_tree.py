@@ -13,7 +13,8 @@ the draft's next argmax. It changes only how many draft forwards a tree costs, n
 Draft cache: `Session`'s tree mask lets new nodes see the whole cache, so every draft forward starts
 from the context (truncate) and feeds the unfinished chains in full (branch-major, each a causal
 chain hanging off the context). The next `propose` syncs back to the context; whatever cached prefix
-it keeps is a causal continuation of the context, so it is valid.
+it keeps is a causal continuation of the context, so it is valid. Near the end of either model's
+context the tree narrows (fewer branches) so that every fed node fits.
 Drafts are deterministic (q = None: top-k children are not samples), so verification is exact.
 """
 
@@ -55,12 +56,22 @@ class DraftTree(Stateless):
 
     def propose(self, ctx, limit: int) -> Draft:
         history = ctx.ids()
-        depth = min(limit, self.depth)
+        branching, depth = self._shape(ctx, len(history), limit)
         if depth < 1:
             return Draft()
-        chains = self._roots(history, depth)
+        chains = self._roots(history, depth)[:branching]
         self._extend(history, chains, depth)
         return self._as_draft(chains)
+
+    def _shape(self, ctx, base: int, limit: int) -> tuple[int, int]:
+        """(branching, depth) whose nodes fit both caches: b·depth target nodes after the context,
+        b·(depth − 1) draft nodes in one extension feed, positions < the draft's maximum."""
+        depth = min(limit, self.depth, self.session.lm.max_length - base + 1)
+        branching = self.branching
+        while branching > 1 and (branching * depth > ctx.lm.max_length - base
+                                 or base + branching * (depth - 1) > self.session.lm.max_length):
+            branching -= 1
+        return branching, depth
 
     def _guess(self, ids: list[int], n: int) -> list[int]:
         """Stage 2: up to n prompt-lookup tokens following ids (none when the stage is off)."""

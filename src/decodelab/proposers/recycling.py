@@ -17,6 +17,8 @@ Choices, all documented here:
 - M starts as zeros, as in the paper: an unseen token drafts token 0 (one chain after deduplication)
   and is corrected by its first verify. It persists in `lm.state["recycling"][k]`, shared by every
   call on the same loaded model;
+- near the end of the context the tree is cut to the nodes that fit (the target's cache holds every
+  fed node);
 - when a token occurs several times in one tree, the row written last wins; the pending token and
   the accepted path are written last, so the rows of tokens now in the context follow the context.
 Drafts are deterministic (q = None): verification is exact for greedy and for sampling alike.
@@ -90,14 +92,20 @@ class TokenRecycling:
         self.rows = self.matrix.numpy()  # shares memory: fast per-node lookups
 
     def propose(self, ctx, limit: int) -> Draft:
-        """Instantiate the template from the pending token, deduplicating siblings."""
-        root = ctx.ids()[-1]
+        """Instantiate the template from the pending token, deduplicating siblings.
+
+        Node count is capped by the context room left (BFS order: a prefix is still a tree).
+        """
+        ids = ctx.ids()
+        root, room = ids[-1], ctx.lm.max_length - len(ids)
         tokens: list[int] = []
         parents: list[int] = []
         node_of: list[int | None] = []  # template index → draft index (None = dropped)
         seen: dict[int, set[int]] = {}  # draft parent → its children's tokens
         for (tparent, rank), depth in zip(self.template, self.depths):
             parent = -1 if tparent < 0 else node_of[tparent]
+            if len(tokens) >= room:
+                break
             if depth > limit or parent is None:
                 node_of.append(None)
                 continue

@@ -1,0 +1,81 @@
+"""Numbers for the model card: validation cross-entropy of target, draft and a bigram baseline,
+draft/target top-1 agreement, and greedy completions of test-split function headers.
+
+`decodelab model-card [--windows N]` prints them as JSON (docs/MODELS.md quotes that output).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..model import LM, load
+from .corpus import load_split
+
+
+def _valid_stream(lm: LM) -> torch.Tensor:
+    bos, eos = lm.tokenizer.bos_token_id, lm.tokenizer.eos_token_id
+    ids: list[int] = []
+    for f in load_split("valid"):
+        ids += [bos, *lm.encode(f.text), eos]
+    return torch.tensor(ids)
+
+
+def _windows(stream: torch.Tensor, n: int, length: int) -> torch.Tensor:
+    """[n, length + 1] consecutive non-overlapping windows from the start of the stream."""
+    n = min(n, (stream.numel() - 1) // length)
+    return torch.stack([stream[i * length : (i + 1) * length + 1] for i in range(n)])
+
+
+@torch.inference_mode()
+def cross_entropy_and_argmax(lm: LM, windows: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """Mean next-token CE (nats/token) and the argmax predictions [n, length]."""
+    total, preds = 0.0, []
+    for row in windows:
+        logits = lm.model(input_ids=row[None, :-1].to(lm.device)).logits[0].float()
+        total += torch.nn.functional.cross_entropy(logits, row[1:].to(lm.device), reduction="sum").item()
+        preds.append(logits.argmax(-1).cpu())
+    return total / windows[:, 1:].numel(), torch.stack(preds)
+
+
+def bigram_cross_entropy(lm: LM, windows: torch.Tensor, add_k: float = 0.1) -> float:
+    """CE of an add-k smoothed bigram model counted on the train split."""
+    bos, eos = lm.tokenizer.bos_token_id, lm.tokenizer.eos_token_id
+    V = lm.vocab_size
+    counts = torch.zeros(V * V, dtype=torch.float64)
+    for f in load_split("train"):
+        ids = torch.tensor([bos, *lm.encode(f.text), eos])
+        counts += torch.bincount(ids[:-1] * V + ids[1:], minlength=V * V).double()
+    counts = counts.view(V, V) + add_k
+    logp = counts.log() - counts.sum(1, keepdim=True).log()
+    a, b = windows[:, :-1].flatten(), windows[:, 1:].flatten()
+    return float(-logp[a, b].mean())
+
+
+def completions(lm: LM, n: int = 3, max_new_tokens: int = 48) -> list[dict]:
+    from ..api import generate
+    from ..bench.suites import load_suite
+
+    out = []
+    for p in load_suite("code").prompts[:n]:
+        out.append({"prompt": p.text, "completion": generate(lm, p.text, max_new_tokens=max_new_tokens).text})
+    return out
+
+
+def model_card(target: str = "builtin:pyco", draft: str = "builtin:pyco-draft", n_windows: int = 32,
+               length: int = 512) -> dict:
+    t, d = load(target), load(draft)
+    windows = _windows(_valid_stream(t), n_windows, length)
+    ce_t, pred_t = cross_entropy_and_argmax(t, windows)
+    ce_d, pred_d = cross_entropy_and_argmax(d, windows)
+    return {
+        "validation_tokens": int(windows[:, 1:].numel()),
+        "target_ce": round(ce_t, 4), "draft_ce": round(ce_d, 4),
+        "bigram_ce": round(bigram_cross_entropy(t, windows), 4),
+        "uniform_ce": round(math.log(t.vocab_size), 4),
+        "top1_agreement": round(float((pred_t == pred_d).float().mean()), 4),
+        "target_top1_accuracy": round(float((pred_t == windows[:, 1:]).float().mean()), 4),
+        "draft_top1_accuracy": round(float((pred_d == windows[:, 1:]).float().mean()), 4),
+        "completions": completions(t),
+    }
