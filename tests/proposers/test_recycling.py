@@ -66,7 +66,7 @@ def test_bad_widths_raise():
 
 # ---- proposer on a fake context -------------------------------------------------------------
 def _ctx(ids, vocab=10):
-    lm = SimpleNamespace(state={}, vocab_size=vocab)
+    lm = SimpleNamespace(state={}, vocab_size=vocab, max_length=1000)
     return SimpleNamespace(lm=lm, ids=lambda: list(ids))
 
 
@@ -90,6 +90,8 @@ def test_siblings_are_unique_and_depth_respects_limit():
     assert all(draft.tokens[c] == prop.matrix[draft.tokens[p], r] for p in kids if p >= 0
                for r, c in enumerate(kids[p]))
     assert prop.propose(ctx, limit=1).tokens == [1, 2]
+    ctx.lm.max_length = 4  # one pending token in the context: room for 3 nodes, a BFS prefix
+    assert prop.propose(ctx, limit=64).tokens == draft.tokens[:3]
 
 
 def test_observe_writes_topk_rows_path_last():

@@ -8,7 +8,11 @@ pending token, each continued greedily to `depth` tokens. Staged speculative dec
 the draft is itself sped up by speculation from an n-gram model. Here that stage is prompt lookup
 (lookup.py): before a draft forward extends a chain, the chain's prompt-lookup continuation is fed
 after it in the same forward, and the longest prefix equal to the draft's own argmax is kept, plus
-the draft's next argmax. It changes only how many draft forwards a tree costs, never the tree.
+the draft's next argmax. It changes only how many draft forwards a tree costs, never the tree. A
+forward is saved only when every unfinished chain's guess is right, so the stage pays most with few
+branches on repetitive text (tiny llama, draft = target, 60 tokens of a repeating prompt: 26 instead
+of 49 draft forwards with branching 1; 47 instead of 49 with branching 3 — the non-argmax branches
+rarely have a matching n-gram).
 
 Draft cache: `Session`'s tree mask lets new nodes see the whole cache, so every draft forward starts
 from the context (truncate) and feeds the unfinished chains in full (branch-major, each a causal

@@ -11,11 +11,13 @@ Choices, all documented here:
 - the template is generated from per-level widths (`build_template`): each level's slots go to the
   most probable (parent, rank) pairs under a fixed rank prior ∝ 1/(rank + 1), a node's probability
   being the product of the priors along its path. The paper's "2.2.2" tree has widths
-  8, 21, 25, 15, 8, 3 (80 nodes, depth 6); "4,6,4,2" (16 nodes) is a CPU-friendlier one;
+  8, 21, 25, 15, 8, 3 (80 nodes, depth 6) — same widths, but the per-parent split here comes from
+  the prior, not from the paper's figure; "4,6,4,2" (16 nodes) is a CPU-friendlier one;
 - identical sibling tokens (from rows never written, or a child equal to a sibling) are dropped with
   their subtrees, keeping the first, so no token is verified twice;
 - M starts as zeros, as in the paper: an unseen token drafts token 0 (one chain after deduplication)
-  and is corrected by its first verify. It persists in `lm.state["recycling"][k]`, shared by every
+  and is corrected by its first verify (the prompt's logits are not used: the loop's prefill keeps
+  only the last row). It persists in `lm.state["recycling"][k]`, shared by every
   call on the same loaded model;
 - near the end of the context the tree is cut to the nodes that fit (the target's cache holds every
   fed node);
