@@ -31,3 +31,22 @@ def chi2_pvalue(samples: list, probs: dict) -> float:
     if len(obs) < 2:
         return 1.0
     return float(chisquare(obs, exp).pvalue)
+
+
+def exact_joint(lm, ids: list[int], depth: int, **params) -> dict:
+    """Exact probability of every continuation of `depth` tokens (shorter when it ends in EOS),
+    walking the support of decodelab.next_token_probs under the given sampling parameters."""
+    import decodelab
+
+    out = {}
+
+    def walk(prefix, prob):
+        if len(prefix) == depth or (prefix and prefix[-1] in lm.eos_token_ids):
+            out[tuple(prefix)] = prob
+            return
+        probs = decodelab.next_token_probs(lm, ids + prefix, **params)
+        for t in probs.nonzero().flatten().tolist():
+            walk(prefix + [t], prob * float(probs[t]))
+
+    walk([], 1.0)
+    return out

@@ -12,7 +12,7 @@ import pytest
 import decodelab
 
 from fakes import EOS, tiny_lm
-from stat_utils import ALPHA, chi2_pvalue
+from stat_utils import ALPHA, chi2_pvalue, exact_joint
 
 LOSSLESS = sorted(n for n, m in decodelab.methods().items() if m.lossless and n not in ("greedy", "sample"))
 PROMPTS = [
@@ -94,26 +94,11 @@ N_SEEDS = 600
 PROMPT = "abcabcabcab"
 
 
-def _exact_joint(lm, ids, depth, params):
-    """Exact probability of every length-`depth` continuation with non-zero probability."""
-    out = {}
-
-    def walk(prefix, prob):
-        if len(prefix) == depth:
-            out[tuple(prefix)] = prob
-            return
-        probs = decodelab.next_token_probs(lm, ids + prefix, **params)
-        for t in probs.nonzero().flatten().tolist():
-            walk(prefix + [t], prob * float(probs[t]))
-    walk([], 1.0)
-    return out
-
-
 @pytest.fixture(scope="module")
 def exact():
     lm = MODELS["llama"]
     ids = lm.encode(PROMPT)
-    return {i: _exact_joint(lm, ids, 3, p) for i, p in enumerate(SAMPLING)}
+    return {i: exact_joint(lm, ids, 3, **p) for i, p in enumerate(SAMPLING)}
 
 
 @pytest.mark.parametrize("method", ["sample", *LOSSLESS])

@@ -18,7 +18,7 @@ from decodelab.proposers.recycling import (
 from decodelab.verify import Draft, Verdict
 
 from fakes import tiny_lm
-from stat_utils import ALPHA, chi2_pvalue
+from stat_utils import ALPHA, chi2_pvalue, exact_joint
 
 PROMPTS = ["def f(x):", "hello world", "a", "import os\nimport sys\n", "class Foo(object):\n    pass",
            "abcabcabcabcabcabc", "the cat sat on the mat. the cat sat on the", "for i in range(10):\n",
@@ -154,18 +154,6 @@ def test_matrix_persists_across_calls_and_second_call_accepts():
     assert set(lm.state["recycling"]) == {8, 4}  # each k keeps its own matrix
 
 
-def _exact_triples(lm, ids, **kw):
-    out = {}
-    p0 = decodelab.next_token_probs(lm, ids, **kw)
-    for a in p0.nonzero().flatten().tolist():
-        p1 = decodelab.next_token_probs(lm, ids + [a], **kw)
-        for b in p1.nonzero().flatten().tolist():
-            p2 = decodelab.next_token_probs(lm, ids + [a, b], **kw)
-            for c in p2.nonzero().flatten().tolist():
-                out[(a, b, c)] = float(p0[a] * p1[b] * p2[c])
-    return out
-
-
 def _soft_lm(seed, scale=0.15):
     """A tiny model with a softened head: several likely tokens at each step."""
     lm = tiny_lm("llama", seed=seed)
@@ -184,7 +172,7 @@ def test_sampling_distribution_of_first_three_tokens():
         samples.append(tuple(g.token_ids[:3]))
         accepted += sum(g.stats.accepted)
     assert accepted > 200  # the matrix learned the support: drafts really were accepted
-    exact = _exact_triples(lm, ids, **kw)
+    exact = exact_joint(lm, ids, 3, **kw)
     assert abs(sum(exact.values()) - 1) < 1e-4
     assert chi2_pvalue(samples, exact) > ALPHA, Counter(samples).most_common(5)
     assert len(set(samples)) > 6

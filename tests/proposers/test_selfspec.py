@@ -13,7 +13,7 @@ from decodelab.proposers.self_draft import SMOOTHING, SelfDraft, best_plan, toke
 from decodelab.verify import Draft, Verdict
 
 from fakes import tiny_lm
-from stat_utils import ALPHA, chi2_pvalue
+from stat_utils import ALPHA, chi2_pvalue, exact_joint
 
 PROMPTS = [
     "def f(x):\n    return x + 1\n\ndef g(x):\n    return", "abcabcabcabcabcab", "x", "hello hello hello",
@@ -126,27 +126,12 @@ def test_del_alpha_is_a_moving_average_of_shadow_token_agreement(lm):
     assert SelfDraft(ctx, 2, 6).wants_hidden is False  # a fixed exit needs no shadow tokens
 
 
-def _exact_joint(lm, ids, depth, params):
-    """Exact probability of every continuation of `depth` tokens (shorter when it ends in EOS)."""
-    out = {}
-
-    def walk(prefix, prob):
-        if len(prefix) == depth or (prefix and prefix[-1] in lm.eos_token_ids):
-            out[tuple(prefix)] = prob
-            return
-        probs = decodelab.next_token_probs(lm, ids + prefix, **params)
-        for t in probs.nonzero().flatten().tolist():
-            walk(prefix + [t], prob * float(probs[t]))
-    walk([], 1.0)
-    return out
-
-
 def test_sampled_distribution_matches_target():
     """DEL, first 3 of 4 tokens: the third may be an accepted draft, a recovered or a bonus token."""
     lm = tiny_lm("llama", seed=12, num_hidden_layers=4)
     params = dict(temperature=0.9, top_k=3)
     prompt = "abcabcab"
-    exact = _exact_joint(lm, lm.encode(prompt), 3, params)
+    exact = exact_joint(lm, lm.encode(prompt), 3, **params)
     samples = [tuple(decodelab.generate(lm, prompt, method="selfspec", max_new_tokens=4, seed=s, **params,
                                         **SETTINGS["del"]).token_ids[:3]) for s in range(800)]
     assert chi2_pvalue(samples, exact) > ALPHA

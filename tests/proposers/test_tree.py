@@ -11,7 +11,7 @@ import decodelab
 from decodelab.proposers.draft_tree import greedy_extend
 
 from fakes import tiny_lm
-from stat_utils import ALPHA, chi2_pvalue
+from stat_utils import ALPHA, chi2_pvalue, exact_joint
 
 PROMPTS = ["def f(x):", "hello world", "a", "import os\nimport sys\n", "class Foo(object):\n    pass",
            "abcabcabcabcabcabc", "the cat sat on the mat. the cat sat on the", "for i in range(10):\n",
@@ -122,18 +122,6 @@ def _soft_lm(seed, scale=0.15):
     return lm
 
 
-def _exact_triples(lm, ids, **kw):
-    out = {}
-    p0 = decodelab.next_token_probs(lm, ids, **kw)
-    for a in p0.nonzero().flatten().tolist():
-        p1 = decodelab.next_token_probs(lm, ids + [a], **kw)
-        for b in p1.nonzero().flatten().tolist():
-            p2 = decodelab.next_token_probs(lm, ids + [a, b], **kw)
-            for c in p2.nonzero().flatten().tolist():
-                out[(a, b, c)] = float(p0[a] * p1[b] * p2[c])
-    return out
-
-
 @pytest.mark.parametrize("draft,seeds,depth", [("self", 800, 2), ("tiny-draft", 400, 2)])
 def test_sampling_distribution_of_first_three_tokens(draft, seeds, depth):
     lm = _soft_lm(6)
@@ -148,7 +136,7 @@ def test_sampling_distribution_of_first_three_tokens(draft, seeds, depth):
         accepted += sum(g.stats.accepted)
     if draft == "self":
         assert accepted > 800  # the top-3 children are the target's support: drafts are accepted
-    exact = _exact_triples(lm, ids, **kw)
+    exact = exact_joint(lm, ids, 3, **kw)
     assert abs(sum(exact.values()) - 1) < 1e-4
     assert chi2_pvalue(samples, exact) > ALPHA, Counter(samples).most_common(5)
     assert len(set(samples)) > 6
