@@ -93,11 +93,35 @@ class Context:
         return torch.cat([ids, gen], dim=1)
 
 
+class _IncrementalText:
+    """Text of an append-only token list, decoding only the tail since the last clean anchor.
+
+    The tail is decoded together with the token before it and that token's own text is cut off, so
+    tokenizers that drop a leading space at the start of a decode (SentencePiece) stay exact.
+    """
+
+    def __init__(self, lm: LM):
+        self.lm = lm
+        self.anchor, self.anchor_text = 0, ""
+
+    def of(self, tokens: list[int]) -> str:
+        a = self.anchor
+        if a == 0:
+            text = self.lm.decode(tokens)
+        else:
+            head = self.lm.decode(tokens[a - 1 : a])
+            text = self.anchor_text + self.lm.decode(tokens[a - 1 :])[len(head):]
+        if len(tokens) - a >= 16 and not text.endswith("\ufffd"):
+            self.anchor, self.anchor_text = len(tokens), text
+        return text
+
+
 class _RowState:
     """Per-row stop detection: EOS, stop strings, length."""
 
     def __init__(self, lm: LM, stop: list[str], prompt_len: int):
         self.lm, self.stop = lm, stop
+        self._decoder = _IncrementalText(lm)
         self.tokens: list[int] = []
         self.text = ""
         self.sent = 0  # characters of text already streamed
@@ -119,13 +143,13 @@ class _RowState:
             elif len(kept) >= remaining:
                 self.finish = "length"
         if not self.finish or self.finish == "length":
-            self.text = self.lm.decode(self.tokens)
+            self.text = self._decoder.of(self.tokens)
         return kept
 
     def _hit_stop(self) -> bool:
         if not self.stop:
             return False
-        text = self.lm.decode(self.tokens)
+        text = self._decoder.of(self.tokens)
         cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
         if cut < 0:
             self.text = text

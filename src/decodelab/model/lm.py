@@ -116,11 +116,12 @@ class LM:
         self.config = model.config
         self.state: dict = {}  # per-model state that methods keep across calls (e.g. token recycling)
 
-    @property
+    @cached_property
     def device(self) -> torch.device:
+        """Where the weights are (read once: move the model before wrapping it in an LM)."""
         return next(self.model.parameters()).device
 
-    @property
+    @cached_property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
