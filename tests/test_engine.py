@@ -323,7 +323,7 @@ def test_incremental_detokenizer_equals_full_decode():
     rng = random.Random(0)
     text = "héllo wörld — ünïcödé ✓ 漢字 " * 6
     ids = lm.encode(text)
-    for trial in range(3):
+    for _trial in range(3):
         inc, tokens = _IncrementalText(lm), []
         while len(tokens) < len(ids):
             tokens += ids[len(tokens): len(tokens) + rng.randint(1, 5)]
