@@ -61,7 +61,7 @@ def plots(results: dict, out: Path) -> list[Path]:
     suites = results["config"]["suites"]
     methods = list(dict.fromkeys(a["method"] for a in results["aggregates"]))
     table = {(a["suite"], a["method"]): a for a in results["aggregates"]}
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(methods) * len(suites) ** 0.5 + 3), 4.5))
+    fig, ax = plt.subplots(figsize=(min(12, 3 + 0.8 * len(methods)), 4.5))
     width = 0.8 / len(suites)
     for i, s in enumerate(suites):
         ys = [table[(s, m)]["speedup"] or 0 for m in methods]
@@ -75,11 +75,17 @@ def plots(results: dict, out: Path) -> list[Path]:
     paths = [out / "speedup.png"]
     fig.savefig(paths[0], dpi=120)
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    markers = dict(zip(suites, "osD^vP*X"))
+    colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
     for a in results["aggregates"]:
         if a["mean_accepted"] is not None and a["speedup"] is not None:
-            ax.scatter(a["mean_accepted"], a["speedup"])
-            ax.annotate(f"{a['method']} ({a['suite']})", (a["mean_accepted"], a["speedup"]), fontsize=7)
+            ax.scatter(a["mean_accepted"], a["speedup"], color=colors[a["method"]], marker=markers[a["suite"]])
+    for m in dict.fromkeys(a["method"] for a in results["aggregates"] if a["mean_accepted"] is not None):
+        ax.scatter([], [], color=colors[m], marker="o", label=m)
+    for s, mk in markers.items():
+        ax.scatter([], [], color="gray", marker=mk, label=f"suite: {s}")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.axhline(1.0, color="black", lw=0.8, ls="--")
     ax.set_xlabel("τ (tokens per target forward pass)")
     ax.set_ylabel("speedup (×)")
