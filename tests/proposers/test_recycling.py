@@ -17,15 +17,10 @@ from decodelab.proposers.recycling import (
 )
 from decodelab.verify import Draft, Verdict
 
-from fakes import tiny_lm
+from fakes import MANY_PROMPTS, tiny_lm
 from stat_utils import ALPHA, chi2_pvalue, exact_joint
 
-PROMPTS = ["def f(x):", "hello world", "a", "import os\nimport sys\n", "class Foo(object):\n    pass",
-           "abcabcabcabcabcabc", "the cat sat on the mat. the cat sat on the", "for i in range(10):\n",
-           "1, 2, 3, 4, 5, 6,", "x = [0] * 8\n", "if a == b:\n    return", "Once upon a time",
-           "SELECT * FROM t WHERE", "<html><body>", "zzzzzzzz", "The quick brown fox", "# comment\n",
-           "while True:\n    pass\n", "foo(bar(baz(", "lorem ipsum dolor sit amet", "{'a': 1, 'b': 2}",
-           "return x + y"]
+PROMPTS = MANY_PROMPTS
 SETTINGS = [{}, {"widths": "4,6,4,2", "k": 4}, {"widths": "2,2,2,2,2,2,2,2", "k": 2}]
 
 
