@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
@@ -76,8 +77,8 @@ class Context:
     def session(self, lm: LM | None = None, role: str = "target") -> Session:
         return Session(lm or self.lm, self.batch_size, stats=self.stats, role=role)
 
-    def padded_prompts(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """[B, L] left-padded prompt ids and the [B, L] pad mask (None when all rows are equal length)."""
+    @cached_property
+    def _padded(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         width = max(len(p) for p in self.prompts)
         if all(len(p) == width for p in self.prompts):
             return torch.tensor(self.prompts, dtype=torch.long), None
@@ -85,6 +86,12 @@ class Context:
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in self.prompts], dtype=torch.long)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in self.prompts], dtype=torch.long)
         return ids, mask
+
+    def padded_prompts(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[B, L] left-padded prompt ids and the [B, L] pad mask (None when all rows are equal length).
+
+        Built once per generation: penalties read it through `history()` at every step."""
+        return self._padded
 
     def history(self) -> torch.Tensor:
         """[B, L] padded prompt + generated ids: the input_ids processors see."""

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .model.session import tree_depths
+
 
 @dataclass
 class Draft:
@@ -50,10 +52,8 @@ class Draft:
         return not self.aux_tokens and self.parents == list(range(-1, len(self.tokens) - 1))
 
     def depth(self) -> int:
-        depths: list[int] = []
-        for p in self.parents:
-            depths.append(1 if p < 0 else depths[p] + 1)
-        return max(depths, default=0)
+        """Length of the longest candidate chain (a child of the pending token has depth 1)."""
+        return 1 + max(tree_depths(self.parents), default=-1)
 
     def children(self) -> dict[int, list[int]]:
         kids: dict[int, list[int]] = {}

@@ -13,6 +13,7 @@ from typing import Protocol
 
 import torch
 
+from ..model.session import tree_depths
 from ..verify import Draft, Verdict, verify
 from .autoregressive import prefill
 
@@ -33,11 +34,7 @@ def _clip(draft: Draft, limit: int) -> Draft:
     """Drop candidate nodes deeper than `limit` (aux nodes are kept only when nothing is dropped)."""
     if draft.depth() <= limit:
         return draft
-    depths, keep = [], []
-    for i, p in enumerate(draft.parents):
-        depths.append(1 if p < 0 else depths[p] + 1)
-        if depths[-1] <= limit:
-            keep.append(i)
+    keep = [i for i, d in enumerate(tree_depths(draft.parents)) if d < limit]
     index = {old: new for new, old in enumerate(keep)}
     q = draft.q[keep] if draft.q is not None else None
     return Draft([draft.tokens[i] for i in keep], [index.get(draft.parents[i], -1) for i in keep], q)

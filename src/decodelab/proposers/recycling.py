@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import torch
 
+from ..model.session import tree_depths
 from ..verify import Draft, Verdict
 
 PAPER_WIDTHS = (8, 21, 25, 15, 8, 3)
@@ -71,10 +72,8 @@ def build_template(widths: tuple[int, ...] | list[int], k: int) -> list[tuple[in
 
 
 def template_depths(template: list[tuple[int, int]]) -> list[int]:
-    depths: list[int] = []
-    for parent, _ in template:
-        depths.append(1 if parent < 0 else depths[parent] + 1)
-    return depths
+    """Depth of each template node (children of the pending token have depth 1)."""
+    return [d + 1 for d in tree_depths([parent for parent, _ in template])]
 
 
 def adjacency_matrix(lm, k: int) -> torch.Tensor:
