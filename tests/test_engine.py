@@ -176,6 +176,10 @@ def test_eos_in_a_batch_ends_each_row_on_its_own():
     assert [r.finish_reason for r in rows] == ["eos", "eos"]
     assert [r.token_ids for r in rows] == [g.token_ids, [ord("c"), EOS]]
     assert [r.text for r in rows] == ["abc", "c"]
+    # each row counts its own tokens; the forward passes were shared by the batch of two
+    assert [r.stats.new_tokens for r in rows] == [4, 2]
+    assert [r.stats.batch_size for r in rows] == [2, 2] and g.stats.batch_size == 1
+    assert rows[0].stats.forward_passes == rows[1].stats.forward_passes == g.stats.forward_passes
 
 
 # ---- stop strings --------------------------------------------------------------------------------

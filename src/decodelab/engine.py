@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import torch
@@ -201,8 +201,11 @@ def run_method(info, lm: LM, prompts: list[list[int]], params: dict, max_new_tok
         steps.close()
     stats.wall_time_s = time.perf_counter() - t0
     stats.new_tokens = sum(len(r.tokens) for r in rows)
+    stats.batch_size = len(rows)
     for b, row in enumerate(rows):
-        gen = Generation(_final_text(lm, row), row.tokens, row.finish or "length", stats, info.name, params)
+        row_stats = stats if len(rows) == 1 else replace(
+            stats, new_tokens=len(row.tokens), drafted=list(stats.drafted), accepted=list(stats.accepted))
+        gen = Generation(_final_text(lm, row), row.tokens, row.finish or "length", row_stats, info.name, params)
         yield Event(gen.text[row.sent:], row.unsent, b, gen)
 
 

@@ -12,6 +12,8 @@ class Stats:
     τ (`mean_accepted`) follows the reference definition: tokens emitted per target forward pass in
     the decode phase — the token that prefill emits is not part of any step, so plain greedy has
     τ = 1.00 exactly and `forward_passes = 1 + steps` for it.
+    In a batch each row's Stats counts that row's `new_tokens`; forward passes, steps, τ and times
+    belong to the whole batch of `batch_size` rows (they were shared).
     """
 
     new_tokens: int = 0
@@ -24,6 +26,7 @@ class Stats:
     decode_tokens: float = 0  # tokens emitted by decode steps (new_tokens minus prefill's)
     drafted: list[int] = field(default_factory=list)  # per draft position: times a draft was offered
     accepted: list[int] = field(default_factory=list)  # per draft position: times it was accepted
+    batch_size: int = 1
 
     def count_forward(self, role: str, seconds: float) -> None:
         if role == "target":
@@ -66,6 +69,7 @@ class Stats:
     def to_dict(self) -> dict:
         return {
             "new_tokens": self.new_tokens,
+            "batch_size": self.batch_size,
             "forward_passes": self.forward_passes,
             "draft_forward_passes": self.draft_forward_passes,
             "steps": self.steps,

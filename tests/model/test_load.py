@@ -62,6 +62,13 @@ def test_local_directory_loads_and_generates(model_dir, reference):
 def test_dtype_argument(model_dir):
     assert decodelab.load(str(model_dir), dtype="bfloat16").dtype == torch.bfloat16
     assert decodelab.load(str(model_dir), dtype=torch.float64).dtype == torch.float64
+    assert decodelab.load(str(model_dir), dtype="fp16").dtype == torch.float16
+
+
+def test_unknown_dtype(model_dir):
+    msg = _model_error(str(model_dir), dtype="float99")
+    assert "float99" in msg and "dtype" in msg
+    assert "int8" in _model_error(str(model_dir), dtype="int8")
 
 
 def test_missing_path(tmp_path):

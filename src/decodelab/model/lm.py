@@ -66,6 +66,17 @@ def _short(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
 
 
+def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """`"float16"`, `"bf16"`-style names or a torch.dtype; anything else is a one-line ModelError."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    aliases = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16", "float": "float32"}
+    name = aliases.get(str(dtype).removeprefix("torch."), str(dtype).removeprefix("torch."))
+    if name in ("float32", "float16", "bfloat16", "float64"):
+        return getattr(torch, name)
+    raise ModelError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
+
+
 def load(name: str | None = None, *, device: str = "cpu", dtype: torch.dtype | str | None = None,
          allow_pickle: bool = False, trust_remote_code: bool = False) -> "LM":
     """Load a causal LM + tokenizer. `name=None` → the embedded default `builtin:pyco`."""
@@ -75,8 +86,7 @@ def load(name: str | None = None, *, device: str = "cpu", dtype: torch.dtype | s
     location, local = _resolve(name)
     if local:
         _check_local_dir(Path(location), allow_pickle)
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    dtype = dtype or (torch.float32 if device == "cpu" else torch.float16)
+    dtype = _dtype(dtype) or (torch.float32 if device == "cpu" else torch.float16)
     try:
         config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - any failure here is the user's model, reported in one line
