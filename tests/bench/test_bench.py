@@ -103,6 +103,9 @@ def test_builtin_suites_are_deterministic_and_from_test_split():
         for p in a.prompts:
             rel = p.id.split("/", 1)[1].split(":")[0]
             assert split_of(rel) == "test", p.id
+            # v2: no prompt ends in a bare newline (the tokenizer merges it with the next indentation)
+            assert not p.text.endswith("\n") and p.text.strip(), p.id
+        assert a.version == 2
     edit = load_suite("edit").prompts[0].text
     assert "_v2(" in edit
 

@@ -1,11 +1,15 @@
 """Benchmark suites: named, versioned prompt sets with a task type, or a user's JSONL file.
 
 Built-in suites are drawn from the stdlib corpus *test* split (never trained on), deterministically:
-- `code`  (v1): complete a function from its header and docstring;
-- `edit`  (v1): a function, then the start of a near-copy of it (renamed) — copy-heavy, the
+- `code`  (v2): complete a function from its header and docstring;
+- `edit`  (v2): a function, then the start of a near-copy of it (renamed) — copy-heavy, the
                analogue of Spec-Bench's RAG / summarisation tasks;
-- `long`  (v1): continue a file from its first lines for many tokens;
-- `quick` (v1): three short prompts of the above kinds, for smoke tests and CI.
+- `long`  (v2): continue a file from its first lines for many tokens;
+- `quick` (v2): three short prompts of the above kinds, for smoke tests and CI.
+v2 prompts end at the last non-blank character, *without* the trailing newline (v1 kept it). The byte-level BPE merges a
+newline with the next line's indentation (`"\n    "` is one token), so a prompt ending in a bare
+`"\n"` is a token boundary the model never saw in training and sends it off course (the
+prompt-boundary problem); ending before the newline lets the model emit newline + indentation itself.
 A JSONL suite has one object per line: {"prompt": str, "id"?: str, "max_new_tokens"?: int}.
 """
 
@@ -55,7 +59,7 @@ def _code_prompts(n: int) -> list[Prompt]:
     out = []
     for rel, node, lines in _functions():
         doc_end = node.body[0].end_lineno
-        text = "".join(lines[node.lineno - 1 - len(node.decorator_list): doc_end])
+        text = "".join(lines[node.lineno - 1 - len(node.decorator_list): doc_end]).rstrip()
         if len(text) <= MAX_PROMPT_CHARS:
             out.append(Prompt(f"code/{rel}:{node.name}", text))
         if len(out) == n:
@@ -70,7 +74,7 @@ def _edit_prompts(n: int) -> list[Prompt]:
         if len(src) > MAX_PROMPT_CHARS // 2 or f"def {node.name}(" not in src:
             continue
         copy = src.replace(f"def {node.name}(", f"def {node.name}_v2(", 1)
-        head = "".join(copy.splitlines(keepends=True)[:2])
+        head = "".join(copy.splitlines(keepends=True)[:2]).rstrip()
         out.append(Prompt(f"edit/{rel}:{node.name}", f"{src}\n\n{head}"))
         if len(out) == n:
             break
@@ -81,17 +85,17 @@ def _long_prompts(n: int) -> list[Prompt]:
     out = []
     for f in load_split("test"):
         if len(f.text) > 3000:
-            out.append(Prompt(f"long/{f.relpath}", f.text[:600].rsplit("\n", 1)[0] + "\n", 256))
+            out.append(Prompt(f"long/{f.relpath}", f.text[:600].rsplit("\n", 1)[0].rstrip(), 256))
         if len(out) == n:
             break
     return out
 
 
 BUILTIN = {
-    "code": (1, "code", "complete a function from its header and docstring", lambda: _code_prompts(12)),
-    "edit": (1, "copy-heavy", "a function, then the start of a renamed near-copy", lambda: _edit_prompts(12)),
-    "long": (1, "long", "continue a file for 256 tokens", lambda: _long_prompts(6)),
-    "quick": (1, "smoke", "three short prompts (code, edit, long) for CI",
+    "code": (2, "code", "complete a function from its header and docstring", lambda: _code_prompts(12)),
+    "edit": (2, "copy-heavy", "a function, then the start of a renamed near-copy", lambda: _edit_prompts(12)),
+    "long": (2, "long", "continue a file for 256 tokens", lambda: _long_prompts(6)),
+    "quick": (2, "smoke", "three short prompts (code, edit, long) for CI",
               lambda: (_code_prompts(1) + _edit_prompts(1) + _long_prompts(1))),
 }
 
