@@ -215,3 +215,27 @@ def test_tokenizer_round_trips_unseen_files_byte_for_byte(relpaths, tmp_path):
         assert tok.decode(ids, skip_special_tokens=False) == text
         assert fast.decode(fast.encode(text, add_special_tokens=False)) == text
         assert auto.decode(auto.encode(text, add_special_tokens=False)) == text
+
+
+# ---- model card ------------------------------------------------------------------------------------
+
+def test_model_card_numbers(runs):
+    from decodelab.training.evaluate import _valid_stream, _windows, model_card
+
+    straight, resumed = str(runs["straight"]), str(runs["resumed"])
+    card = model_card(straight, resumed, n_windows=3, length=32, bigram_files=20)
+    assert card["validation_tokens"] == 3 * 32
+    # the card's CE is the mean next-token loss transformers computes on the same windows
+    lm = decodelab.load(straight)
+    windows = _windows(_valid_stream(lm, 3 * 32 + 1), 3, 32)
+    with torch.no_grad():
+        hf = torch.stack([lm.model(input_ids=w[None], labels=w[None]).loss for w in windows]).mean()
+    assert card["target_ce"] == pytest.approx(float(hf), abs=1e-3)
+    assert card["bigram_ce"] < card["uniform_ce"] == round(math.log(lm.vocab_size), 4)
+    assert 0 <= card["top1_agreement"] <= 1 and card["target_params"] == card["draft_params"] > 0
+    assert card["target_ms_per_token"] > 0 and card["draft_ms_per_token"] > 0
+    assert card["draft_cost_ratio"] == pytest.approx(card["draft_ms_per_token"] / card["target_ms_per_token"], rel=1e-2)
+    assert len(card["completions"]) == 3 and all(c["prompt"] for c in card["completions"])
+    # a model compared with itself agrees everywhere and has the same CE
+    same = model_card(straight, straight, n_windows=3, length=32, bigram_files=20)
+    assert same["top1_agreement"] == 1.0 and same["draft_ce"] == same["target_ce"]
