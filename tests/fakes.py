@@ -89,8 +89,8 @@ def tiny_lm(arch: str = "llama", seed: int = 0, attn: str = "sdpa", **overrides)
 
 # Varied short prompts (code, prose, repetition) shared by the per-method exactness tests.
 MANY_PROMPTS = ["def f(x):", "hello world", "a", "import os\nimport sys\n", "class Foo(object):\n    pass",
-           "abcabcabcabcabcabc", "the cat sat on the mat. the cat sat on the", "for i in range(10):\n",
-           "1, 2, 3, 4, 5, 6,", "x = [0] * 8\n", "if a == b:\n    return", "Once upon a time",
-           "SELECT * FROM t WHERE", "<html><body>", "zzzzzzzz", "The quick brown fox", "# comment\n",
-           "while True:\n    pass\n", "foo(bar(baz(", "lorem ipsum dolor sit amet", "{'a': 1, 'b': 2}",
-           "return x + y"]
+                "abcabcabcabcabcabc", "the cat sat on the mat. the cat sat on the", "for i in range(10):\n",
+                "1, 2, 3, 4, 5, 6,", "x = [0] * 8\n", "if a == b:\n    return", "Once upon a time",
+                "SELECT * FROM t WHERE", "<html><body>", "zzzzzzzz", "The quick brown fox", "# comment\n",
+                "while True:\n    pass\n", "foo(bar(baz(", "lorem ipsum dolor sit amet", "{'a': 1, 'b': 2}",
+                "return x + y"]

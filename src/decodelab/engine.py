@@ -78,7 +78,10 @@ class Context:
         return Session(lm or self.lm, self.batch_size, stats=self.stats, role=role)
 
     @cached_property
-    def _padded(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def padded_prompts(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[B, L] left-padded prompt ids and the [B, L] pad mask (None when all rows are equal length).
+
+        Built once per generation: penalties read it through `history()` at every step."""
         width = max(len(p) for p in self.prompts)
         if all(len(p) == width for p in self.prompts):
             return torch.tensor(self.prompts, dtype=torch.long), None
@@ -87,15 +90,9 @@ class Context:
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in self.prompts], dtype=torch.long)
         return ids, mask
 
-    def padded_prompts(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """[B, L] left-padded prompt ids and the [B, L] pad mask (None when all rows are equal length).
-
-        Built once per generation: penalties read it through `history()` at every step."""
-        return self._padded
-
     def history(self) -> torch.Tensor:
         """[B, L] padded prompt + generated ids: the input_ids processors see."""
-        ids, _ = self.padded_prompts()
+        ids, _ = self.padded_prompts
         gen = torch.tensor(self.out, dtype=torch.long).reshape(self.batch_size, -1)
         return torch.cat([ids, gen], dim=1)
 

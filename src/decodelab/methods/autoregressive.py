@@ -12,7 +12,7 @@ from .registry import register
 
 def prefill(ctx, session) -> "torch.Tensor":  # noqa: F821
     """Run every prompt through `session`; return the last position's logits [B, V]."""
-    ids, mask = ctx.padded_prompts()
+    ids, mask = ctx.padded_prompts
     return session.forward(ids, pad_mask=mask, last_only=True)[:, -1]
 
 

@@ -71,7 +71,8 @@ def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     aliases = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16", "float": "float32"}
-    name = aliases.get(str(dtype).removeprefix("torch."), str(dtype).removeprefix("torch."))
+    name = str(dtype).removeprefix("torch.")
+    name = aliases.get(name, name)
     if name in ("float32", "float16", "bfloat16", "float64"):
         return getattr(torch, name)
     raise ModelError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
