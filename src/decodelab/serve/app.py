@@ -1,0 +1,273 @@
+"""The FastAPI app: OpenAI-compatible routes, server-sent events, auth, and error handling.
+
+Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics,
+GET /openapi.json. Streaming follows OpenAI's server-sent events: `data: {chunk}` lines, a final
+usage chunk when `stream_options.include_usage` is true, then `data: [DONE]`. A client that goes
+away cancels its job: the worker closes the row's `decodelab.stream` generator before the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..methods import methods
+from .errors import ApiError, error_response, validation_message
+from .protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorResponse,
+    ModelList,
+)
+from .scheduler import Job, QueueFull, RowEvent
+from .service import DEFAULT_COMPLETION_TOKENS, FINISH, Limits, Server, new_id, row_event_error, row_stats
+
+log = logging.getLogger("decodelab.serve")
+DISCONNECT_POLL_S = 0.25
+
+
+def create_app(lm=None, *, model_name: str | None = None, draft: str | None = None, api_key: str | None = None,
+               max_batch: int = 8, max_queue: int = 64, max_tokens: int | None = None,
+               max_body_bytes: int = 1 << 20) -> FastAPI:
+    """An app serving `lm` (or nothing yet: `app.state.server.set_model(lm)` later; 503 until then)."""
+    server = Server(lm, model_name=model_name, draft=draft, max_batch=max_batch, max_queue=max_queue,
+                    limits=Limits(max_tokens, max_body_bytes))
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        server.stop()
+
+    app = FastAPI(title="decodelab", version=__version__, lifespan=lifespan,
+                  description="OpenAI-compatible server for every decodelab decoding method.")
+    app.state.server = server
+    _add_error_handlers(app)
+    _add_body_limit(app, max_body_bytes)
+    auth = _auth(api_key)
+    _add_routes(app, server, auth)
+    app.openapi = _openapi(app)
+    return app
+
+
+# ---- routes ----
+
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 429, 503)}
+SSE = {"text/event-stream": {"schema": {"type": "string"}}}
+
+
+def _add_routes(app: FastAPI, server: Server, auth) -> None:
+    v1 = [Depends(auth)]
+
+    @app.post("/v1/completions", dependencies=v1, response_model=None,
+              responses={200: {"model": CompletionResponse, "content": SSE}, **ERRORS})
+    async def completions(req: CompletionRequest, request: Request):
+        server.require_ready(req.model)
+        prompts = server.completion_prompts(req)
+        echo = [server.lm.decode(p) for p in prompts] if req.echo else None
+        return await _serve(server, request, req, prompts, req.max_tokens or DEFAULT_COMPLETION_TOKENS,
+                            _CompletionShape(echo, req.n))
+
+    @app.post("/v1/chat/completions", dependencies=v1, response_model=None,
+              responses={200: {"model": ChatCompletionResponse, "content": SSE}, **ERRORS})
+    async def chat(req: ChatCompletionRequest, request: Request):
+        server.require_ready(req.model)
+        prompt = server.chat_prompt(req)
+        return await _serve(server, request, req, [prompt], req.max_completion_tokens or req.max_tokens,
+                            _ChatShape())
+
+    @app.get("/v1/models", dependencies=v1, response_model=ModelList, responses=ERRORS)
+    async def models():
+        server.require_ready()
+        table = {name: {"description": m.description, "lossless": m.lossless, "batched": m.batched,
+                        "params": {k: v for k, v in m.params.items() if k != "draft"}, "paper": m.paper}
+                 for name, m in methods().items()}
+        return {"object": "list", "data": [{"id": server.model_name, "object": "model", "created": server.created,
+                                            "owned_by": "decodelab", "max_model_len": server.lm.max_length,
+                                            "methods": table}]}
+
+    @app.get("/health", responses={503: {"model": ErrorResponse}})
+    async def health():
+        server.require_ready()
+        return {"status": "ok"}
+
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}, 503: {}})
+    async def metrics():
+        server.require_ready()
+        return Response(server.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+class _CompletionShape:
+    object, chunk_object = "text_completion", "text_completion"
+
+    def __init__(self, echo: list[str] | None, n: int):
+        self.echo, self.n = echo, n
+
+    def prefix(self, index: int) -> str:
+        return self.echo[index // self.n] if self.echo else ""
+
+    def choice(self, index: int, text: str, finish: str | None) -> dict:
+        return {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+
+    def full(self, index: int, text: str, finish: str | None) -> dict:
+        return self.choice(index, self.prefix(index) + text, finish)
+
+    def opening(self, indices) -> list[dict]:
+        return [self.choice(i, self.prefix(i), None) for i in indices if self.prefix(i)]
+
+
+class _ChatShape:
+    object, chunk_object, n = "chat.completion", "chat.completion.chunk", 1
+
+    def choice(self, index: int, text: str, finish: str | None) -> dict:
+        return {"index": index, "delta": {"content": text} if text else {}, "logprobs": None,
+                "finish_reason": finish}
+
+    def full(self, index: int, text: str, finish: str | None) -> dict:
+        return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                "finish_reason": finish}
+
+    def opening(self, indices) -> list[dict]:
+        return [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                 "finish_reason": None} for i in indices]
+
+
+async def _serve(server: Server, request: Request, req, prompts, max_new_tokens, shape):
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[RowEvent] = asyncio.Queue()
+    job = server.job(req, prompts, max_new_tokens, lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev))
+    try:
+        server.scheduler.submit(job)
+    except QueueFull as exc:
+        raise ApiError(429, str(exc)) from None
+    head = {"id": new_id("cmpl" if shape.object == "text_completion" else "chatcmpl"),
+            "created": int(time.time()), "model": server.model_name}
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return StreamingResponse(_sse(server, job, queue, shape, head, include_usage, req.n),
+                                 media_type="text/event-stream")
+    gens = await _collect(server, request, job, queue, req.n)
+    choices = [shape.full(i, g.text, FINISH[g.finish_reason]) for i, g in sorted(gens.items())]
+    return {**head, "object": shape.object, "choices": choices, "usage": server.usage(job, gens, req.n),
+            "decodelab": server.info_block(job, gens)}
+
+
+async def _collect(server: Server, request: Request, job: Job, queue: asyncio.Queue, n: int) -> dict:
+    gens: dict = {}
+    try:
+        while len(gens) < len(job.rows):
+            try:
+                event = await asyncio.wait_for(queue.get(), DISCONNECT_POLL_S)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    raise ApiError(499, "client disconnected") from None
+                continue
+            if event.error is not None:
+                raise row_event_error(event)
+            if event.generation is not None:
+                gens[event.index] = event.generation
+    finally:
+        job.cancelled.set()  # no-op when done; stops the rows that are left otherwise
+        server.finish(job, gens, n)
+    return gens
+
+
+async def _sse(server: Server, job: Job, queue: asyncio.Queue, shape, head: dict, include_usage: bool,
+               n: int) -> AsyncIterator[str]:
+    def chunk(choices: list[dict], **extra) -> str:
+        return "data: " + json.dumps({**head, "object": shape.chunk_object, "choices": choices, **extra}) + "\n\n"
+
+    gens: dict = {}
+    try:
+        if opening := shape.opening(r.index for r in job.rows):
+            yield chunk(opening)
+        while len(gens) < len(job.rows):
+            event = await queue.get()
+            if event.error is not None:
+                err = row_event_error(event)
+                yield "data: " + json.dumps({"error": {"message": err.message, "code": err.status}}) + "\n\n"
+                break
+            finish = None if event.generation is None else FINISH[event.generation.finish_reason]
+            if event.text or finish:
+                extra = {"decodelab": row_stats(event.index, event.generation)} if finish else {}
+                yield chunk([shape.choice(event.index, event.text, finish)], **extra)
+            if event.generation is not None:
+                gens[event.index] = event.generation
+        if include_usage and len(gens) == len(job.rows):
+            yield chunk([], usage=server.usage(job, gens, n), decodelab=server.info_block(job, gens))
+        yield "data: [DONE]\n\n"
+    finally:  # also reached when the client disconnects (the response task is cancelled)
+        job.cancelled.set()
+        server.finish(job, gens, n)
+
+
+# ---- auth, limits, errors, schema ----
+
+def _auth(api_key: str | None):
+    async def check(request: Request) -> None:
+        if api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        token = given[7:] if given[:7].lower() == "bearer " else ""
+        if not hmac.compare_digest(token.encode(), api_key.encode()):
+            raise ApiError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')")
+    return check
+
+
+def _add_body_limit(app: FastAPI, limit: int) -> None:
+    @app.middleware("http")
+    async def body_limit(request: Request, call_next):
+        size = request.headers.get("content-length")
+        if size is not None and (not size.isdigit() or int(size) > limit):
+            return error_response(413, f"request body larger than {limit} bytes")
+        return await call_next(request)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request, exc: ApiError):
+        return error_response(exc.status, exc.message, exc.param)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, exc: RequestValidationError):
+        return error_response(400, *validation_message(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc: StarletteHTTPException):
+        return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def internal(request, exc: Exception):
+        log.exception("internal error on %s", request.url.path)
+        return error_response(500, f"internal error ({type(exc).__name__}); the server goes on serving")
+
+
+def _openapi(app: FastAPI):
+    """FastAPI's schema with its 422 replaced by the 400 this server really sends."""
+    def build() -> dict:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            for path in schema.get("paths", {}).values():
+                for op in path.values():
+                    op.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+    return build
+

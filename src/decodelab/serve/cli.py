@@ -1,0 +1,62 @@
+"""`decodelab serve`: load a model and run the OpenAI-compatible server with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    s = subparsers.add_parser("serve", help="OpenAI-compatible HTTP server (docs/SERVING.md)")
+    s.add_argument("--model", default=None, help="builtin:NAME, a local HF directory or a Hub id (default builtin:pyco)")
+    s.add_argument("--draft", default=None, help="draft model for speculative/tree (default: the model's own, if any)")
+    s.add_argument("--backend", default=None, help="native, transformers or auto (decodelab.load)")
+    s.add_argument("--dtype", default=None, help="float32, float16 or bfloat16")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/*")
+    s.add_argument("--max-batch", type=int, default=8, help="rows per batched generate call")
+    s.add_argument("--max-queue", type=int, default=64, help="waiting requests before HTTP 429")
+    s.add_argument("--max-tokens", type=int, default=None, help="largest max_tokens a request may ask (default: context)")
+    s.set_defaults(func=cmd_serve)
+    return s
+
+
+def _check(args) -> None:
+    for name in ("max_batch", "max_queue", "max_tokens"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {value}")
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be in 1..65535, got {args.port}")
+
+
+def _warm_draft(lm, draft: str | None) -> None:
+    """Load (and check) the draft model once now, so that no request waits for it."""
+    from .. import generate
+
+    if draft is not None:
+        generate(lm, "a", method="speculative", draft=draft, max_new_tokens=1)
+
+
+def cmd_serve(args) -> None:
+    _check(args)
+    try:
+        import uvicorn
+
+        from .app import create_app
+    except ImportError as exc:
+        raise ValueError(f"decodelab serve needs the 'serve' extra ({exc.name} is missing): "
+                         "pip install 'decodelab[serve]'") from None
+    from .. import load
+
+    kwargs = {"device": args.device, "dtype": args.dtype}
+    if args.backend is not None:
+        kwargs["backend"] = args.backend
+    lm = load(args.model, **kwargs)
+    _warm_draft(lm, args.draft)
+    app = create_app(lm, draft=args.draft, api_key=args.api_key, max_batch=args.max_batch,
+                     max_queue=args.max_queue, max_tokens=args.max_tokens)
+    print(f"decodelab: serving {lm.name} on http://{args.host}:{args.port}/v1", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
