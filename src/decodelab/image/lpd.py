@@ -1,0 +1,95 @@
+"""LPD: locality-aware generation order, scheduled groups of tokens decoded in parallel.
+
+Locality-aware Parallel Decoding for Efficient Autoregressive Image Generation (Zhang et al.,
+arXiv 2507.01957). The model (builtin/digits/lpd) is trained over uniformly random orders and
+group schedules with position queries (layouts.py); decoding feeds the decoded groups as context
+and reads the position queries of the next group — one forward pass per group.
+
+The order follows the authors' `orders/lpd_order.py`: group 0 is a random cell; for each later
+group, every unselected cell is scored Σ 1/‖c - s‖₂ over the selected cells s in its
+8-neighbourhood; candidates with score ≥ 1 are taken in descending score order (random ties)
+unless within Chebyshev distance ≤ ρ of a cell already in this group; the rest of the group is
+filled by farthest-point sampling from this group's members. Group sizes follow the
+increasing-cosine schedule (layouts.group_sizes). Guidance uses a constant scale (the paper's
+linear CFG ramp is not implemented).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..methods.registry import Param
+from . import layouts
+from .methods import _stats, register, sample
+from .model import ImageModel
+
+
+def _neighbour_score(cell, selected: set, width: int) -> float:
+    i, j = divmod(cell, width)
+    return sum(1 / math.hypot(di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1)
+               if (di or dj) and ((i + di) * width + j + dj) in selected and 0 <= j + dj < width)
+
+
+def _chebyshev(a: int, b: int, width: int) -> int:
+    return max(abs(a // width - b // width), abs(a % width - b % width))
+
+
+def _farthest(pool: list[int], members: list[int], width: int, gen: torch.Generator) -> int:
+    """The pool cell farthest (Euclidean) from this group's members (random among ties)."""
+    if not members:
+        return pool[int(torch.randint(len(pool), (), generator=gen))]
+    def far(c):
+        return min(math.hypot(c // width - m // width, c % width - m % width) for m in members)
+    best = max(far(c) for c in pool)
+    ties = [c for c in pool if far(c) == best]
+    return ties[int(torch.randint(len(ties), (), generator=gen))]
+
+
+def lpd_order(height: int, width: int, steps: int, rho: int, gen: torch.Generator) -> list[list[int]]:
+    """Groups of raster positions, in decoding order (sizes = layouts.group_sizes(N, steps))."""
+    n = height * width
+    groups, selected = [], set()
+    for size in layouts.group_sizes(n, steps):
+        pool = [c for c in range(n) if c not in selected]
+        noise = torch.rand(n, generator=gen)
+        score = {c: round(_neighbour_score(c, selected, width), 9) for c in pool}
+        candidates = sorted((c for c in pool if score[c] >= 1.0), key=lambda c: (-score[c], noise[c].item()))
+        group = []
+        for c in candidates:
+            if len(group) < size and all(_chebyshev(c, m, width) > rho for m in group):
+                group.append(c)
+        while len(group) < size:
+            group.append(_farthest([c for c in pool if c not in group], group, width, gen))
+        groups.append(group)
+        selected.update(group)
+    return groups
+
+
+@register("lpd", description="LPD: locality-aware order, groups decoded in parallel via position queries",
+          exact=False, paper="Locality-aware Parallel Decoding for Efficient Autoregressive Image Generation "
+          "(arXiv 2507.01957)", variant="lpd",
+          steps=Param(0, 0, 4096, help="number of groups (0 = 8 on 8×8, 20 on 16×16)"),
+          rho=Param(-1, -1, 64, help="Chebyshev exclusion radius inside a group (-1 = 1 on 8×8, 2 on 16×16)"))
+def lpd(model: ImageModel, labels: torch.Tensor, gens: list[torch.Generator], steps: int = 0,
+        rho: int = -1) -> tuple[torch.Tensor, list[dict]]:
+    spec = model.spec
+    n = spec.n
+    steps = steps or (8 if n <= 64 else 20)
+    rho = rho if rho >= 0 else (1 if n <= 64 else 2)
+    if steps > n:
+        raise ValueError(f"steps must be in [1, {n}] for a {spec.height}×{spec.width} grid, got {steps}")
+    orders = [lpd_order(spec.height, spec.width, steps, rho, g) for g in gens]
+    gid = torch.empty(len(labels), n, dtype=torch.long)
+    for row, groups in enumerate(orders):
+        for k, group in enumerate(groups):
+            gid[row, group] = k
+    tokens = torch.zeros(len(labels), n, dtype=torch.long)
+    attend = layouts.lpd_mask(gid)
+    for k in range(steps):
+        ids, positions = layouts.lpd_inputs(tokens, spec.mask_id)
+        probs = model.probs(labels, ids, positions, attend)[:, n + 1:]  # the position queries
+        drawn = sample(probs.reshape(-1, spec.levels), [g for g in gens for _ in range(n)]).view(len(labels), n)
+        tokens = torch.where(gid == k, drawn, tokens)
+    return tokens, [_stats(steps, steps=steps, order=[g for g in groups]) for groups in orders]

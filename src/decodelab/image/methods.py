@@ -1,0 +1,219 @@
+"""Image decoding methods on a raster image model: the registry, `raster`, `sjd` and `zipar`.
+
+A method is `run(model, labels, gens, **params) -> (tokens [B, N], per-row stats)`; rows are
+independent images (one `torch.Generator` each) decoded together, and every forward pass of
+`ImageModel` counts as one NFE for every row still being decoded.
+
+* `raster` — next-token prediction in raster order: N passes (the reference distribution).
+* `sjd` — Speculative Jacobi Decoding (Teng et al., "Accelerating Auto-regressive Text-to-Image
+  Generation with Training-free Speculative Jacobi Decoding", arXiv 2410.01699): a window of
+  L-1 drafts after the last accepted token, one forward pass, probabilistic acceptance
+  r < min(1, p(x)/q(x)), residual resampling norm(max(0, p - q)) at the first rejection, a bonus
+  token when all are accepted, and the Jacobi update (fresh samples beyond the accepted prefix
+  are the next drafts, with their p as q). Exact speculative sampling given the accepted
+  prefix, hence lossless.
+* `zipar` — ZipAR (He et al., "ZipAR: Parallel Auto-regressive Image Generation through Spatial
+  Locality", arXiv 2412.04062): next-set prediction; row 0 is decoded sequentially, then row i
+  advances while row i-1 holds `window` more tokens (or is complete), one token per active row per
+  pass: 2W + (H-2)·s passes. A new row's first input slot (x_{i-1,W-1}, not decoded yet) holds a
+  copy of the latest token of row i-2, as in the authors' LlamaGen port; undecoded tokens are
+  masked explicitly. window = W is raster decoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ..methods.registry import Param
+from .model import ImageModel
+
+
+@dataclass(frozen=True)
+class ImageMethod:
+    name: str
+    description: str
+    exact: bool  # output distribution identical to raster sampling (tested)
+    paper: str | None
+    variant: str  # the model variant it needs: raster | lpd | nar
+    specs: dict[str, Param] = field(default_factory=dict)
+    run: Callable = field(default=None, repr=False)
+
+    def check_params(self, params: dict) -> dict:
+        unknown = sorted(set(params) - set(self.specs))
+        if unknown:
+            raise ValueError(f"unknown parameter {unknown[0]!r} for image method {self.name!r}; "
+                             f"allowed: {', '.join(sorted(self.specs)) or 'none'}")
+        return {name: spec.check(name, params.get(name, spec.default)) for name, spec in self.specs.items()}
+
+
+IMAGE_METHODS: dict[str, ImageMethod] = {}
+
+
+def register(name: str, *, description: str, exact: bool, paper: str | None, variant: str = "raster", **specs: Param):
+    def wrap(fn):
+        IMAGE_METHODS[name] = ImageMethod(name, description, exact, paper, variant, specs, fn)
+        return fn
+    return wrap
+
+
+def sample(probs: torch.Tensor, gens: list[torch.Generator]) -> torch.Tensor:
+    """probs [B, K] → one token per row [B], row b drawn with gens[b]."""
+    return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, gens)])
+
+
+def uniform(gen: torch.Generator) -> float:
+    return torch.rand((), generator=gen).item()
+
+
+def _stats(passes: int, **extra) -> dict:
+    return {"forward_passes": passes, **extra}
+
+
+@register("raster", description="next-token prediction in raster order (the reference)", exact=True, paper=None)
+def raster(model: ImageModel, labels: torch.Tensor, gens: list[torch.Generator]) -> tuple[torch.Tensor, list[dict]]:
+    b, n = len(labels), model.spec.n
+    tokens = torch.zeros(b, n, dtype=torch.long)
+    known = torch.zeros(b, n, dtype=torch.bool)
+    for p in range(n):
+        tokens[:, p] = sample(model.raster_probs(labels, tokens, known, upto=p + 1)[:, p], gens)
+        known[:, p] = True
+    return tokens, [_stats(n) for _ in range(b)]
+
+
+# ---------------------------------------------------------------- Speculative Jacobi Decoding
+
+@dataclass
+class JacobiRow:
+    """One image's SJD state: accepted prefix length, drafts and their draft distributions q."""
+
+    tokens: torch.Tensor  # [N] accepted prefix, then drafts
+    q: torch.Tensor  # [N, K] draft distribution of each draft position
+    dist: torch.Tensor  # [N, K] latest distribution seen at each position (sample_horizon's source)
+    accepted: int = 0
+    drafted: int = 0  # drafts present after the prefix
+    passes: int = 0
+    per_pass: list = field(default_factory=list)
+
+
+def initialise_drafts(row: JacobiRow, upto: int, init: str, gen: torch.Generator) -> None:
+    """Fill draft positions up to `upto` (exclusive): `random` (uniform token, one-hot q),
+    `repeat_horizon` (copy the previous token, one-hot q), `sample_horizon` (draw from the
+    previous position's distribution, which becomes q)."""
+    k = row.q.shape[1]
+    for j in range(row.accepted + row.drafted, upto):
+        if init == "sample_horizon":
+            row.q[j] = row.dist[j - 1] if j > 0 else torch.full((k,), 1 / k)
+            row.tokens[j] = torch.multinomial(row.q[j], 1, generator=gen)
+            row.dist[j] = row.q[j]
+            continue
+        if init == "repeat_horizon" and j > 0:
+            row.tokens[j] = row.tokens[j - 1]
+        else:
+            row.tokens[j] = torch.randint(k, (), generator=gen)
+        row.q[j] = torch.nn.functional.one_hot(row.tokens[j], k).float()
+    row.drafted = upto - row.accepted
+
+
+def verify_window(row: JacobiRow, p: torch.Tensor, gen: torch.Generator) -> int:
+    """p [≥ window end, K]: x_j's target distribution given row.tokens before j. Accepts drafts
+    with r < min(1, p(x)/q(x)); at the first rejection samples the residual norm(max(0, p - q));
+    if every draft passes, samples the bonus token from p. Returns the new tokens' count."""
+    a, n = row.accepted, row.tokens.shape[0]
+    for j in range(a, a + row.drafted):
+        x = row.tokens[j]
+        if uniform(gen) < min(1.0, (p[j, x] / row.q[j, x]).item()):
+            continue  # accepted
+        residual = (p[j] - row.q[j]).clamp(min=0)
+        residual = residual if residual.sum() > 0 else p[j]
+        row.tokens[j] = torch.multinomial(residual / residual.sum(), 1, generator=gen)
+        return j + 1 - a  # recovered token ends the step
+    end = a + row.drafted
+    if end < n:  # bonus token
+        row.tokens[end] = torch.multinomial(p[end], 1, generator=gen)
+        return end + 1 - a
+    return end - a
+
+
+def jacobi_update(row: JacobiRow, p: torch.Tensor, new: int, window_end: int, gen: torch.Generator) -> None:
+    """Fresh samples beyond the accepted prefix (from this pass's p, which becomes q) are the next drafts."""
+    row.accepted += new
+    for j in range(row.accepted, window_end):
+        row.tokens[j] = torch.multinomial(p[j], 1, generator=gen)
+        row.q[j] = p[j]
+    row.drafted = max(0, window_end - row.accepted)
+
+
+@register("sjd", description="Speculative Jacobi Decoding: window of drafts, probabilistic acceptance (lossless)",
+          exact=True, paper="Accelerating Auto-regressive Text-to-Image Generation with Training-free "
+          "Speculative Jacobi Decoding (arXiv 2410.01699)",
+          window=Param(16, 2, 256, help="L: last accepted token + L-1 drafts"),
+          init=Param("random", choices=("random", "repeat_horizon", "sample_horizon"), help="draft initialisation"))
+def sjd(model: ImageModel, labels: torch.Tensor, gens: list[torch.Generator], window: int = 16,
+        init: str = "random") -> tuple[torch.Tensor, list[dict]]:
+    b, n, k = len(labels), model.spec.n, model.spec.levels
+    rows = [JacobiRow(torch.zeros(n, dtype=torch.long), torch.zeros(n, k), torch.full((n, k), 1 / k)) for _ in range(b)]
+    while any(r.accepted < n for r in rows):
+        live = [i for i, r in enumerate(rows) if r.accepted < n]
+        for i in live:
+            initialise_drafts(rows[i], min(rows[i].accepted + window - 1, n), init, gens[i])
+        tokens = torch.stack([rows[i].tokens for i in live])
+        ends = [min(rows[i].accepted + window, n) for i in live]
+        probs = model.raster_probs(labels[live], tokens, torch.ones_like(tokens, dtype=torch.bool), upto=max(ends))
+        for i, p, end in zip(live, probs, ends):
+            row = rows[i]
+            new = verify_window(row, p, gens[i])
+            row.dist[row.accepted:end] = p[row.accepted:end]
+            row.passes += 1
+            row.per_pass.append(new)
+            jacobi_update(row, p, new, end, gens[i])
+    out = torch.stack([r.tokens for r in rows])
+    return out, [_stats(r.passes, steps=r.passes, accepted_per_pass=r.per_pass, mean_accepted=n / r.passes) for r in rows]
+
+
+# ---------------------------------------------------------------- ZipAR
+
+def zipar_ready(counts: list[int], width: int, window: int) -> list[int]:
+    """Rows whose next token is decodable: row 0 always; row 1 once row 0 is complete (the
+    released code decodes row 0 sequentially); row i ≥ 1 while row i-1 holds ≥ min(c_i + s, W)."""
+    ready = []
+    for i, c in enumerate(counts):
+        if c >= width:
+            continue
+        if i == 0 or (counts[i - 1] >= min(c + window, width) and (i > 1 or counts[0] == width)):
+            ready.append(i)
+    return ready
+
+
+def zipar_placeholders(tokens: torch.Tensor, counts: list[int], rows: list[int], width: int) -> None:
+    """A new row i's first input slot is x_{i-1,W-1}, not decoded yet: put a copy of the latest
+    token of row i-2 there (it is masked from every other slot)."""
+    for i in rows:
+        if counts[i] == 0 and i >= 2 and counts[i - 1] < width:
+            tokens[(i - 1) * width + width - 1] = tokens[(i - 2) * width + counts[i - 2] - 1]
+
+
+@register("zipar", description="ZipAR next-set prediction: rows decoded in parallel, staggered by a window",
+          exact=False, paper="ZipAR: Parallel Auto-regressive Image Generation through Spatial Locality "
+          "(arXiv 2412.04062)", window=Param(4, 1, 256, help="s: columns row i-1 must lead by"))
+def zipar(model: ImageModel, labels: torch.Tensor, gens: list[torch.Generator], window: int = 4) -> tuple[torch.Tensor, list[dict]]:
+    b, (h, w) = len(labels), (model.spec.height, model.spec.width)
+    tokens = torch.zeros(b, h * w, dtype=torch.long)
+    known = torch.zeros(b, h * w, dtype=torch.bool)
+    counts, passes, per_pass = [0] * h, 0, []  # the schedule is the same for every row of the batch
+    while min(counts) < w:
+        ready = zipar_ready(counts, w, min(window, w))
+        for row in tokens:
+            zipar_placeholders(row, counts, ready, w)
+        positions = [i * w + counts[i] for i in ready]
+        probs = model.raster_probs(labels, tokens, known, upto=max(positions) + 1)
+        for p in positions:
+            tokens[:, p] = sample(probs[:, p], gens)
+            known[:, p] = True
+        for i in ready:
+            counts[i] += 1
+        passes += 1
+        per_pass.append(len(ready))
+    return tokens, [_stats(passes, steps=passes, accepted_per_pass=per_pass) for _ in range(b)]
