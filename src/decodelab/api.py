@@ -14,19 +14,44 @@ from .processors import Sampler, check_sampling_params
 
 def _prompt_ids(lm: LM, prompt: str | list[int]) -> list[int]:
     if isinstance(prompt, str):
+        _check_text(prompt)
         ids = lm.encode(prompt)
     elif isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
         ids = list(prompt)
-        bad = [t for t in ids if not 0 <= t < lm.vocab_size]
-        if bad:
-            raise ValueError(f"prompt token id {bad[0]} out of range [0, {lm.vocab_size})")
     else:
         raise ValueError("prompt must be a str or a list of int token ids")
+    _check_ids(lm, ids)
     if not ids:
         raise ValueError("prompt is empty: give at least one token")
     if len(ids) >= lm.max_length:
         raise ValueError(f"prompt has {len(ids)} tokens; the model's maximum context is {lm.max_length}")
     return ids
+
+
+def _check_text(prompt: str) -> None:
+    """Text the tokenizer can take: valid Unicode (no lone surrogates, e.g. from invalid UTF-8 argv)."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"prompt is not valid text: character {exc.start} is a lone surrogate "
+                         f"({prompt[exc.start]!r}); pass UTF-8 text") from None
+
+
+def _check_ids(lm: LM, ids: list[int]) -> None:
+    """Every id is a row of the model's embedding — also for tokenizer tokens past the model's vocabulary."""
+    bad = next((t for t in ids if not 0 <= t < lm.vocab_size), None)
+    if bad is None:
+        return
+    token = lm.tokenizer.convert_ids_to_tokens(bad) if 0 <= bad < len(lm.tokenizer) else None
+    named = f"token {token!r} (id {bad})" if token is not None else f"token id {bad}"
+    raise ValueError(f"prompt {named} out of range [0, {lm.vocab_size}): not in the model's vocabulary")
+
+
+def _check_seed(seed) -> None:
+    seeds = seed if isinstance(seed, (list, tuple)) else [seed]
+    for s in seeds:
+        if s is not None and (isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**64):
+            raise ValueError(f"seed must be an integer in [0, 2**64) or None, got {s!r}")
 
 
 def _check_common(max_new_tokens: int, stop) -> list[str]:
@@ -42,6 +67,7 @@ def _run(lm, prompts, method, max_new_tokens, seed, stop, params) -> Iterator[Ev
     info = get(method)
     checked = info.check_params(params)
     stop = _check_common(max_new_tokens, stop)
+    _check_seed(seed)
     ids = [_prompt_ids(lm, p) for p in prompts]
     if len(ids) > 1 and not info.batched:
         return _one_by_one(info, lm, ids, checked, max_new_tokens, seed, stop)

@@ -52,35 +52,148 @@ def _guess(value: str):
     return value
 
 
+def _load_options(args) -> dict:
+    return {"allow_pickle": args.allow_pickle, "trust_remote_code": args.trust_remote_code}
+
+
+def _generate_params(args, info) -> dict:
+    """-p pairs and --draft → the method's checked parameters (before the slow model load)."""
+    params = parse_params(args.param or [], info.params)
+    if args.draft is not None:
+        if "draft" not in info.specs:
+            from . import methods
+
+            users = sorted(n for n, m in methods().items() if "draft" in m.specs)
+            raise ValueError(f"--draft: method {info.name!r} uses no draft model; methods with a draft: "
+                             f"{', '.join(users)}")
+        if params.get("draft", args.draft) != args.draft:
+            raise ValueError(f"--draft {args.draft!r} and -p draft={params['draft']!r} disagree; give one")
+        params["draft"] = args.draft
+    info.check_params(params)  # user errors first, before the (slow, chatty) model load
+    if args.max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer ≥ 1, got {args.max_new_tokens}")
+    return params
+
+
+def _baseline_params(args, params: dict):
+    """The --compare method and the user's parameters it accepts (sampling ones, not the method's own)."""
+    from . import methods
+
+    if args.compare is None:
+        return None, {}
+    base = methods().get(args.compare)
+    if base is None:
+        raise ValueError(f"--compare: unknown method {args.compare!r}; available: {', '.join(sorted(methods()))}")
+    return base, {k: v for k, v in params.items() if k in base.params and k not in base.specs}
+
+
+def _read_prompt(args) -> str:
+    if args.prompt != "-":
+        if args.prompt is None:
+            raise ValueError("no prompt: give PROMPT or - to read stdin")
+        return args.prompt
+    raw = getattr(sys.stdin, "buffer", None)
+    if raw is None:  # a text stream (tests, embedding)
+        return sys.stdin.read()
+    data = raw.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"stdin is not UTF-8 text: byte {data[exc.start]:#04x} at offset {exc.start}") from None
+
+
 def cmd_generate(args) -> None:
-    from . import load, methods, stream
+    from . import generate, load, methods
 
     info = methods().get(args.method)
     if info is None:
         raise ValueError(f"unknown method {args.method!r}; available: {', '.join(sorted(methods()))}")
-    params = parse_params(args.param or [], info.params)
-    info.check_params(params)  # user errors first, before the (slow, chatty) model load
-    if args.max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an integer ≥ 1, got {args.max_new_tokens}")
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    if prompt is None:
-        raise ValueError("no prompt: give PROMPT or - to read stdin")
+    params = _generate_params(args, info)
+    base, base_params = _baseline_params(args, params)
+    prompt = _read_prompt(args)
     if not prompt:
         raise ValueError("prompt is empty: give at least one token")
-    lm = load(args.model, device=args.device)
+    lm = load(args.model, device=args.device, **_load_options(args))
+    if "draft" in params:  # load it now, with the user's load options, and check the vocabulary
+        from .proposers.draft_model import resolve_draft
+
+        resolve_draft(lm, params["draft"], **_load_options(args))
+    run = dict(max_new_tokens=args.max_new_tokens, seed=args.seed, stop=args.stop)
+    if base is not None:  # warm both up (first-call costs) so the timed runs compare like with like
+        generate(lm, prompt, method=args.method, **{**run, "max_new_tokens": min(8, args.max_new_tokens)}, **params)
+        generate(lm, prompt, method=base.name, **{**run, "max_new_tokens": min(8, args.max_new_tokens)}, **base_params)
+    gen = _stream_text(lm, prompt, args, run, params)
+    ref = generate(lm, prompt, method=base.name, **run, **base_params) if base is not None else None
+    if args.json:
+        out = gen.to_dict()
+        if ref is not None:
+            out["compare"] = {**_comparison(gen, ref), "text": ref.text, "token_ids": ref.token_ids,
+                              "stats": ref.stats.to_dict()}
+        print(json.dumps(out))
+        return
+    print(f"\n[{gen.finish_reason}] {_stats_line(gen.stats)}", file=sys.stderr)
+    if ref is not None:
+        print(f"{ref.method}: {_stats_line(ref.stats)}", file=sys.stderr)
+        print(_comparison_line(gen, ref, info), file=sys.stderr)
+
+
+def _stream_text(lm, prompt, args, run, params):
+    from . import stream
+
     gen = None
-    for event in stream(lm, prompt, method=args.method, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                        stop=args.stop, **params):
+    for event in stream(lm, prompt, method=args.method, **run, **params):
         if not args.json and event.text:
             sys.stdout.write(event.text)
             sys.stdout.flush()
         gen = event.generation or gen
-    if args.json:
-        print(json.dumps(gen.to_dict()))
+    return gen
+
+
+def _stats_line(s) -> str:
+    line = (f"{s.new_tokens} tokens, {s.tokens_per_s:.1f} tok/s, τ={s.mean_accepted:.2f}, "
+            f"{s.forward_passes} forward passes ({s.forward_passes_per_token:.2f} per token)")
+    if s.draft_forward_passes:
+        line += f", {s.draft_forward_passes} draft forward passes"
+    if s.acceptance_rate is not None:
+        line += f", acceptance rate {s.acceptance_rate:.0%} ({sum(s.accepted)}/{sum(s.drafted)} drafted tokens)"
+    return line
+
+
+def _comparison(gen, ref) -> dict:
+    """Same tokens? first difference, and the speed-up measured in this run (tokens/s ratio)."""
+    from .bench.runner import first_mismatch
+
+    diff = first_mismatch(gen.token_ids, ref.token_ids)
+    speed = gen.stats.tokens_per_s / ref.stats.tokens_per_s if ref.stats.tokens_per_s > 0 else None
+    return {"method": ref.method, "identical": diff is None, "first_difference": diff,
+            "speedup": None if speed is None else round(speed, 3)}
+
+
+def _comparison_line(gen, ref, info) -> str:
+    c = _comparison(gen, ref)
+    if c["identical"]:
+        same = f"same text as {ref.method} ({len(gen.token_ids)} tokens identical)"
     else:
-        s = gen.stats
-        print(f"\n[{gen.finish_reason}] {s.new_tokens} tokens, {s.tokens_per_s:.1f} tok/s, "
-              f"τ={s.mean_accepted:.2f}, {s.forward_passes} forward passes", file=sys.stderr)
+        why = ("expected when sampling: a lossless method keeps the distribution, not the text"
+               if gen.params.get("temperature", 0) > 0 else
+               f"{info.name} is not lossless" if not info.lossless else "unexpected for a lossless method")
+        same = f"text differs from {ref.method} at token {c['first_difference']} ({why})"
+    speed = "speed-up not measurable" if c["speedup"] is None else f"{c['speedup']:.2f}× {ref.method}'s speed"
+    return f"{info.name} vs {ref.method}: {same}; {speed}, measured in this run"
+
+
+def cmd_demo(args) -> None:
+    """generate --compare on a prompt from a benchmark suite (the corpus's test split, never trained on)."""
+    from .bench.suites import load_suite
+
+    suite = load_suite(args.suite)
+    if not 0 <= args.index < len(suite.prompts):
+        raise ValueError(f"--index must be in [0, {len(suite.prompts)}) for suite {suite.name!r}")
+    prompt = suite.prompts[args.index]
+    if not args.json:
+        print(f"# prompt {prompt.id} (suite {suite.name}: {suite.description})\n{prompt.text}", flush=True)
+    args.prompt = prompt.text
+    cmd_generate(args)
 
 
 def cmd_methods(args) -> None:
@@ -132,8 +245,25 @@ def cmd_bench(args) -> None:
     bench_run(args)
 
 
+def add_load_flags(p: argparse.ArgumentParser) -> None:
+    """--allow-pickle / --trust-remote-code: the two ways loading a model can run someone else's code."""
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="load pickle weights (*.bin / *.pt) when a model has no safetensors; RISK: unpickling "
+                        "runs arbitrary code from the file — only for models you trust")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run the Python code a model directory or Hub repo ships (auto_map); RISK: that code "
+                        "runs with your permissions — only for models you trust")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block): every user error is one line on stderr."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="decodelab", description=__doc__)
+    p = _Parser(prog="decodelab", description=__doc__)
     p.add_argument("--version", action="version", version=f"decodelab {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -144,10 +274,30 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
-    g.add_argument("--device", default="cpu")
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps … (default cpu)")
     g.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="method or sampling parameter")
+    g.add_argument("--draft", default=None, metavar="MODEL",
+                   help="draft model for speculative / tree: builtin:NAME, a local HF directory or a Hub id; "
+                        "it must map the same strings to the same token ids as the target")
+    g.add_argument("--compare", default=None, metavar="METHOD",
+                   help="also run METHOD (e.g. greedy) on the same prompt and report whether the texts are "
+                        "identical and the speed-up measured in this run")
+    add_load_flags(g)
     g.add_argument("--json", action="store_true", help="end stdout with one JSON object")
     g.set_defaults(func=cmd_generate)
+
+    d = sub.add_parser("demo", help="the fastest CPU method vs greedy on a held-out prompt: same text, speed-up")
+    d.add_argument("--method", default="pld", help="method to show (default pld, the fastest on a CPU: "
+                   "docs/BENCHMARKS.md)")
+    d.add_argument("--compare", default="greedy", metavar="METHOD", help="baseline run in the same process")
+    d.add_argument("--suite", default="code", help="benchmark suite the prompt comes from (default code)")
+    d.add_argument("--index", type=int, default=0, help="which prompt of the suite (default 0)")
+    d.add_argument("--model", default=None, help="default builtin:pyco")
+    d.add_argument("--max-new-tokens", type=int, default=128)
+    d.add_argument("--device", default="cpu")
+    d.add_argument("--json", action="store_true", help="end stdout with one JSON object")
+    d.set_defaults(func=cmd_demo, seed=None, stop=None, param=None, draft=None, allow_pickle=False,
+                   trust_remote_code=False)
 
     m = sub.add_parser("methods", help="list decoding methods")
     m.add_argument("--json", action="store_true")
@@ -185,14 +335,23 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # stderr carries only our own one-line messages
+    hf_logging.set_verbosity_error()
     try:
         args.func(args)
-    except (DecodelabError, ValueError, FileNotFoundError) as exc:
-        print(f"decodelab: error: {exc}", file=sys.stderr)
+    except (DecodelabError, ValueError, OSError) as exc:  # the user's input: one line, no traceback
+        print(f"decodelab: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 - a bug, not a user error; still one line, and says so
+        print(f"decodelab: internal error: {type(exc).__name__}: {_one_line(exc)} — please report it "
+              "with the command line", file=sys.stderr)
+        return 3
     return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -63,6 +63,17 @@ class Stats:
         return [a / d if d else 0.0 for a, d in zip(self.accepted, self.drafted)]
 
     @property
+    def forward_passes_per_token(self) -> float:
+        """Target forward passes (prefill included) per new token: 1.0 for greedy, lower is better."""
+        return self.forward_passes / self.new_tokens if self.new_tokens else 0.0
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        """Accepted ÷ drafted tokens along the verified chains; None when the method never drafted."""
+        drafted = sum(self.drafted)
+        return sum(self.accepted) / drafted if drafted else None
+
+    @property
     def draft_time_share(self) -> float:
         return self.draft_time_s / self.wall_time_s if self.wall_time_s > 0 else 0.0
 
@@ -77,5 +88,7 @@ class Stats:
             "wall_time_s": round(self.wall_time_s, 6),
             "tokens_per_s": round(self.tokens_per_s, 3),
             "draft_time_share": round(self.draft_time_share, 4),
+            "forward_passes_per_token": round(self.forward_passes_per_token, 4),
+            "acceptance_rate": None if self.acceptance_rate is None else round(self.acceptance_rate, 4),
             "acceptance_by_position": [round(a, 4) for a in self.acceptance_by_position],
         }

@@ -21,13 +21,18 @@ def add_arguments(p) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--limit", type=int, default=None, help="at most this many prompts per suite")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--draft", default="auto", help="draft model for transformers' assisted generation")
+    p.add_argument("--draft", default="auto",
+                   help="draft model for the draft methods (speculative, tree) and transformers' assisted "
+                        "generation; auto = the model's embedded draft, if it has one")
     p.add_argument("--no-peers", action="store_true", help="skip transformers' generate baselines")
     p.add_argument("--dist-seeds", type=int, default=200, help="seeds per prompt for the sampling exactness test")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="bench-out")
     p.add_argument("--json", action="store_true", help="end stdout with one JSON summary object")
     p.add_argument("--list", action="store_true", help="list suites and methods, then exit")
+    from ..cli import add_load_flags
+
+    add_load_flags(p)
     p.set_defaults(func=run)
 
 
@@ -69,12 +74,15 @@ def run(args) -> None:
         [m.strip() for m in (args.methods or "greedy,speculative,pld").split(",") if m.strip()]
     params = parse_bench_params(args.param)
     results = benchmark(args, names, params)
+    for method, reason in results["config"].get("skipped", {}).items():
+        print(f"bench: skipped {method}: {reason}", file=sys.stderr)
     from .report import write
 
     paths = write(results, Path(args.out))
     print(f"wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"out": str(args.out), "aggregates": results["aggregates"]}))
+        print(json.dumps({"out": str(args.out), "aggregates": results["aggregates"],
+                          "skipped": results["config"].get("skipped", {})}))
     else:
         from .report import markdown
 
@@ -88,7 +96,9 @@ def benchmark(args, names: list[str], params: dict[str, dict]) -> dict:
     from .suites import load_suite
 
     suites = [load_suite(s) for s in (args.suite or DEFAULT_SUITES)]
-    lm = load(args.model, device=args.device)
+    options = {"allow_pickle": args.allow_pickle, "trust_remote_code": args.trust_remote_code}
+    lm = load(args.model, device=args.device, **options)
+    names, skipped = _draft_methods(lm, names, params, args.draft, options, args.all)
     draft = _maybe_draft(lm, args.draft, resolve_draft)
     entries = runner.make_entries(names, params, not args.no_peers, draft is not None)
     temperature = params.get("*", {}).get("temperature", 0.0)
@@ -99,11 +109,39 @@ def benchmark(args, names: list[str], params: dict[str, dict]) -> dict:
         else "decodelab bench (API)", "model": lm.name, "suites": [s.name for s in suites],
         "suite_versions": {s.name: s.version for s in suites},
         "methods": [{"label": e.label, "method": e.method, "params": e.params, "lossless": e.lossless} for e in entries],
-        "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "temperature": temperature, "seed": args.seed},
+        "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "temperature": temperature, "seed": args.seed,
+        "skipped": skipped},
         "records": records}
     results["aggregates"] = runner.aggregate(records, entries, [s.name for s in suites])
     _exactness(results, lm, entries, prompts, temperature, args, draft)
     return results
+
+
+def _draft_methods(lm, names: list[str], params: dict[str, dict], default: str, options: dict,
+                   all_methods: bool = False):
+    """Give each draft method its draft (-p METHOD.draft, -p draft, --draft, in that order) and load it;
+    skip the draft methods when no draft is named and the model has no embedded one."""
+    from ..methods import methods
+    from ..model.lm import DRAFTS
+    from ..proposers.draft_model import resolve_draft
+
+    table, kept, skipped = methods(), [], {}
+    kind = getattr(lm, "kind", "causal")
+    for name in names:
+        if all_methods and getattr(table[name], "kind", "causal") != kind:
+            continue  # --all means every method for this kind of model
+        if name not in table or "draft" not in table[name].specs:
+            kept.append(name)
+            continue
+        draft = params.get(name, {}).get("draft") or params.get("*", {}).get("draft") or default
+        if draft == "auto" and lm.name not in DRAFTS:
+            skipped[name] = (f"needs a draft model with the target's vocabulary; {lm.name} has no embedded "
+                             f"draft — enable it with --draft DIR (or -p {name}.draft=DIR)")
+            continue
+        resolve_draft(lm, draft, **options)  # a named draft that cannot load or does not fit is an error
+        params.setdefault(name, {})["draft"] = draft
+        kept.append(name)
+    return kept, skipped
 
 
 def _maybe_draft(lm, name, resolve):

@@ -30,15 +30,10 @@ def builtin_path(name: str) -> Path:
 
 
 def _resolve(name: str) -> tuple[Path | str, bool]:
-    """(location, is_local) for a builtin name, a local directory, or a Hub id."""
-    if name.startswith("builtin:"):
-        return builtin_path(name), True
-    path = Path(name).expanduser()
-    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
-        if not path.is_dir():
-            raise ModelError(f"model path {name!r} does not exist or is not a directory")
-        return path, True
-    return name, False
+    """(location, is_local) for a builtin name, a local directory, a cached Hub snapshot, or a Hub id."""
+    from .resolve import resolve_name
+
+    return resolve_name(name, builtin_path)
 
 
 def _check_local_dir(path: Path, allow_pickle: bool) -> None:
@@ -47,7 +42,8 @@ def _check_local_dir(path: Path, allow_pickle: bool) -> None:
     has_safetensors = any(path.glob("*.safetensors")) or (path / "model.safetensors.index.json").exists()
     has_pickle = any(path.glob("*.bin")) or any(path.glob("*.pt"))
     if not has_safetensors and has_pickle and not allow_pickle:
-        raise ModelError(f"{path}: only pickle weights (*.bin); refusing to unpickle — pass allow_pickle=True to trust them")
+        raise ModelError(f"{path}: only pickle weights (*.bin); refusing to unpickle — pass allow_pickle=True "
+                         "(CLI: --allow-pickle) if you trust them")
     if not has_safetensors and not has_pickle:
         raise ModelError(f"{path}: no weights (*.safetensors) found")
     if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")):
@@ -59,7 +55,8 @@ def _check_local_dir(path: Path, allow_pickle: bool) -> None:
     if not isinstance(config, dict):
         raise ModelError(f"{path}: config.json is not a JSON object")
     if config.get("auto_map") and not config.get("model_type"):
-        raise ModelError(f"{path}: needs remote code; pass trust_remote_code=True if you trust it")
+        raise ModelError(f"{path}: needs remote code; pass trust_remote_code=True (CLI: --trust-remote-code) "
+                         "if you trust it")
 
 
 def _short(exc: Exception) -> str:
@@ -84,6 +81,9 @@ def load(name: str | None = None, *, device: str = "cpu", dtype: torch.dtype | s
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     name = name or DEFAULT_MODEL
+    from .resolve import check_device
+
+    device = str(check_device(device))
     location, local = _resolve(name)
     if local:
         _check_local_dir(Path(location), allow_pickle)
@@ -165,7 +165,8 @@ class LM:
         return int(pad) if pad is not None else min(self.eos_token_ids, default=0)
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        # verbose=False: no "will result in indexing errors" warning; callers check the length themselves
+        return self.tokenizer.encode(text, add_special_tokens=False, verbose=False)
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)

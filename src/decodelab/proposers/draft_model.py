@@ -17,19 +17,53 @@ from ..verify import Draft
 from .base import Stateless
 
 
-def resolve_draft(lm: LM, name: str) -> LM:
-    """The draft LM for `name` ("auto" = the target's known draft), loaded once per target."""
+def resolve_draft(lm: LM, name: str, **load_options) -> LM:
+    """The draft LM for `name` ("auto" = the target's known draft), loaded once per target.
+
+    `load_options` (allow_pickle, trust_remote_code) go to `load` the first time a draft is loaded.
+    """
     if name == "auto":
         if lm.name not in DRAFTS:
-            raise ValueError(f"no default draft for {lm.name!r}: pass draft=<model name or directory>")
+            raise ValueError(f"no default draft for {lm.name!r}: pass draft=<model name or directory> "
+                             "(CLI: --draft DIR)")
         name = DRAFTS[lm.name]
     cache = lm.state.setdefault("drafts", {})
     if name not in cache:
-        draft = load(name, device=str(lm.device), dtype=lm.dtype)
-        if draft.tokenizer.get_vocab() != lm.tokenizer.get_vocab():
-            raise ModelError(f"draft {name!r} does not share the target's tokenizer")
+        draft = load(name, device=str(lm.device), dtype=lm.dtype, **load_options)
+        check_vocab(lm, draft, name)
         cache[name] = draft
     return cache[name]
+
+
+def check_vocab(target: LM, draft: LM, name: str) -> None:
+    """A draft fits when both map the same strings to the same ids below the smaller vocabulary size.
+
+    Ids past that size (a tokenizer's added tokens past the model's embedding, or a larger model's
+    padded rows) never reach both models, so they do not count; the first differing id is named.
+    """
+    n = min(target.vocab_size, draft.vocab_size)
+    ours = _id_to_token(target, n)
+    theirs = _id_to_token(draft, n)
+    for i in range(n):
+        if ours.get(i) != theirs.get(i):
+            raise ModelError(f"draft {name!r} does not share the target's vocabulary: token id {i} is "
+                             f"{ours.get(i)!r} for the target but {theirs.get(i)!r} for the draft")
+
+
+def _id_to_token(lm: LM, n: int) -> dict[int, str]:
+    return {i: s for s, i in lm.tokenizer.get_vocab().items() if i < n}
+
+
+def in_vocab(ids: list[int], draft: LM) -> list[int]:
+    """The context as the draft can read it: ids past the draft's vocabulary become its pad id.
+
+    Only proposals depend on the draft, and every proposal is verified, so this keeps decoding lossless.
+    """
+    v = draft.vocab_size
+    if all(t < v for t in ids):
+        return ids
+    fill = draft.pad_token_id if draft.pad_token_id < v else 0
+    return [t if t < v else fill for t in ids]
 
 
 class DraftModel(Stateless):
@@ -48,7 +82,7 @@ class DraftModel(Stateless):
         return ctx.sampler.probs(hist, logits)[0]
 
     def propose(self, ctx, limit: int) -> Draft:
-        history = ctx.ids()
+        history = in_vocab(ctx.ids(), self.session.lm)
         feed = self.session.sync(history[:-1]) + [history[-1]]
         tokens, qs, p_all = [], [], 1.0
         for _ in range(min(limit, self.num_draft_tokens)):

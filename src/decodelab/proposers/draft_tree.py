@@ -29,6 +29,7 @@ import torch
 from ..model import LM
 from ..verify import Draft
 from .base import Stateless
+from .draft_model import in_vocab
 from .lookup import lookup
 
 LONG_FEED = 32  # a longer catch-up feed (the first step's prompt) is run separately, last logits only
@@ -59,7 +60,7 @@ class DraftTree(Stateless):
         self.vocab = ctx.lm.vocab_size
 
     def propose(self, ctx, limit: int) -> Draft:
-        history = ctx.ids()
+        history = in_vocab(ctx.ids(), self.session.lm)
         branching, depth = self._shape(ctx, len(history), limit)
         if depth < 1:
             return Draft()
