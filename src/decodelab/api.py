@@ -8,7 +8,7 @@ import torch
 
 from .engine import Event, Generation, run_method
 from .methods import get
-from .model import LM, Session
+from .model import LM
 from .processors import Sampler, check_sampling_params
 
 
@@ -116,6 +116,6 @@ def next_token_probs(lm: LM, prompt: str | list[int], **params) -> torch.Tensor:
     if unknown:
         raise ValueError(f"unknown sampling parameter {unknown[0]!r}; allowed: {', '.join(sorted(checked))}")
     ids = _prompt_ids(lm, prompt)
-    logits = Session(lm).forward(ids, last_only=True)[:, -1]
+    logits = lm.session().forward(ids, last_only=True)[:, -1]
     sampler = Sampler(checked, prompt_len=len(ids))
     return sampler.probs(torch.tensor([ids]), logits)[0]

@@ -75,7 +75,7 @@ class Context:
         return min(self.max_new_tokens, self.lm.max_length - width) - len(self.out[row])
 
     def session(self, lm: LM | None = None, role: str = "target") -> Session:
-        return Session(lm or self.lm, self.batch_size, stats=self.stats, role=role)
+        return (lm or self.lm).session(self.batch_size, stats=self.stats, role=role)
 
     @cached_property
     def padded_prompts(self) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .model.session import tree_depths
+from .treeshape import tree_depths
 
 
 @dataclass

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from decodelab.model.session import ancestor_matrix, tree_depths
+from decodelab.treeshape import ancestor_matrix, tree_depths
 
 from fakes import ARCHS, tiny_lm
 

@@ -10,7 +10,7 @@ import decodelab
 from decodelab.engine import Context
 from decodelab.methods import get
 from decodelab.methods.loop import speculative_loop
-from decodelab.model.session import tree_depths
+from decodelab.treeshape import tree_depths
 from decodelab.processors import Sampler
 from decodelab.proposers.lookahead import Lookahead, NGramPool, Window, trie
 from decodelab.stats import Stats

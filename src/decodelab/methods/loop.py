@@ -13,7 +13,7 @@ from typing import Protocol
 
 import torch
 
-from ..model.session import tree_depths
+from ..treeshape import tree_depths
 from ..verify import Draft, Verdict, verify
 from .autoregressive import prefill
 
@@ -72,7 +72,6 @@ def speculative_loop(ctx, proposer) -> Iterator[list[list[int]]]:
     while True:
         limit = min(ctx.remaining() - 1, ctx.lm.max_length - session.length - 1)
         draft = _clip(proposer.propose(ctx, limit), limit) if limit > 0 else Draft()
-        start = session.length
         if draft.is_chain():
             out = session.forward([ctx.ids()[-1]] + draft.tokens, hidden=wants_hidden)
         else:
@@ -81,7 +80,7 @@ def speculative_loop(ctx, proposer) -> Iterator[list[list[int]]]:
                                   hidden=wants_hidden)
         logits, extra = (out[0][0], {"hidden": out[1]}) if wants_hidden else (out[0], {})
         verdict = verify(draft, _p_at(ctx, draft, logits), ctx.generator, ctx.sampler.greedy)
-        session.compact(list(range(start + 1)) + [start + 1 + i for i in verdict.path])
+        session.accept([0] + [1 + i for i in verdict.path])  # pending token + accepted path
         proposer.observe(ctx, draft, verdict, logits, **extra)
         ctx.stats.record_drafts(draft.depth(), len(verdict.path))
         yield [verdict.tokens]

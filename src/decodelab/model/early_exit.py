@@ -8,7 +8,8 @@ An exit after layer ℓ is the target's own model class built on the meta device
 config with `num_hidden_layers = ℓ`, whose modules are then replaced by the target's (embeddings,
 `layers[:ℓ]`, final norm, rotary embedding, LM head): nothing is copied, nothing in transformers is
 patched, and the class's own forward runs it, so it is exact by construction. Supported: Llama-family
-models exposing `model.model.layers` (llama, qwen2, mistral, …).
+models exposing `model.model.layers` (llama, qwen2, mistral, …). On the native backend an exit is
+`NativeModel.truncated(ℓ)`, the same tensors with the layer list cut.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ _PARTS = ("embed_tokens", "layers", "norm", "rotary_emb")
 
 def num_layers(lm: LM) -> int:
     """L, the target's decoder layer count; ModelError when the model has no early-exit layout."""
+    if lm.backend == "native":
+        return len(lm.model.layers)
     inner = getattr(lm.model, "model", None)
     if not isinstance(getattr(inner, "layers", None), nn.ModuleList) or not all(hasattr(inner, p) for p in _PARTS) \
             or lm.model.get_output_embeddings() is None:
@@ -42,7 +45,8 @@ def early_exit_lm(lm: LM, layer: int) -> LM:
         raise ValueError(f"exit layer must be in 1..{total}, got {layer}")
     built = lm.state.setdefault("early_exit", {})
     if layer not in built:
-        built[layer] = LM(_build(lm.model, layer), lm.tokenizer, name=f"{lm.name}[:{layer}]")
+        model = lm.model.truncated(layer) if lm.backend == "native" else _build(lm.model, layer)
+        built[layer] = LM(model, lm.tokenizer, name=f"{lm.name}[:{layer}]", backend=lm.backend)
     return built[layer]
 
 
@@ -90,4 +94,4 @@ def exit_tokens(lm: LM, hidden: tuple[torch.Tensor, ...], layers: list[int], row
     are DEL's "shadow tokens": what an exit after layer ℓ would have drafted at each position.
     """
     h = torch.stack([hidden[layer][0, rows] for layer in layers])  # [len(layers), len(rows), H]
-    return lm.model.get_output_embeddings()(lm.model.model.norm(h)).argmax(-1)
+    return lm.exit_logits(h).argmax(-1)

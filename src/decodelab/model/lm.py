@@ -75,10 +75,18 @@ def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     raise ModelError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
 
 
+BACKENDS = ("auto", "native", "transformers")
+
+
 def load(name: str | None = None, *, device: str = "cpu", dtype: torch.dtype | str | None = None,
-         allow_pickle: bool = False, trust_remote_code: bool = False) -> "LM":
-    """Load a causal LM + tokenizer. `name=None` → the embedded default `builtin:pyco`."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+         backend: str = "auto", allow_pickle: bool = False, trust_remote_code: bool = False) -> "LM":
+    """Load a causal LM + tokenizer. `name=None` → the embedded default `builtin:pyco`.
+
+    backend: "native" (decodelab's Llama-family forward, model/native.py), "transformers" (the
+    adapter, any architecture), or "auto" — native where the architecture is supported."""
+    if backend not in BACKENDS:
+        raise ModelError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     name = name or DEFAULT_MODEL
     from .resolve import check_device
@@ -92,6 +100,9 @@ def load(name: str | None = None, *, device: str = "cpu", dtype: torch.dtype | s
         config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - any failure here is the user's model, reported in one line
         raise ModelError(f"{name}: cannot read config — {_short(exc)}") from None
+    native_model = _native(name, location, local, config, backend, allow_pickle, dtype, device)
+    if native_model is not None:
+        return LM(native_model, _tokenizer(name, location, trust_remote_code), name=name, backend="native")
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
             location, dtype=dtype, use_safetensors=None if allow_pickle else True,
@@ -106,11 +117,34 @@ def load(name: str | None = None, *, device: str = "cpu", dtype: torch.dtype | s
     missing = sorted(info.get("missing_keys") or ())
     if missing:  # transformers would silently initialise them at random
         raise ModelError(f"{name}: incomplete weights — {len(missing)} tensor(s) missing, e.g. {missing[0]!r}")
+    return LM(model.to(device).eval(), _tokenizer(name, location, trust_remote_code), name=name)
+
+
+def _tokenizer(name: str, location, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001
         raise ModelError(f"{name}: cannot load tokenizer — {_short(exc)}") from None
-    return LM(model.to(device).eval(), tokenizer, name=name)
+
+
+def _native(name: str, location, local: bool, config, backend: str, allow_pickle: bool, dtype, device):
+    """The NativeModel when `backend` asks for it (or "auto" allows it), else None."""
+    from . import native
+
+    if backend == "transformers":
+        return None
+    reason = native.unsupported(config)
+    if reason is None and not local:
+        reason = "a Hub id (the native backend reads a local directory or cached snapshot)"
+    if reason is None and not any(Path(location).glob("*.safetensors")):
+        reason = "pickle-only weights"
+    if reason is not None:
+        if backend == "native":
+            raise ModelError(f"{name}: the native backend cannot run {reason}; use backend='transformers'")
+        return None
+    return native.build(config, Path(location), dtype, device)
 
 
 class LM:
@@ -120,10 +154,12 @@ class LM:
     only through `Session` (see session.py).
     """
 
-    def __init__(self, model, tokenizer, name: str = "custom"):
+    def __init__(self, model, tokenizer, name: str = "custom", backend: str = "transformers"):
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
+        self.backend = backend  # "transformers" (hf.HFSession) or "native" (native.NativeSession)
+        self.kind = "causal"
         self.config = model.config
         self.state: dict = {}  # per-model state that methods keep across calls (e.g. token recycling)
 
@@ -139,6 +175,8 @@ class LM:
     @cached_property
     def vocab_size(self) -> int:
         """Size of the logits' last dimension."""
+        if self.backend == "native":
+            return self.model.head.shape[0]
         return self.model.get_output_embeddings().weight.shape[0]
 
     @cached_property
@@ -171,11 +209,23 @@ class LM:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
-    def session(self, batch_size: int = 1) -> "Session":
-        from .session import Session
+    def session(self, batch_size: int = 1, stats=None, role: str = "target") -> "Session":
+        """A new KV cache + forward passes for `batch_size` rows, on this LM's backend (the one factory)."""
+        if self.backend == "native":
+            from .native import NativeSession
 
-        return Session(self, batch_size)
+            return NativeSession(self, batch_size, stats, role)
+        from .hf import HFSession
+
+        return HFSession(self, batch_size, stats, role)
+
+    def exit_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm + LM head applied to a hidden state [..., H] → [..., V] (early-exit drafts)."""
+        if self.backend == "native":
+            return self.model.logits(hidden)
+        return self.model.get_output_embeddings()(self.model.model.norm(hidden))
 
     def __repr__(self) -> str:
         n = sum(p.numel() for p in self.model.parameters())
-        return f"LM({self.name!r}, {self.config.model_type}, {n / 1e6:.1f}M params, {self.dtype}, {self.device})"
+        return (f"LM({self.name!r}, {self.config.model_type}, {n / 1e6:.1f}M params, {self.dtype}, "
+                f"{self.device}, backend={self.backend!r})")

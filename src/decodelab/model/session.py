@@ -1,81 +1,59 @@
-"""One sequence batch's KV cache, forward passes over new tokens, and cache rollback.
+"""The Session protocol: one batch's KV cache, forward passes over new tokens, and cache rollback.
 
-Everything version-specific about transformers' cache API lives here: the forward keyword
-(`cache=` in 5.2x, `past_key_values=` before), and rollback, done on each layer's `keys`/`values`
-directly so that `truncate(n)` ("keep the first n cache columns") means the same on every release
-(`DynamicCache.crop` changed from a length to a negative count in 5.x).
+Backend-neutral: everything above `model/` holds a Session and never knows which backend runs it.
+`LM.session(batch_size)` is the one factory; `hf.HFSession` (the transformers adapter) and
+`native.NativeSession` (decodelab's own Llama-family forward) implement the three backend hooks
+`_run`, `_keep` and `_select_rows`. Bookkeeping shared by every backend lives here: the tokens each
+row's cache holds, left-pad masks, positions, tree layouts and forward-pass counting.
 
-Tree attention: `forward(ids, parents=...)` feeds a token tree in one pass. Node i sits at position
-`length + depth(i)` and attends to the whole cache plus its own ancestors — the layout of SpecInfer
-(arXiv:2305.09781) and Token Recycling (arXiv:2408.08696). The mask is an additive float 4-D mask,
-which transformers 5.x passes through unchanged to eager and SDPA attention.
+Cache layout: `tokens[b]` mirrors what row b's cache holds (left pads included); all rows share one
+length. Tree attention: `forward(ids, parents=...)` feeds a token tree in one pass; node i sits at
+position `length + depth(i)` and attends to the whole cache plus its own ancestors — the layout of
+SpecInfer (arXiv:2305.09781) and Token Recycling (arXiv:2408.08696).
 """
 
 from __future__ import annotations
 
-import inspect
 import time
-from functools import cache
 
 import torch
 
 from ..errors import ModelError
+from ..treeshape import ancestor_matrix, tree_depths
 
-
-@cache
-def _cache_kwarg(model_cls: type) -> str:
-    params = inspect.signature(model_cls.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def _new_cache(config):
-    from transformers import DynamicCache
-
-    try:
-        return DynamicCache(config=config)
-    except TypeError:  # older signature without config
-        return DynamicCache()
-
-
-def tree_depths(parents: list[int]) -> list[int]:
-    """Depth of each node; parents[i] is an earlier node index or -1 (hangs off the cache)."""
-    depths: list[int] = []
-    for p in parents:
-        depths.append(0 if p < 0 else depths[p] + 1)
-    return depths
-
-
-def ancestor_matrix(parents: list[int]) -> torch.Tensor:
-    """[n, n] bool: entry (i, j) is True when node j is node i or one of its ancestors."""
-    n = len(parents)
-    anc = torch.eye(n, dtype=torch.bool)
-    for i, p in enumerate(parents):
-        if p >= 0:
-            anc[i] |= anc[p]
-    return anc
+__all__ = ["Session", "ancestor_matrix", "tree_depths"]
 
 
 class Session:
-    """KV cache for a batch of sequences plus the forward passes that fill it.
-
-    `tokens[b]` mirrors what row b's cache holds (left pads included), so a proposer can `sync`
-    its own cache to the target's context without recomputing what it already has.
-    """
+    """KV cache for a batch of sequences plus the forward passes that fill it (backend-neutral base)."""
 
     def __init__(self, lm, batch_size: int = 1, stats=None, role: str = "target"):
         self.lm = lm
         self.batch_size = batch_size
-        self.cache = _new_cache(lm.config)
         self.tokens: list[list[int]] = [[] for _ in range(batch_size)]
         self.pad_mask: torch.Tensor | None = None  # [B, length] 1 = real token; None = no padding
         self.stats = stats
         self.role = role
         self.forward_passes = 0
-        self._kwarg = _cache_kwarg(type(lm.model))
+        self._last: tuple[int, int] = (0, 0)  # (start, n) of the last forward
 
     @property
     def length(self) -> int:
         return len(self.tokens[0])
+
+    # ---- backend hooks ---------------------------------------------------------------------
+    def _run(self, ids: torch.Tensor, positions: torch.Tensor, parents: list[int] | None,
+             last_only: bool, hidden: bool):
+        """Forward ids [B, n] at `positions` [B, n] over the cache; return logits (and hidden states)."""
+        raise NotImplementedError
+
+    def _keep(self, columns: list[int]) -> None:
+        """Keep only these cache columns, in order (a prefix, or a prefix + an accepted path)."""
+        raise NotImplementedError
+
+    def _select_rows(self, rows: torch.Tensor) -> None:
+        """Keep / repeat / reorder batch rows of the cache ([B'] row indices)."""
+        raise NotImplementedError
 
     # ---- forward -------------------------------------------------------------------------
     @torch.inference_mode()
@@ -87,27 +65,25 @@ class Session:
         input_ids: [B, n] (or a list for B = 1). parents: tree structure of the n nodes (None =
         causal chain). pad_mask: [B, n] for the new tokens (1 real, 0 left pad), prefill only.
         Returns logits [B, n, V] float32 ([B, 1, V] when last_only); with hidden=True also the
-        tuple of hidden states (embeddings + every layer) at the new positions.
+        tuple of hidden states (embeddings + every layer, the last normed) at the new positions.
         """
         ids = self._as_batch(input_ids)
         n = ids.shape[1]
         if self.length + n > self.lm.max_length:
             raise ModelError(f"context too long: {self.length + n} tokens > model maximum {self.lm.max_length}")
+        if parents is not None and len(parents) != n:
+            raise ValueError(f"{len(parents)} parents for {n} tree nodes")
         self._extend_pad_mask(pad_mask, n)
-        positions, mask = self._positions_and_mask(n, parents)
-        kwargs = {self._kwarg: self.cache, "use_cache": True, "position_ids": positions,
-                  "attention_mask": mask}
-        if last_only:
-            kwargs["logits_to_keep"] = 1
-        if hidden:
-            kwargs["output_hidden_states"] = True
+        positions = self._positions(n, parents)
         t0 = time.perf_counter()
-        out = self.lm.model(input_ids=ids, **kwargs)
+        out = self._run(ids, positions, parents, last_only, hidden)
         self._count(time.perf_counter() - t0)
+        self._last = (self.length, n)
         for row, new in zip(self.tokens, ids.tolist()):
             row.extend(new)
-        logits = out.logits.float()
-        return (logits, out.hidden_states) if hidden else logits
+        if hidden:
+            return out[0].float(), out[1]
+        return out.float()
 
     def _as_batch(self, input_ids) -> torch.Tensor:
         if not isinstance(input_ids, torch.Tensor):
@@ -125,32 +101,34 @@ class Session:
             self.pad_mask = torch.ones(self.batch_size, self.length, dtype=torch.long)
         self.pad_mask = torch.cat([self.pad_mask, pad_mask.long().cpu()], dim=1)
 
-    def _positions_and_mask(self, n: int, parents: list[int] | None):
+    def _positions(self, n: int, parents: list[int] | None) -> torch.Tensor:
+        """[B, n] positions of the new tokens: the row's real tokens before each one (+ depth in a tree).
+
+        Pads take no position: a left-padded row's first real token sits at 0 in prefill and every
+        later step continues from there, so rows decode exactly as they would alone."""
         start = self.length
-        if parents is None:
-            offsets = torch.arange(n)
-        else:
-            if len(parents) != n:
-                raise ValueError(f"{len(parents)} parents for {n} tree nodes")
-            offsets = torch.tensor(tree_depths(parents))
+        if self.pad_mask is not None and parents is None:  # pads may sit among the new tokens
+            positions = (self.pad_mask[:, : start + n].cumsum(dim=1) - 1).clamp(min=0)[:, start:]
+            return positions.to(self.lm.device)
+        offsets = torch.arange(n) if parents is None else torch.tensor(tree_depths(parents))
         positions = (start + offsets).unsqueeze(0).repeat(self.batch_size, 1)
         if self.pad_mask is not None:
-            pads = (1 - self.pad_mask[:, :start]).sum(dim=1, keepdim=True)
-            positions = (positions - pads).clamp(min=0)
-        if parents is None:
-            mask = self.pad_mask.to(self.lm.device) if self.pad_mask is not None else None
-            return positions.to(self.lm.device), mask
-        return positions.to(self.lm.device), self._tree_mask(start, parents)
+            positions = positions - (1 - self.pad_mask[:, :start]).sum(dim=1, keepdim=True)
+        return positions.to(self.lm.device)
 
-    def _tree_mask(self, start: int, parents: list[int]) -> torch.Tensor:
-        """[B, 1, n, start + n] additive mask: cache (minus pads) + ancestors."""
-        n = len(parents)
+    def allowed(self, n: int, parents: list[int] | None) -> torch.Tensor:
+        """[B, n, start + n] bool attention mask of the new tokens: the cache (minus pads) + causal/tree."""
+        start = self.length
         allowed = torch.zeros(self.batch_size, n, start + n, dtype=torch.bool)
         allowed[:, :, :start] = True if self.pad_mask is None else self.pad_mask[:, None, :start].bool()
-        allowed[:, :, start:] = ancestor_matrix(parents)
-        dtype = self.lm.dtype
-        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
-        return mask[:, None].to(self.lm.device)
+        if parents is None:
+            allowed[:, :, start:] = torch.ones(n, n, dtype=torch.bool).tril()
+            if self.pad_mask is not None:
+                allowed[:, :, start:] &= self.pad_mask[:, None, start:start + n].bool()
+                allowed[:, :, start:] |= torch.eye(n, dtype=torch.bool)  # a pad attends to itself (no NaN)
+        else:
+            allowed[:, :, start:] = ancestor_matrix(parents)
+        return allowed
 
     def _count(self, seconds: float) -> None:
         self.forward_passes += 1
@@ -158,38 +136,49 @@ class Session:
             self.stats.count_forward(self.role, seconds)
 
     # ---- rollback ------------------------------------------------------------------------
-    def _layers(self):
-        layers = getattr(self.cache, "layers", None)
-        if layers is None:
-            raise ModelError("this transformers release's cache has no per-layer storage; rollback unsupported")
-        for layer in layers:
-            if getattr(layer, "is_sliding", False):
-                raise ModelError(f"{self.lm.name}: sliding-window attention cache cannot be rolled back")
-            if getattr(layer, "keys", None) is not None and layer.keys.numel():
-                yield layer
-
     def truncate(self, n: int) -> None:
         """Keep the first n cache columns (n ≤ length): rolling back rejected drafts."""
         if n >= self.length:
             return
-        for layer in self._layers():
-            layer.keys = layer.keys[..., :n, :]
-            layer.values = layer.values[..., :n, :]
+        self._keep(list(range(n)))
         self.tokens = [row[:n] for row in self.tokens]
         if self.pad_mask is not None:
             self.pad_mask = self.pad_mask[:, :n]
+
+    def accept(self, nodes: list[int]) -> None:
+        """Keep, of the nodes fed by the last forward, only `nodes` (indices into that forward, in order).
+
+        A chain prefix moves the length only; an accepted tree path copies just its columns.
+        """
+        start, n = self._last
+        if self.length != start + n:
+            raise ValueError("accept() must follow the forward whose nodes it keeps")
+        if any(not 0 <= i < n for i in nodes):
+            raise ValueError(f"accepted node index out of range 0..{n - 1}")
+        self.compact(list(range(start)) + [start + i for i in nodes])
 
     def compact(self, keep: list[int]) -> None:
         """Keep only the listed cache columns, in order (prefix + an accepted tree path)."""
         if keep == list(range(len(keep))):
             return self.truncate(len(keep))
-        index = torch.tensor(keep, dtype=torch.long, device=self.lm.device)
-        for layer in self._layers():
-            layer.keys = layer.keys.index_select(-2, index)
-            layer.values = layer.values.index_select(-2, index)
+        self._keep(keep)
         self.tokens = [[row[i] for i in keep] for row in self.tokens]
         if self.pad_mask is not None:
-            self.pad_mask = self.pad_mask[:, index.cpu()]
+            self.pad_mask = self.pad_mask[:, keep]
+
+    def reorder(self, rows: list[int]) -> None:
+        """Rows become `rows` of the old batch (repeats allowed: beam search's fork + reorder)."""
+        if any(not 0 <= r < self.batch_size for r in rows) or not rows:
+            raise ValueError(f"rows must index 0..{self.batch_size - 1}")
+        self._select_rows(torch.tensor(rows, dtype=torch.long, device=self.lm.device))
+        self.tokens = [list(self.tokens[r]) for r in rows]
+        if self.pad_mask is not None:
+            self.pad_mask = self.pad_mask[rows]
+        self.batch_size = len(rows)
+
+    def fork(self, row: int, copies: int) -> None:
+        """Replace the batch with `copies` copies of one row (n samples / beams from one prompt)."""
+        self.reorder([row] * copies)
 
     def sync(self, context: list[int]) -> list[int]:
         """Roll back to the longest common prefix with `context` (B = 1); return what is missing."""

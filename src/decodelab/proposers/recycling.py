@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from ..model.session import tree_depths
+from ..treeshape import tree_depths
 from ..verify import Draft, Verdict
 
 PAPER_WIDTHS = (8, 21, 25, 15, 8, 3)

@@ -1,0 +1,297 @@
+"""decodelab's own forward for the Llama family: one compact model file, a preallocated KV cache.
+
+In the spirit of gpt-fast's `model.py` (pytorch-labs/gpt-fast): the Hugging Face safetensors and
+`config.json` are read directly; q/k/v and gate/up projections are fused into one matmul each (a decode
+step is a handful of large GEMVs, not 57 small ones); keys and values are written by column into a cache
+preallocated per session, so rollback is moving a length and accepting a tree path copies only the
+accepted columns. Attention is `scaled_dot_product_attention` with grouped-query heads and a boolean mask
+built from precomputed tables (causal chain) or the draft tree's ancestor matrix.
+
+Supported: Llama (GQA, RoPE incl. llama3 / linear / yarn scaling), Mistral (no sliding window in use),
+Qwen2 (QKV bias), Qwen3 (per-head q/k RMSNorm), tied or untied embeddings. The rotary frequencies come
+from transformers' own `LlamaRotaryEmbedding` for the config, so every static RoPE variant it knows is
+computed by the library that defines it. Everything else runs through the transformers adapter.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ModelError
+from .session import Session
+
+ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
+_STATIC_ROPE = ("default", "llama3", "linear", "yarn")
+
+
+def unsupported(config) -> str | None:
+    """Why the native backend cannot run this config, or None when it can."""
+    kind = getattr(config, "model_type", "?")
+    if getattr(config, "auto_map", None):
+        return "a model with its own remote code (auto_map)"
+    if kind not in ARCHITECTURES:
+        return f"architecture {kind!r} (native supports {', '.join(ARCHITECTURES)})"
+    rope = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
+    if rope not in _STATIC_ROPE:
+        return f"RoPE type {rope!r}"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"activation {config.hidden_act!r}"
+    window = getattr(config, "sliding_window", None)
+    uses_window = kind == "mistral" or getattr(config, "use_sliding_window", False)
+    if uses_window and window and window < config.max_position_embeddings:
+        return f"sliding-window attention ({window} < context {config.max_position_embeddings})"
+    return None
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm computed in float32 like transformers' LlamaRMSNorm, weight applied in the input dtype."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE in the rotate-half layout: x [B, heads, n, D], cos/sin [B, 1, n, D]."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class Block(nn.Module):
+    """One decoder layer: pre-norm attention (fused QKV, GQA, RoPE) + pre-norm SwiGLU MLP."""
+
+    def __init__(self, config, weights: dict[str, torch.Tensor], prefix: str):
+        super().__init__()
+        w = lambda name: weights.get(prefix + name)  # noqa: E731
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.eps = config.rms_norm_eps
+        self.in_norm = _param(w("input_layernorm.weight"))
+        self.post_norm = _param(w("post_attention_layernorm.weight"))
+        self.wqkv = _param(torch.cat([w(f"self_attn.{p}_proj.weight") for p in "qkv"]))
+        biases = [w(f"self_attn.{p}_proj.bias") for p in "qkv"]
+        self.bqkv = _param(torch.cat(biases)) if all(b is not None for b in biases) else None
+        self.wo, self.bo = _param(w("self_attn.o_proj.weight")), _param(w("self_attn.o_proj.bias"))
+        self.q_norm, self.k_norm = _param(w("self_attn.q_norm.weight")), _param(w("self_attn.k_norm.weight"))
+        self.w_gate_up = _param(torch.cat([w("mlp.gate_proj.weight"), w("mlp.up_proj.weight")]))
+        self.w_down = _param(w("mlp.down_proj.weight"))
+
+    def forward(self, x, cos, sin, k_cache, v_cache, start: int, mask):
+        """x [B, n, H]; k/v_cache [B, kv_heads, T, D] (this layer's); writes columns start..start+n."""
+        B, n, _ = x.shape
+        q, k, v = self._qkv(_rms_norm(x, self.in_norm, self.eps), B, n)
+        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        end = start + n
+        k_cache[:, :, start:end] = k
+        v_cache[:, :, start:end] = v
+        attn = F.scaled_dot_product_attention(q, k_cache[:, :, :end], v_cache[:, :, :end], attn_mask=mask,
+                                              enable_gqa=self.heads != self.kv_heads)
+        x = x + F.linear(attn.transpose(1, 2).reshape(B, n, -1), self.wo, self.bo)
+        gate, up = F.linear(_rms_norm(x, self.post_norm, self.eps), self.w_gate_up).chunk(2, dim=-1)
+        return x + F.linear(F.silu(gate) * up, self.w_down)
+
+    def _qkv(self, h, B: int, n: int):
+        """Fused projection → q [B, heads, n, D], k and v [B, kv_heads, n, D] (Qwen3: q/k RMSNorm)."""
+        D = self.head_dim
+        qkv = F.linear(h, self.wqkv, self.bqkv).view(B, n, self.heads + 2 * self.kv_heads, D)
+        q, k, v = qkv.split([self.heads, self.kv_heads, self.kv_heads], dim=2)
+        if self.q_norm is not None:
+            q, k = _rms_norm(q, self.q_norm, self.eps), _rms_norm(k, self.k_norm, self.eps)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+
+def _param(t: torch.Tensor | None) -> nn.Parameter | None:
+    return None if t is None else nn.Parameter(t, requires_grad=False)
+
+
+class NativeModel(nn.Module):
+    """The Llama-family decoder; `forward` runs new tokens against a `KVCache` at column `start`."""
+
+    def __init__(self, config, weights: dict[str, torch.Tensor]):
+        super().__init__()
+        self.config = config
+        self.embed = _param(weights["model.embed_tokens.weight"])
+        self.layers = nn.ModuleList(Block(config, weights, f"model.layers.{i}.")
+                                    for i in range(config.num_hidden_layers))
+        self.norm = _param(weights["model.norm.weight"])
+        head = weights.get("lm_head.weight")
+        self.head = self.embed if head is None or getattr(config, "tie_word_embeddings", False) else _param(head)
+        self.eps = config.rms_norm_eps
+        self.generation_config = None
+        self._rope_tables(config)
+
+    def _rope_tables(self, config) -> None:
+        from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+        rope = LlamaRotaryEmbedding(config)
+        positions = torch.arange(config.max_position_embeddings, dtype=torch.float32)
+        freqs = positions[:, None] * rope.inv_freq.float()[None]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.register_buffer("cos", emb.cos() * rope.attention_scaling, persistent=False)  # [T_max, D]
+        self.register_buffer("sin", emb.sin() * rope.attention_scaling, persistent=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.dtype
+
+    def truncated(self, layers: int) -> "NativeModel":
+        """The same model exiting after `layers` decoder layers (shares every tensor: an early exit)."""
+        exit_model = NativeModel.__new__(NativeModel)
+        nn.Module.__init__(exit_model)
+        exit_model.config, exit_model.eps, exit_model.generation_config = self.config, self.eps, self.generation_config
+        exit_model.embed, exit_model.norm, exit_model.head = self.embed, self.norm, self.head
+        exit_model.layers = nn.ModuleList(self.layers[:layers])
+        exit_model.register_buffer("cos", self.cos, persistent=False)
+        exit_model.register_buffer("sin", self.sin, persistent=False)
+        return exit_model
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Final norm + LM head: [..., H] → [..., V]."""
+        return F.linear(_rms_norm(h, self.norm, self.eps), self.head)
+
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, cache: "KVCache", start: int,
+                mask: torch.Tensor | None, last_only: bool = False, hidden: bool = False):
+        """ids, positions [B, n]; mask [B, 1, n, start + n] bool (True = attend) or None (attend to all).
+
+        Returns logits [B, n, V] ([B, 1, V] when last_only) and, with hidden=True, the tuple of hidden
+        states (embeddings, every layer's output, the last one normed) as transformers returns them.
+        """
+        x = F.embedding(ids, self.embed)
+        cos = self.cos[positions].to(x.dtype)[:, None]  # [B, 1, n, D]
+        sin = self.sin[positions].to(x.dtype)[:, None]
+        states = [x] if hidden else None
+        for i, block in enumerate(self.layers):
+            x = block(x, cos, sin, cache.k[i], cache.v[i], start, mask)
+            if hidden:
+                states.append(x)
+        if last_only:
+            x = x[:, -1:]
+        h = _rms_norm(x, self.norm, self.eps)
+        logits = F.linear(h, self.head)
+        if hidden:
+            states[-1] = h
+            return logits, tuple(states)
+        return logits
+
+
+class KVCache:
+    """Keys and values of every layer: k, v [L, B, kv_heads, capacity, D], grown by doubling."""
+
+    def __init__(self, model: NativeModel, batch_size: int, capacity: int = 256):
+        block = model.layers[0]
+        self.max_length = model.config.max_position_embeddings
+        capacity = min(capacity, self.max_length)
+        shape = (len(model.layers), batch_size, block.kv_heads, capacity, block.head_dim)
+        self.k = torch.zeros(shape, dtype=model.dtype, device=model.embed.device)
+        self.v = torch.zeros_like(self.k)
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[3]
+
+    def reserve(self, length: int) -> None:
+        """Make room for `length` columns (copies the cache once per doubling)."""
+        if length <= self.capacity:
+            return
+        new = min(max(length, 2 * self.capacity), self.max_length)
+        pad = (0, 0, 0, new - self.capacity)
+        self.k, self.v = F.pad(self.k, pad), F.pad(self.v, pad)
+
+    def move(self, src: torch.Tensor, dst_start: int) -> None:
+        """Copy columns `src` (a [m] index) to dst_start..dst_start+m (the accepted tree path)."""
+        end = dst_start + len(src)
+        self.k[:, :, :, dst_start:end] = self.k.index_select(3, src)
+        self.v[:, :, :, dst_start:end] = self.v.index_select(3, src)
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep / repeat / reorder batch rows (beam search's fork and reorder)."""
+        self.k, self.v = self.k.index_select(1, rows), self.v.index_select(1, rows)
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a (possibly sharded) safetensors checkpoint in `path`."""
+    from safetensors.torch import load_file
+
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ModelError(f"{path}: the native backend reads safetensors weights only (none found)")
+    weights: dict[str, torch.Tensor] = {}
+    for file in files:
+        try:
+            weights.update(load_file(str(file)))
+        except Exception as exc:  # noqa: BLE001 - a corrupt file is the user's, reported in one line
+            raise ModelError(f"{file}: cannot read safetensors — {str(exc).splitlines()[0][:200]}") from None
+    return {k.removeprefix("base_model."): v for k, v in weights.items()}
+
+
+def build(config, path: Path, dtype: torch.dtype, device: str) -> NativeModel:
+    """Load the checkpoint at `path` into a NativeModel; a missing tensor is a one-line ModelError."""
+    weights = {k: v.to(dtype) for k, v in read_weights(path).items()}
+    try:
+        model = NativeModel(config, weights)
+    except (KeyError, TypeError, RuntimeError) as exc:
+        raise ModelError(f"{path}: weights do not match a {config.model_type} model — {exc}") from None
+    _check_shapes(model, config, path)
+    gen = path / "generation_config.json"
+    if gen.exists():
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_dict(json.loads(gen.read_text()))
+    return model.to(device).eval()
+
+
+def _check_shapes(model: NativeModel, config, path: Path) -> None:
+    block = model.layers[0]
+    expected = (block.heads + 2 * block.kv_heads) * block.head_dim
+    if block.wqkv.shape != (expected, config.hidden_size):
+        raise ModelError(f"{path}: attention weights {tuple(block.wqkv.shape)} do not match the config "
+                         f"({expected}, {config.hidden_size})")
+
+
+class NativeSession(Session):
+    """The Session protocol over a NativeModel and a preallocated KVCache."""
+
+    def __init__(self, lm, batch_size: int = 1, stats=None, role: str = "target"):
+        super().__init__(lm, batch_size, stats, role)
+        self.cache = KVCache(lm.model, batch_size)
+
+    def _run(self, ids, positions, parents, last_only, hidden):
+        start, n = self.length, ids.shape[1]
+        self.cache.reserve(start + n)
+        return self.lm.model(ids, positions, self.cache, start, self._mask(start, n, parents),
+                             last_only=last_only, hidden=hidden)
+
+    def _mask(self, start: int, n: int, parents: list[int] | None) -> torch.Tensor | None:
+        """[B or 1, 1, n, start + n] bool, or None when every new token may see every column."""
+        if parents is None and self.pad_mask is None:
+            if n == 1:
+                return None
+            device = self.lm.device
+            cols = torch.arange(start + n, device=device)
+            return (cols[None, :] <= start + torch.arange(n, device=device)[:, None])[None, None]
+        return self.allowed(n, parents)[:, None].to(self.lm.device)
+
+    def _keep(self, columns: list[int]) -> None:
+        prefix = 0
+        while prefix < len(columns) and columns[prefix] == prefix:
+            prefix += 1
+        if prefix < len(columns):  # the accepted path's columns move down behind the kept prefix
+            self.cache.move(torch.tensor(columns[prefix:], device=self.lm.device), prefix)
+
+    def _select_rows(self, rows: torch.Tensor) -> None:
+        self.cache.select_rows(rows)
+
+
+def from_transformers(model) -> NativeModel:
+    """A NativeModel over an already loaded transformers Llama-family model's weights (same values)."""
+    reason = unsupported(model.config)
+    if reason is not None:
+        raise ModelError(f"the native backend cannot run {reason}")
+    native = NativeModel(model.config, dict(model.state_dict()))
+    native.generation_config = getattr(model, "generation_config", None)
+    return native.to(next(model.parameters()).device).eval()
