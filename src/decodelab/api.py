@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import torch
 
+from .constraints import compile_constraint
 from .engine import Event, Generation, run_method
 from .methods import get
 from .model import LM
@@ -65,18 +66,24 @@ def _check_common(max_new_tokens: int, stop) -> list[str]:
 
 def _run(lm, prompts, method, max_new_tokens, seed, stop, params) -> Iterator[Event]:
     info = get(method)
+    if info.kind != getattr(lm, "kind", "causal"):
+        from .diffusion.methods import kind_error
+
+        raise ValueError(kind_error(lm, info))
+    params = dict(params)
+    grammar = compile_constraint(lm, params.pop("constraint", None))  # ValueError before generating
     checked = info.check_params(params)
     stop = _check_common(max_new_tokens, stop)
     _check_seed(seed)
     ids = [_prompt_ids(lm, p) for p in prompts]
     if len(ids) > 1 and not info.batched:
-        return _one_by_one(info, lm, ids, checked, max_new_tokens, seed, stop)
-    return run_method(info, lm, ids, checked, max_new_tokens, seed, stop)
+        return _one_by_one(info, lm, ids, checked, max_new_tokens, seed, stop, grammar)
+    return run_method(info, lm, ids, checked, max_new_tokens, seed, stop, grammar)
 
 
-def _one_by_one(info, lm, ids, params, max_new_tokens, seed, stop) -> Iterator[Event]:
+def _one_by_one(info, lm, ids, params, max_new_tokens, seed, stop, grammar=None) -> Iterator[Event]:
     for b, prompt in enumerate(ids):
-        for event in run_method(info, lm, [prompt], params, max_new_tokens, seed, stop):
+        for event in run_method(info, lm, [prompt], params, max_new_tokens, seed, stop, grammar):
             event.row = b
             yield event
 

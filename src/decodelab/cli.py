@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .constraints.cli import add_constraint_flags, constraint_from_args
 
 
 def _typed(value: str, default):
@@ -72,7 +73,8 @@ def _generate_params(args, info) -> dict:
     info.check_params(params)  # user errors first, before the (slow, chatty) model load
     if args.max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer ≥ 1, got {args.max_new_tokens}")
-    return params
+    constraint = constraint_from_args(args)
+    return params if constraint is None else {**params, "constraint": constraint}
 
 
 def _baseline_params(args, params: dict):
@@ -84,7 +86,7 @@ def _baseline_params(args, params: dict):
     base = methods().get(args.compare)
     if base is None:
         raise ValueError(f"--compare: unknown method {args.compare!r}; available: {', '.join(sorted(methods()))}")
-    return base, {k: v for k, v in params.items() if k in base.params and k not in base.specs}
+    return base, {k: v for k, v in params.items() if (k in base.params and k not in base.specs) or k == "constraint"}
 
 
 def _read_prompt(args) -> str:
@@ -283,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run METHOD (e.g. greedy) on the same prompt and report whether the texts are "
                         "identical and the speed-up measured in this run")
     add_load_flags(g)
+    add_constraint_flags(g)
     g.add_argument("--json", action="store_true", help="end stdout with one JSON object")
     g.set_defaults(func=cmd_generate)
 
@@ -324,6 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench.cli import add_arguments
 
     add_arguments(sub.add_parser("bench", help="benchmark methods side by side"))
+    from .serve.cli import add_parser as add_serve_parser
+
+    add_serve_parser(sub)
+    from .image.cli import add_parser as add_image_parser
+
+    add_image_parser(sub)
     return p
 
 

@@ -27,11 +27,18 @@ class Generation:
     stats: Stats
     method: str = ""
     params: dict = field(default_factory=dict)
+    incomplete: bool | None = None  # constrained only: True when the grammar was not completed
+    error: str | None = None  # constrained only: the grammar engine's message if it failed mid-way
 
     def to_dict(self) -> dict:
-        return {"method": self.method, "params": self.params, "text": self.text,
-                "token_ids": self.token_ids, "finish_reason": self.finish_reason,
-                "stats": self.stats.to_dict()}
+        out = {"method": self.method, "params": self.params, "text": self.text,
+               "token_ids": self.token_ids, "finish_reason": self.finish_reason,
+               "stats": self.stats.to_dict()}
+        if self.incomplete is not None:
+            out["incomplete"] = self.incomplete
+        if self.error:
+            out["error"] = self.error
+        return out
 
 
 @dataclass
@@ -93,7 +100,9 @@ class Context:
     def history(self) -> torch.Tensor:
         """[B, L] padded prompt + generated ids: the input_ids processors see."""
         ids, _ = self.padded_prompts
-        gen = torch.tensor(self.out, dtype=torch.long).reshape(self.batch_size, -1)
+        width = max(len(o) for o in self.out)  # finished rows stop growing: pad them on the right
+        out = [o + [self.lm.pad_token_id] * (width - len(o)) for o in self.out]
+        gen = torch.tensor(out, dtype=torch.long).reshape(self.batch_size, -1)
         return torch.cat([ids, gen], dim=1)
 
 
@@ -121,16 +130,19 @@ class _IncrementalText:
 
 
 class _RowState:
-    """Per-row stop detection: EOS, stop strings, length."""
+    """Per-row stop detection: EOS, stop strings, length, and the end of the row's grammar."""
 
-    def __init__(self, lm: LM, stop: list[str], prompt_len: int):
+    def __init__(self, lm: LM, stop: list[str], prompt_len: int, constraint=None):
         self.lm, self.stop = lm, stop
+        self.constraint = constraint  # the row's constraints.RowConstraint, or None
         self._decoder = _IncrementalText(lm)
         self.tokens: list[int] = []
         self.text = ""
         self.sent = 0  # characters of text already streamed
         self.unsent: list[int] = []  # tokens not yet carried by an event (their text is held back)
         self.finish: str | None = None
+        self.ended_by_eos = self.grammar_done = False
+        self.error: str | None = None  # the grammar engine's message when a constrained row failed
 
     def add(self, tokens: list[int], remaining: int) -> list[int]:
         """Append tokens up to the first stop condition; return the ones kept."""
@@ -141,7 +153,11 @@ class _RowState:
             kept.append(t)
             self.tokens.append(t)
             if t in self.lm.eos_token_ids:
-                self.finish = "eos"
+                self.finish = "eos" if self.constraint is None else "stop"
+                self.ended_by_eos = self.grammar_done = True  # under a grammar EOS is allowed only when complete
+            elif self.constraint is not None and self._grammar_ended():
+                self.finish = "stop"
+                self.text = self._decoder.of(self.tokens)
             elif self._hit_stop():
                 self.finish = "stop"
             elif len(kept) >= remaining:
@@ -149,6 +165,15 @@ class _RowState:
         if not self.finish or self.finish == "length":
             self.text = self._decoder.of(self.tokens)
         return kept
+
+    def _grammar_ended(self) -> bool:
+        """The grammar is complete after these tokens (or its matcher failed: stop with the reason)."""
+        row = self.constraint
+        if not row.seek(self.tokens) or row.error:
+            self.error = row.error or f"token {self.tokens[-1]} is not allowed by the constraint"
+            return True
+        self.grammar_done = row.stopped
+        return self.grammar_done
 
     def _hit_stop(self) -> bool:
         if not self.stop:
@@ -174,16 +199,24 @@ class _RowState:
 
 
 def run_method(info, lm: LM, prompts: list[list[int]], params: dict, max_new_tokens: int,
-               seed: int | None, stop: list[str]) -> Iterator[Event]:
-    """Drive one method over a batch of prompts, yielding events; the last per row carries a Generation."""
+               seed: int | None, stop: list[str], grammar=None) -> Iterator[Event]:
+    """Drive one method over a batch of prompts, yielding events; the last per row carries a Generation.
+
+    `grammar` (a validated `constraints.Grammar`) masks every row with its own grammar state."""
     stats = Stats()
-    sampler = Sampler(params, prompt_len=max(len(p) for p in prompts))
+    width = max(len(p) for p in prompts)
+    mask = None
+    if grammar is not None:
+        from .constraints import GrammarMask
+
+        mask = GrammarMask(grammar, len(prompts), width, lm.eos_token_ids)
+    sampler = Sampler(params, prompt_len=width, constraint=mask)
     generator = None
     if not sampler.greedy:
         generator = torch.Generator(device="cpu")
         generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
     ctx = Context(lm, prompts, params, sampler, generator, max_new_tokens, stats)
-    rows = [_RowState(lm, stop, len(p)) for p in prompts]
+    rows = [_RowState(lm, stop, len(p), mask.rows[b] if mask else None) for b, p in enumerate(prompts)]
     t0 = time.perf_counter()
     steps = info.run(ctx)
     try:
@@ -203,6 +236,8 @@ def run_method(info, lm: LM, prompts: list[list[int]], params: dict, max_new_tok
         row_stats = stats if len(rows) == 1 else replace(
             stats, new_tokens=len(row.tokens), drafted=list(stats.drafted), accepted=list(stats.accepted))
         gen = Generation(_final_text(lm, row), row.tokens, row.finish or "length", row_stats, info.name, params)
+        if mask is not None:
+            gen.incomplete, gen.error = not row.grammar_done, row.error
         yield Event(gen.text[row.sent:], row.unsent, b, gen)
 
 
@@ -220,6 +255,6 @@ def _absorb(ctx: Context, rows: list[_RowState], emitted: list[list[int]]) -> It
 
 
 def _final_text(lm: LM, row: _RowState) -> str:
-    if row.finish == "eos":
+    if row.ended_by_eos:
         return lm.decode(row.tokens[:-1])
     return row.text

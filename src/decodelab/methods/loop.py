@@ -13,6 +13,7 @@ from typing import Protocol
 
 import torch
 
+from ..constraints import prune
 from ..treeshape import tree_depths
 from ..verify import Draft, Verdict, verify
 from .autoregressive import prefill
@@ -72,6 +73,8 @@ def speculative_loop(ctx, proposer) -> Iterator[list[list[int]]]:
     while True:
         limit = min(ctx.remaining() - 1, ctx.lm.max_length - session.length - 1)
         draft = _clip(proposer.propose(ctx, limit), limit) if limit > 0 else Draft()
+        if ctx.sampler.constraint is not None:  # cut drafts at the first token the grammar rejects
+            draft = prune(draft, ctx.sampler.constraint.rows[0], ctx.out[0])
         if draft.is_chain():
             out = session.forward([ctx.ids()[-1]] + draft.tokens, hidden=wants_hidden)
         else:

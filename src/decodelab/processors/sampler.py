@@ -57,11 +57,18 @@ def _apply(chain: list[Processor], input_ids: torch.Tensor, logits: torch.Tensor
 
 
 class Sampler:
-    """Processors for one request; `prompt_len` marks where generated tokens start in `input_ids`."""
+    """Processors for one request; `prompt_len` marks where generated tokens start in `input_ids`.
 
-    def __init__(self, params: dict, prompt_len: int):
+    `constraint` (a `constraints.GrammarMask`, one grammar state per row) runs last among the logits
+    processors, so it masks greedy decoding too; `self.constraint` is None when unconstrained.
+    """
+
+    def __init__(self, params: dict, prompt_len: int, constraint: Processor | None = None):
         self.greedy: bool = {**SAMPLING_DEFAULTS, **params}["temperature"] == 0
         self.logits_processors = build_logits_processors(params, prompt_len)
+        self.constraint = constraint
+        if constraint is not None:
+            self.logits_processors.append(constraint)
         self.warpers = build_warpers(params)
 
     @property

@@ -148,7 +148,7 @@ class Lookahead:
 
     def observe(self, ctx, draft: Draft, verdict, logits: torch.Tensor) -> None:
         """logits [1 + n_cand + n_aux, V]: argmax at the window nodes → next level, n-grams → pool."""
-        if draft is not self._fed:  # the window was not fed this step: leave it as it is
+        if self._fed is None or draft.aux_tokens != self._fed.aux_tokens:  # window not fed: leave it
             return
         start = 1 + len(draft.tokens)
         guesses = logits[start : start + len(draft.aux_tokens)].argmax(-1).tolist()

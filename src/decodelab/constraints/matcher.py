@@ -1,0 +1,171 @@
+"""Per-row grammar state and the grammar mask as a logits processor.
+
+`RowConstraint` is one row's state: an llguidance `LLMatcher` plus the tokens it has consumed. It
+advances, rolls back, seeks to any token list (roll back to the common prefix, advance the rest),
+validates drafts without committing, and forks (`deep_copy`) for beams and particles.
+
+`GrammarMask` is a logits processor with the fixed signature `(input_ids [B, L], scores [B, V])`:
+it masks row b's scores with the grammar state *after the generated part of that row's history*
+(`input_ids[b, prompt_len:]`). Because the state is a function of the history it is given, the same
+processor masks plain decoding, a draft model's q at every draft position, and the target's p at
+every node of a verify tree — each call names the node's own history, the row seeks there. As a
+logits processor (not a warper) it also holds at temperature 0.
+
+`prune` drops deterministic draft nodes the grammar rejects before they are verified. That changes
+no output: a rejected token has p = 0 under the mask, so verification would reject it with
+probability 1 and its residual p − one-hot is p itself. Stochastic nodes (q rows) are never pruned:
+cutting them would condition on the draft and bias sampling; under the mask they are valid anyway.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..verify import Draft
+from .spec import Grammar
+
+
+class RowConstraint:
+    """One row's grammar matcher and the tokens it has consumed (advance / rollback / fork)."""
+
+    def __init__(self, grammar: Grammar, matcher=None, tokens: list[int] | None = None):
+        from llguidance import LLMatcher
+
+        self.grammar = grammar
+        self.matcher = matcher if matcher is not None else LLMatcher(grammar.tokenizer, grammar.text, log_level=0)
+        self.tokens: list[int] = list(tokens or [])
+        self.reachable = True  # False when the last seek hit a token the grammar rejects
+
+    def fork(self) -> "RowConstraint":
+        return RowConstraint(self.grammar, self.matcher.deep_copy(), self.tokens)
+
+    def advance(self, tokens: list[int]) -> int:
+        """Consume as many of `tokens` as the grammar allows; returns how many."""
+        n = self.matcher.try_consume_tokens(list(tokens)) if tokens else 0
+        self.tokens.extend(tokens[:n])
+        return n
+
+    def rollback(self, n: int) -> None:
+        if n > 0:
+            self.matcher.rollback(n)
+            del self.tokens[len(self.tokens) - n :]
+
+    def seek(self, tokens: list[int]) -> bool:
+        """Move to the state after `tokens`; False (state left at the longest valid prefix) if invalid."""
+        k, mine = 0, self.tokens
+        limit = min(len(mine), len(tokens))
+        while k < limit and mine[k] == tokens[k]:
+            k += 1
+        self.rollback(len(mine) - k)
+        self.reachable = self.advance(tokens[k:]) == len(tokens) - k
+        return self.reachable
+
+    def validate(self, tokens: list[int]) -> int:
+        """How many of `tokens` the grammar accepts from the current state (nothing is committed)."""
+        return self.matcher.validate_tokens(list(tokens)) if tokens else 0
+
+    @property
+    def stopped(self) -> bool:
+        """The grammar is complete and admits no further token (only EOS)."""
+        return self.matcher.is_stopped()
+
+    @property
+    def accepting(self) -> bool:
+        return self.matcher.is_accepting()
+
+    @property
+    def error(self) -> str:
+        return self.matcher.get_error() if self.matcher.is_error() else ""
+
+    def fill(self, bitmask: torch.Tensor, index: int) -> None:
+        """Write the allowed-token bitmask of the current state into bitmask[index] (int32 words)."""
+        from llguidance.torch import fill_next_token_bitmask
+
+        fill_next_token_bitmask(self.matcher, bitmask, index)
+
+
+_BITS = torch.arange(32, dtype=torch.int32)
+
+
+def unpack(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """[B, ⌈V/32⌉] int32 words → [B, V] bool, True where the token is allowed."""
+    bits = (bitmask.unsqueeze(-1) >> _BITS) & 1  # [B, W, 32]
+    return bits.flatten(1)[:, :vocab_size].bool()
+
+
+class GrammarMask:
+    """Logits processor: -inf for every token the row's grammar forbids after its generated tokens."""
+
+    needs_history = True
+
+    def __init__(self, grammar: Grammar, batch_size: int, prompt_len: int, eos_token_ids=()):
+        self.grammar = grammar
+        self.rows = [RowConstraint(grammar) for _ in range(batch_size)]
+        self.prompt_len = prompt_len
+        self.eos = sorted(eos_token_ids)
+
+    def allowed(self, input_ids: torch.LongTensor, vocab_size: int) -> torch.Tensor:
+        # input_ids: [B, L] (prompt + generated) → [B, V] bool
+        from llguidance.torch import allocate_token_bitmask
+
+        if input_ids.shape[0] != len(self.rows):
+            raise ValueError(f"grammar mask holds {len(self.rows)} rows, got a batch of {input_ids.shape[0]}")
+        bitmask = allocate_token_bitmask(len(self.rows), vocab_size)
+        dead = []
+        for b, row in enumerate(self.rows):
+            if row.seek(input_ids[b, self.prompt_len :].tolist()) and not row.error:
+                row.fill(bitmask, b)
+            else:
+                dead.append(b)  # a finished row's padding, or a rejected node: EOS only, never NaN
+        allowed = unpack(bitmask, vocab_size)
+        for b in dead:
+            allowed[b] = False
+            allowed[b, [e for e in self.eos if e < vocab_size] or list(range(vocab_size))] = True
+        return allowed
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        # input_ids: [B, L]; scores: [B, V] → [B, V]
+        allowed = self.allowed(input_ids, scores.shape[-1]).to(scores.device)
+        masked = scores.masked_fill(~allowed, -float("inf"))
+        empty = ~torch.isfinite(masked).any(dim=-1, keepdim=True)  # penalties removed every allowed token
+        if bool(empty.any()):
+            masked = torch.where(empty & allowed, torch.zeros_like(scores), masked)
+        return masked
+
+
+def prune(draft: Draft, row: RowConstraint, generated: list[int]) -> Draft:
+    """The draft without the deterministic nodes the grammar rejects (and their subtrees).
+
+    `generated` are the row's tokens so far (the pending token last). Returns `draft` itself when
+    every node is valid.
+    """
+    if draft.q is not None:  # sampled from the masked q: valid, and never to be cut (see above)
+        return draft
+    valid = _valid_nodes(draft, row, generated)
+    if all(valid):
+        return draft
+    keep = [i for i, ok in enumerate(valid) if ok]
+    index = {old: new for new, old in enumerate(keep)}
+    n = len(draft.tokens)
+    q = draft.q[keep] if draft.q is not None else None
+    aux_parents = [p if p < 0 else (index.get(p, -2) if p < n else p - n + len(keep)) for p in draft.aux_parents]
+    aux = draft.aux_tokens
+    if -2 in aux_parents:  # a window node hung off a dropped candidate: drop the window this step
+        aux, aux_parents = [], []
+    return Draft([draft.tokens[i] for i in keep], [index.get(draft.parents[i], -1) for i in keep], q,
+                 list(aux), aux_parents)
+
+
+def _valid_nodes(draft: Draft, row: RowConstraint, generated: list[int]) -> list[bool]:
+    """valid[i]: node i and all its ancestors are grammatical (parents come before their children)."""
+    valid = [False] * len(draft.tokens)
+    paths: dict[int, list[int]] = {-1: []}
+    for parent, kids in draft.children().items():
+        if parent not in paths:  # parent rejected (children lists come in node order: parents first)
+            continue
+        row.seek(generated + paths[parent])
+        for c in kids:
+            if row.validate([draft.tokens[c]]) == 1:
+                valid[c] = True
+                paths[c] = paths[parent] + [draft.tokens[c]]
+    return valid
