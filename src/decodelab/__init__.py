@@ -3,6 +3,7 @@
 from .api import generate, generate_batch, next_token_probs, stream
 from .engine import Event, Generation
 from .errors import DecodelabError, ModelError
+from .image import ImageGeneration, generate_image, generate_images, image_methods
 from .methods import MethodInfo, methods
 from .model import LM, builtin_path, load
 from .stats import Stats
@@ -11,3 +12,4 @@ __version__ = "0.1.0"
 
 __all__ = ["LM", "DecodelabError", "Event", "Generation", "MethodInfo", "ModelError", "Stats",
            "builtin_path", "generate", "generate_batch", "load", "methods", "next_token_probs", "stream"]
+__all__ += ["ImageGeneration", "generate_image", "generate_images", "image_methods"]

@@ -23,20 +23,21 @@ import torch
 
 
 def group_sizes(n: int, steps: int) -> list[int]:
-    """LPD's increasing-cosine schedule: group k ends at round(n·(1 - cos(π/2 · k/steps))), each ≥ 1.
+    """LPD's increasing-cosine schedule: group k holds round(n·(cos(π/2·(k-1)/steps) - cos(π/2·k/steps)))
+    tokens (≥ 1; the largest groups absorb any rounding surplus so that the sizes sum to n).
 
-    group_sizes(64, 8) == [1, 4, 6, 8, 9, 12, 12, 12]; group_sizes(256, 20) starts [1, 2, 4, 5, 7, …].
+    Reproduces the authors' 16×16 / 20-step schedule [1, 2, 4, 5, 7, 8, 10, …, 20, 20, 20];
+    group_sizes(64, 8) == [1, 4, 6, 8, 10, 11, 12, 12].
     """
     if not 1 <= steps <= n:
         raise ValueError(f"steps must be in [1, {n}], got {steps}")
-    ends, prev = [], 0
-    for k in range(1, steps + 1):
-        end = round(n * (1 - math.cos(math.pi / 2 * k / steps)))
-        end = min(max(end, prev + 1), n - (steps - k))
-        ends.append(end)
-        prev = end
-    ends[-1] = n
-    return [b - a for a, b in zip([0] + ends[:-1], ends)]
+    edges = [math.cos(math.pi / 2 * k / steps) for k in range(steps + 1)]
+    sizes = [max(1, round(n * (a - b))) for a, b in zip(edges, edges[1:])]
+    while sum(sizes) > n:
+        big = max(range(steps), key=lambda k: (sizes[k], k))
+        sizes[big] -= 1
+    sizes[-1] += n - sum(sizes)
+    return sizes
 
 
 def lpd_mask(gid: torch.Tensor) -> torch.Tensor:

@@ -47,8 +47,10 @@ def _farthest(pool: list[int], members: list[int], width: int, gen: torch.Genera
     return ties[int(torch.randint(len(ties), (), generator=gen))]
 
 
-def lpd_order(height: int, width: int, steps: int, rho: int, gen: torch.Generator) -> list[list[int]]:
-    """Groups of raster positions, in decoding order (sizes = layouts.group_sizes(N, steps))."""
+def lpd_order(height: int, width: int, steps: int, rho: int, gen: torch.Generator,
+              leads: list | None = None) -> list[list[int]]:
+    """Groups of raster positions, in decoding order (sizes = layouts.group_sizes(N, steps)).
+    `leads`, if given, receives how many members of each group came from the scored candidates."""
     n = height * width
     groups, selected = [], set()
     for size in layouts.group_sizes(n, steps):
@@ -60,6 +62,8 @@ def lpd_order(height: int, width: int, steps: int, rho: int, gen: torch.Generato
         for c in candidates:
             if len(group) < size and all(_chebyshev(c, m, width) > rho for m in group):
                 group.append(c)
+        if leads is not None:
+            leads.append(len(group))
         while len(group) < size:
             group.append(_farthest([c for c in pool if c not in group], group, width, gen))
         groups.append(group)

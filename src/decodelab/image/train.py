@@ -31,9 +31,9 @@ BUILTIN = Path(__file__).resolve().parent.parent / "builtin"
 EMBEDDED = [
     (8, "raster", "digits", 900),
     (4, "raster", "digits/drafter", 500),
-    (8, "nar", "digits/nar", 900),
-    (8, "lpd", "digits/lpd", 1000),
-    (16, "raster", "digits16", 500),
+    (8, "nar", "digits/nar", 600),
+    (8, "lpd", "digits/lpd", 600),
+    (16, "raster", "digits16", 350),
 ]
 BATCH = 48
 LABEL_DROPOUT = 0.1

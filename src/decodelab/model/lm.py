@@ -100,6 +100,8 @@ def load(name: str | None = None, *, device: str = "cpu", dtype: torch.dtype | s
         config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - any failure here is the user's model, reported in one line
         raise ModelError(f"{name}: cannot read config — {_short(exc)}") from None
+    if getattr(config, "decodelab_kind", None) == "image" and backend == "auto":
+        backend = "transformers"  # image-token models run under explicit masks (image/model.py)
     native_model = _native(name, location, local, config, backend, allow_pickle, dtype, device)
     if native_model is not None:
         return LM(native_model, _tokenizer(name, location, trust_remote_code), name=name, backend="native")
@@ -159,7 +161,7 @@ class LM:
         self.tokenizer = tokenizer
         self.name = name
         self.backend = backend  # "transformers" (hf.HFSession) or "native" (native.NativeSession)
-        self.kind = "causal"
+        self.kind = "image" if getattr(model.config, "decodelab_kind", None) == "image" else "causal"
         self.config = model.config
         self.state: dict = {}  # per-model state that methods keep across calls (e.g. token recycling)
 
