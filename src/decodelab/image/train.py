@@ -26,16 +26,16 @@ from .data import LEVELS, token_grids
 from .model import ImageSpec, llama_config, run_model, save, slot_mask
 
 BUILTIN = Path(__file__).resolve().parent.parent / "builtin"
-# (grid, variant, directory, steps): the embedded models. MuLo-SD's drafter for digits16 is
+# (grid, variant, directory, steps, batch): the embedded models (sized for a shared 2-core CPU). MuLo-SD's drafter for digits16 is
 # builtin:digits itself (the 2×2-pooled 16×16 grid is exactly the 8×8 grid).
-EMBEDDED = [
-    (8, "raster", "digits", 900),
-    (4, "raster", "digits/drafter", 500),
-    (8, "nar", "digits/nar", 600),
-    (8, "lpd", "digits/lpd", 600),
-    (16, "raster", "digits16", 350),
-]
 BATCH = 48
+EMBEDDED = [
+    (8, "raster", "digits", 900, BATCH),
+    (4, "raster", "digits/drafter", 500, BATCH),
+    (8, "nar", "digits/nar", 600, BATCH),
+    (8, "lpd", "digits/lpd", 400, 32),
+    (16, "raster", "digits16", 250, 24),
+]
 LABEL_DROPOUT = 0.1
 
 
@@ -116,7 +116,8 @@ def train(grid: int, variant: str, out: Path, steps: int, batch_size: int = BATC
     summary = {"grid": grid, "variant": variant, "levels": LEVELS, "steps": steps, "batch_size": batch_size,
                "lr": lr, "seed": seed, "label_dropout": LABEL_DROPOUT, "best_val_loss_nats_per_token": round(best, 4),
                "params": sum(p.numel() for p in model.parameters()),
-               "command": f"python -m decodelab.image.train --grid {grid} --variant {variant} --steps {steps} --out {out.name}",
+               "command": f"python -m decodelab.image.train --grid {grid} --variant {variant} --steps {steps} "
+                          f"--batch-size {batch_size} --out {out}",
                "hardware": "shared 2-core CPU (nice -n 10)"}
     save(model, spec, out, summary)
     return summary
@@ -134,20 +135,21 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--grid", type=int, choices=(4, 8, 16), default=8)
     p.add_argument("--variant", choices=("raster", "lpd", "nar"), default="raster")
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=900)
+    p.add_argument("--batch-size", type=int, default=BATCH)
     p.add_argument("--out", type=Path)
     p.add_argument("--all", action="store_true", help="train every embedded image model into src/decodelab/builtin")
     p.add_argument("--only", nargs="*", help="with --all: only these directories (e.g. digits digits/lpd)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     if args.all:
-        for grid, variant, name, steps in EMBEDDED:
+        for grid, variant, name, steps, batch in EMBEDDED:
             if not args.only or name in args.only:
-                print(json.dumps(train(grid, variant, BUILTIN / name, steps)), flush=True)
+                print(json.dumps(train(grid, variant, BUILTIN / name, steps, batch)), flush=True)
         return
     if args.out is None:
         p.error("--out is required without --all")
-    print(json.dumps(train(args.grid, args.variant, args.out, args.steps)))
+    print(json.dumps(train(args.grid, args.variant, args.out, args.steps, args.batch_size)))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,57 @@
+"""The embedded image models: standard HF directories, digits the classifier recognises, the CLI.
+
+Floor: on 3 samples per class (30 images, fixed seeds), the scikit-learn classifier of
+decodelab.image.metrics recognises ≥ 70% of raster, SJD and ZipAR samples of builtin:digits
+(the bench on 20 per class, docs/VISUAL.md, measures the rates themselves; chance is 10%).
+"""
+
+import numpy as np
+import pytest
+import torch
+
+import decodelab
+from decodelab import generate_images
+from decodelab.image.metrics import classifier
+
+FLOOR = 0.70
+LABELS = [c for c in range(10) for _ in range(3)]
+
+
+def test_builtin_dirs_load_with_transformers_auto_classes():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = decodelab.builtin_path("builtin:digits")
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert model.config.decodelab_kind == "image" and model.config.image["height"] == 8
+    assert AutoTokenizer.from_pretrained(path).convert_tokens_to_ids("<c3>") == 8 + 3
+
+
+@pytest.mark.parametrize("method, params", [("raster", {}), ("sjd", {"window": 16}), ("zipar", {"window": 4})])
+def test_generated_digits_are_recognised(digits, method, params):
+    gens = generate_images(digits, LABELS, method=method, seeds=100, **params)
+    pixels = np.stack([g.pixels for g in gens])
+    assert classifier().accuracy(pixels, LABELS) >= FLOOR
+    if method == "sjd":
+        assert np.mean([g.stats["forward_passes"] for g in gens]) < 64
+
+
+def test_sjd_greedy_equals_raster_greedy_on_digits(digits):
+    r = generate_images(digits, [0, 8], method="raster", seeds=0, temperature=0)
+    s = generate_images(digits, [0, 8], method="sjd", seeds=0, temperature=0, window=8)
+    assert [g.token_ids for g in s] == [g.token_ids for g in r]
+
+
+def test_cli_writes_a_png_and_reports_errors_in_one_line(tmp_path, capsys):
+    from decodelab.cli import main
+
+    out = tmp_path / "digit.png"
+    assert main(["image", "--label", "3", "--method", "zipar", "--seed", "0", "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["image", "--label", "3", "--method", "sjd", "--grid", "4", "-p", "window=8", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["image", "--label", "12", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "label must be an integer class 0–9" in err
+    assert main(["image", "--label", "1", "--out", str(tmp_path / "x.jpg")]) == 2
+    assert main(["image", "--label", "1", "--method", "zipar", "-p", "window=99999", "--out", str(out)]) == 2
+    torch.set_num_threads(1)
