@@ -164,3 +164,43 @@ def test_subprocess_bad_parameter_has_no_traceback(model_dir):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "top_p" in lines[0], proc.stderr
     assert proc.stdout == ""
+
+
+def test_usage_errors_are_one_line(capsys):
+    """argparse's own errors (bad int, unknown flag, missing value): one line, not a usage block."""
+    for argv in (["generate", "x", "--max-new-tokens", "x"], ["generate", "x", "--frobnicate"], ["generate", "-p"],
+                 ["no-such-command"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        _assert_one_line_error(info.value.code, capsys.readouterr().err, "error", "--help")
+
+
+def test_a_bug_is_one_line_internal_error(capsys, model_dir):
+    """An exception that is not a user error still prints one line, labelled as decodelab's fault."""
+    from decodelab.methods import registry
+
+    def crash(ctx):
+        raise RuntimeError("boom\nsecond line")
+        yield
+
+    registry.register("crash", description="test-only: raises", lossless=True)(crash)
+    try:
+        code, _, err = _run(capsys, ["generate", "x", "--model", model_dir, "--method", "crash"])
+    finally:
+        registry._REGISTRY.pop("crash")
+    _assert_one_line_error(code, err, "internal error", "RuntimeError", "boom second line")
+    assert code == 3
+
+
+def test_demo_on_a_suite_prompt(capsys, model_dir, tmp_path):
+    suite = tmp_path / "s.jsonl"
+    suite.write_text(json.dumps({"prompt": "abcabcabc", "id": "p0"}) + "\n")
+    code, out, err = _run(capsys, ["demo", "--model", model_dir, "--suite", str(suite), "--max-new-tokens", "6"])
+    assert code == 0, err
+    assert out.startswith("# prompt p0") and "pld vs greedy: same text as greedy" in err
+    code, out, err = _run(capsys, ["demo", "--model", model_dir, "--suite", str(suite), "--max-new-tokens", "6",
+                                   "--json"])
+    result = _last_json(out)
+    assert result["method"] == "pld" and result["compare"]["identical"] is True
+    code, _, err = _run(capsys, ["demo", "--model", model_dir, "--suite", str(suite), "--index", "3"])
+    _assert_one_line_error(code, err, "--index")

@@ -70,6 +70,10 @@ def run(args) -> None:
         return _print_list()
     if args.repeats < 1 or args.max_new_tokens < 1:
         raise ValueError("--repeats and --max-new-tokens must be ≥ 1")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be ≥ 1 (prompts per suite), got {args.limit}")
+    if args.dist_seeds < 2:
+        raise ValueError(f"--dist-seeds must be ≥ 2, got {args.dist_seeds}")
     names = sorted(n for n in methods() if n != "sample") if args.all else \
         [m.strip() for m in (args.methods or "greedy,speculative,pld").split(",") if m.strip()]
     params = parse_bench_params(args.param)
@@ -126,6 +130,7 @@ def _draft_methods(lm, names: list[str], params: dict[str, dict], default: str, 
     from ..proposers.draft_model import resolve_draft
 
     table, kept, skipped = methods(), [], {}
+    shared_draft = params.get("*", {}).pop("draft", None)  # -p draft=X: for the draft methods only
     kind = getattr(lm, "kind", "causal")
     for name in names:
         if all_methods and getattr(table[name], "kind", "causal") != kind:
@@ -133,7 +138,7 @@ def _draft_methods(lm, names: list[str], params: dict[str, dict], default: str, 
         if name not in table or "draft" not in table[name].specs:
             kept.append(name)
             continue
-        draft = params.get(name, {}).get("draft") or params.get("*", {}).get("draft") or default
+        draft = params.get(name, {}).get("draft") or shared_draft or default
         if draft == "auto" and lm.name not in DRAFTS:
             skipped[name] = (f"needs a draft model with the target's vocabulary; {lm.name} has no embedded "
                              f"draft — enable it with --draft DIR (or -p {name}.draft=DIR)")

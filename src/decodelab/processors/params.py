@@ -24,6 +24,8 @@ SAMPLING_DEFAULTS: dict[str, float | int] = {
     "no_repeat_ngram_size": 0,
 }
 
+GREEDY_EPS = 1e-5  # 0 < temperature < this is greedy, as in vLLM's SamplingParams (_SAMPLING_EPS)
+
 # name → (allowed range as written in error messages, predicate on the coerced value)
 _RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
     "temperature": ("a number >= 0 (0 means greedy)", lambda v: v >= 0),
@@ -62,4 +64,6 @@ def check_sampling_params(params: dict) -> dict[str, float | int]:
         if value is None or not ok(value):
             raise ValueError(f"{name} must be {allowed}, got {params[name]!r}")
         checked[name] = value
+    if checked["temperature"] < GREEDY_EPS:  # logits / 1e-300 overflow to inf → NaN probabilities
+        checked["temperature"] = 0.0
     return checked

@@ -56,6 +56,16 @@ def _apply(chain: list[Processor], input_ids: torch.Tensor, logits: torch.Tensor
     return logits
 
 
+def _softmax(scores: torch.FloatTensor) -> torch.FloatTensor:
+    """softmax, with +inf scores (a penalty or temperature that overflowed) taken to their limit:
+    the +inf tokens share the mass equally, instead of every probability turning NaN."""
+    top = torch.isposinf(scores)  # [B, V]
+    if top.any():
+        limit = torch.where(top, 0.0, float("-inf"))
+        scores = torch.where(top.any(dim=-1, keepdim=True), limit, scores)
+    return scores.float().softmax(dim=-1)
+
+
 class Sampler:
     """Processors for one request; `prompt_len` marks where generated tokens start in `input_ids`.
 
@@ -82,7 +92,7 @@ class Sampler:
     def probs(self, input_ids: torch.LongTensor, logits: torch.FloatTensor) -> torch.FloatTensor:
         # input_ids: [B, L]; logits: [B, V] → [B, V] float32 distribution (one-hot when greedy)
         if not self.greedy:
-            return self.process(input_ids, logits).float().softmax(dim=-1)
+            return _softmax(self.process(input_ids, logits))
         best = _apply(self.logits_processors, input_ids, logits).argmax(dim=-1, keepdim=True)  # [B, 1]
         return torch.zeros_like(logits, dtype=torch.float32).scatter_(-1, best, 1.0)
 
