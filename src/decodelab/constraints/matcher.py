@@ -78,10 +78,12 @@ class RowConstraint:
         return self.matcher.get_error() if self.matcher.is_error() else ""
 
     def fill(self, bitmask: torch.Tensor, index: int) -> None:
-        """Write the allowed-token bitmask of the current state into bitmask[index] (int32 words)."""
-        from llguidance.torch import fill_next_token_bitmask
+        """Write the allowed-token bitmask of the current state into bitmask[index] (int32 words).
 
-        fill_next_token_bitmask(self.matcher, bitmask, index)
+        What llguidance.torch.fill_next_token_bitmask does, without importing that module (it
+        decorates a kernel with torch.compile at import, which costs seconds on a CPU)."""
+        row = bitmask[index]  # [⌈V/32⌉] int32, contiguous, on the CPU
+        self.matcher.unsafe_compute_mask_ptr(row.data_ptr(), row.numel() * row.element_size())
 
 
 _BITS = torch.arange(32, dtype=torch.int32)
@@ -106,11 +108,9 @@ class GrammarMask:
 
     def allowed(self, input_ids: torch.LongTensor, vocab_size: int) -> torch.Tensor:
         # input_ids: [B, L] (prompt + generated) → [B, V] bool
-        from llguidance.torch import allocate_token_bitmask
-
         if input_ids.shape[0] != len(self.rows):
             raise ValueError(f"grammar mask holds {len(self.rows)} rows, got a batch of {input_ids.shape[0]}")
-        bitmask = allocate_token_bitmask(len(self.rows), vocab_size)
+        bitmask = torch.full((len(self.rows), (vocab_size + 31) // 32), -1, dtype=torch.int32)
         dead = []
         for b, row in enumerate(self.rows):
             if row.seek(input_ids[b, self.prompt_len :].tolist()) and not row.error:

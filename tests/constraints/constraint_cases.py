@@ -1,0 +1,88 @@
+"""Shared constraints, prompts and checks for the constraint tests."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import torch
+
+from decodelab.constraints import GrammarMask, compile_constraint
+from decodelab.processors import Sampler, check_sampling_params
+
+from fakes import tiny_lm
+
+# Small JSON schemas of the kinds real ones use (nested objects, enums, bounded arrays, patterns,
+# optional fields, $ref, anyOf), kept small enough that a 15M model finishes them in ~40 tokens.
+SCHEMAS = [
+    {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8},
+                                      "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+     "required": ["name", "age"], "additionalProperties": False},
+    {"type": "object", "properties": {"ok": {"type": "boolean"}, "kind": {"enum": ["int", "str", "list"]}},
+     "required": ["ok", "kind"], "additionalProperties": False},
+    {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}, "minItems": 1, "maxItems": 3},
+    {"type": "object", "properties": {"id": {"type": "string", "pattern": "^[a-z]{1,4}[0-9]$"},
+                                      "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 2}},
+     "required": ["id"], "additionalProperties": False},
+    {"$defs": {"pt": {"type": "object", "properties": {"x": {"type": "integer", "minimum": -9, "maximum": 9}},
+                      "required": ["x"], "additionalProperties": False}},
+     "type": "object", "properties": {"p": {"$ref": "#/$defs/pt"}},
+     "required": ["p"], "additionalProperties": False},
+    {"anyOf": [{"type": "null"}, {"type": "object", "properties": {"v": {"enum": [1, 2, 3]}},
+                                  "required": ["v"], "additionalProperties": False}]},
+]
+REGEX = r"(0|[1-9][0-9]?)( [+*] (0|[1-9][0-9]?)){0,2}"
+CHOICES = ["True", "False", "None", "self"]
+CONSTRAINTS = [{"json_schema": s} for s in SCHEMAS] + [{"regex": REGEX}, {"choice": CHOICES},
+                                                       {"lark": 'start: "(" NUM ("," NUM)? ")"\nNUM: /[0-9]/'}]
+
+
+def satisfied(constraint: dict, text: str) -> bool:
+    """Does `text` satisfy the constraint? (JSON: parses and validates with `jsonschema`.)"""
+    kind, value = next(iter(constraint.items()))
+    if kind == "json_schema":
+        import jsonschema
+
+        try:
+            jsonschema.validate(json.loads(text), value)
+        except (ValueError, jsonschema.ValidationError):
+            return False
+        return True
+    if kind == "regex":
+        return re.fullmatch(value, text) is not None
+    if kind == "choice":
+        return text in value
+    return re.fullmatch(r"\([0-9](,[0-9])?\)", text) is not None  # the lark case above
+
+
+def flat_lm(seed: int, scale: float = 0.03):
+    """A tiny random llama whose logits are flat enough that several constrained outcomes are likely."""
+    lm = tiny_lm("llama", seed=seed)
+    with torch.no_grad():
+        lm.model.get_output_embeddings().weight.mul_(scale)
+    return lm
+
+
+@torch.inference_mode()
+def exact_outcomes(lm, prompt: str, constraint: dict, **params) -> dict[str, float]:
+    """Exact probability of every constrained output text, walking the masked distribution."""
+    ids = lm.encode(prompt)
+    grammar = compile_constraint(lm, constraint)
+    sampler_params = check_sampling_params(params)
+    out: dict[str, float] = {}
+
+    def walk(prefix: list[int], prob: float) -> None:
+        mask = GrammarMask(grammar, 1, len(ids), lm.eos_token_ids)
+        if prefix and mask.rows[0].seek(prefix) and mask.rows[0].stopped:
+            out[lm.decode(prefix)] = out.get(lm.decode(prefix), 0.0) + prob
+            return
+        history = torch.tensor([ids + prefix])
+        p = Sampler(sampler_params, len(ids), constraint=mask).probs(history, lm.model(history).logits[:, -1])[0]
+        for t in p.nonzero().flatten().tolist():
+            if t in lm.eos_token_ids:
+                out[lm.decode(prefix)] = out.get(lm.decode(prefix), 0.0) + prob * float(p[t])
+            else:
+                walk(prefix + [t], prob * float(p[t]))
+
+    walk([], 1.0)
+    return out
