@@ -7,9 +7,10 @@ from conftest import tiny_image_lm
 
 from decodelab.image import image_methods, layouts
 from decodelab.image.lpd import _chebyshev, _neighbour_score, lpd_order
-from decodelab.image.methods import JacobiRow, verify_window, zipar_ready
+from decodelab.image.methods import JacobiRow, verify_window
 from decodelab.image.model import ImageModel, Processing
 from decodelab.image.mulo import accepted_mask, expand_islands
+from decodelab.image.zipar import settle, zipar_ready
 
 
 def _run(lm, method, labels, seeds, processing=None, **params):
@@ -151,3 +152,20 @@ def test_mulo_acceptance_and_islands():
     assert sorted(map(len, islands)) == [6, 6] and (0, 0) in islands[0] and (1, 7) in islands[1]
     assert len(expand_islands(rejected, 3)) == 1  # grown islands merge
     assert expand_islands(np.zeros((2, 8), dtype=bool), 1) == []
+
+
+def test_adaptive_zipar_acceptance_rule():
+    gen = torch.Generator().manual_seed(0)
+    p_old, p_new = torch.tensor([0.5, 0.5, 0.0]), torch.tensor([0.25, 0.25, 0.5])
+    assert settle(0, p_old, p_new, 0.49, gen) == (0, True)  # r < p_new/p_old = 0.5
+    assert settle(0, p_old, p_new, 0.51, gen) == (2, False)  # residual max(0, p_new - p_old) = level 2 only
+    assert settle(1, p_new, p_old, 0.99, gen) == (1, True)  # ratio 2 → always accepted
+
+
+def test_adaptive_zipar_full_window_is_raster_and_small_windows_save_passes(tiny8):
+    z, _ = _run(tiny8, "zipar", [1, 7], [5, 6], min_window=8)
+    r, _ = _run(tiny8, "raster", [1, 7], [5, 6])
+    assert torch.equal(z, r)
+    tokens, stats = _run(tiny_image_lm(sharpen=8.0), "zipar", [1, 7, 3], [5, 6, 7], min_window=1)
+    assert tokens.shape == (3, 64) and all(s["forward_passes"] < 64 for s in stats)
+    assert any(s["resampled_first_tokens"] > 0 for s in stats), stats  # a wider context changes p

@@ -41,7 +41,7 @@ class ImageGeneration:
 
 def image_methods() -> dict:
     """Name → ImageMethod (description, exact, paper, parameters)."""
-    from . import lpd, mulo, nar  # noqa: F401 - registration
+    from . import lpd, mulo, nar, zipar  # noqa: F401 - registration
     from .methods import IMAGE_METHODS
 
     return dict(IMAGE_METHODS)

@@ -1,4 +1,4 @@
-"""Image decoding methods on a raster image model: the registry, `raster`, `sjd` and `zipar`.
+"""Image decoding methods on a raster image model: the registry, `raster` and `sjd` (zipar.py: ZipAR).
 
 A method is `run(model, labels, gens, **params) -> (tokens [B, N], per-row stats)`; rows are
 independent images (one `torch.Generator` each) decoded together, and every forward pass of
@@ -12,12 +12,6 @@ independent images (one `torch.Generator` each) decoded together, and every forw
   token when all are accepted, and the Jacobi update (fresh samples beyond the accepted prefix
   are the next drafts, with their p as q). Exact speculative sampling given the accepted
   prefix, hence lossless.
-* `zipar` — ZipAR (He et al., "ZipAR: Parallel Auto-regressive Image Generation through Spatial
-  Locality", arXiv 2412.04062): next-set prediction; row 0 is decoded sequentially, then row i
-  advances while row i-1 holds `window` more tokens (or is complete), one token per active row per
-  pass: 2W + (H-2)·s passes. A new row's first input slot (x_{i-1,W-1}, not decoded yet) holds a
-  copy of the latest token of row i-2, as in the authors' LlamaGen port; undecoded tokens are
-  masked explicitly. window = W is raster decoding.
 """
 
 from __future__ import annotations
@@ -171,49 +165,3 @@ def sjd(model: ImageModel, labels: torch.Tensor, gens: list[torch.Generator], wi
             jacobi_update(row, p, new, end, gens[i])
     out = torch.stack([r.tokens for r in rows])
     return out, [_stats(r.passes, steps=r.passes, accepted_per_pass=r.per_pass, mean_accepted=n / r.passes) for r in rows]
-
-
-# ---------------------------------------------------------------- ZipAR
-
-def zipar_ready(counts: list[int], width: int, window: int) -> list[int]:
-    """Rows whose next token is decodable: row 0 always; row 1 once row 0 is complete (the
-    released code decodes row 0 sequentially); row i ≥ 1 while row i-1 holds ≥ min(c_i + s, W)."""
-    ready = []
-    for i, c in enumerate(counts):
-        if c >= width:
-            continue
-        if i == 0 or (counts[i - 1] >= min(c + window, width) and (i > 1 or counts[0] == width)):
-            ready.append(i)
-    return ready
-
-
-def zipar_placeholders(tokens: torch.Tensor, counts: list[int], rows: list[int], width: int) -> None:
-    """A new row i's first input slot is x_{i-1,W-1}, not decoded yet: put a copy of the latest
-    token of row i-2 there (it is masked from every other slot)."""
-    for i in rows:
-        if counts[i] == 0 and i >= 2 and counts[i - 1] < width:
-            tokens[(i - 1) * width + width - 1] = tokens[(i - 2) * width + counts[i - 2] - 1]
-
-
-@register("zipar", description="ZipAR next-set prediction: rows decoded in parallel, staggered by a window",
-          exact=False, paper="ZipAR: Parallel Auto-regressive Image Generation through Spatial Locality "
-          "(arXiv 2412.04062)", window=Param(4, 1, 256, help="s: columns row i-1 must lead by"))
-def zipar(model: ImageModel, labels: torch.Tensor, gens: list[torch.Generator], window: int = 4) -> tuple[torch.Tensor, list[dict]]:
-    b, (h, w) = len(labels), (model.spec.height, model.spec.width)
-    tokens = torch.zeros(b, h * w, dtype=torch.long)
-    known = torch.zeros(b, h * w, dtype=torch.bool)
-    counts, passes, per_pass = [0] * h, 0, []  # the schedule is the same for every row of the batch
-    while min(counts) < w:
-        ready = zipar_ready(counts, w, min(window, w))
-        for row in tokens:
-            zipar_placeholders(row, counts, ready, w)
-        positions = [i * w + counts[i] for i in ready]
-        probs = model.raster_probs(labels, tokens, known, upto=max(positions) + 1)
-        for p in positions:
-            tokens[:, p] = sample(probs[:, p], gens)
-            known[:, p] = True
-        for i in ready:
-            counts[i] += 1
-        passes += 1
-        per_pass.append(len(ready))
-    return tokens, [_stats(passes, steps=passes, accepted_per_pass=per_pass) for _ in range(b)]

@@ -1,0 +1,159 @@
+"""ZipAR: next-set prediction over rows, with a fixed or an adaptive window.
+
+ZipAR: Parallel Auto-regressive Image Generation through Spatial Locality (He et al.,
+arXiv 2412.04062). Each forward pass advances every active row by one token, under raster-causal
+attention over the decoded tokens only (undecoded slots masked explicitly).
+
+* Fixed window s (the released code): row 0 is decoded sequentially, then row i ≥ 1 advances
+  while row i-1 holds ≥ min(c_i + s, W) tokens ⇒ 2W + (H-2)·s passes; s = W is raster decoding.
+  A new row's first input slot (x_{i-1,W-1}, not decoded yet) holds a copy of the latest token of
+  row i-2, as in the authors' LlamaGen port.
+* Adaptive window (the ICML version, `min_window` = s_min > 0): row i ≥ 2 starts as soon as row
+  i-1 holds s_min settled tokens; its first token x is tentative. Every later pass re-predicts it
+  with the wider context: accept if r < min(1, p_new(x)/p_old(x)), else resample from
+  norm(max(0, p_new - p_old)) and keep widening; once row i-1 is complete the token is settled.
+  The row then keeps the lead it was settled at as its window. Schedules differ per image.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..methods.registry import Param
+from .methods import _stats, register, sample, uniform
+from .model import ImageModel
+
+
+def zipar_ready(counts: list[int], width: int, window: int) -> list[int]:
+    """Rows whose next token is decodable: row 0 always; row 1 once row 0 is complete (the
+    released code decodes row 0 sequentially); row i ≥ 1 while row i-1 holds ≥ min(c_i + s, W)."""
+    ready = []
+    for i, c in enumerate(counts):
+        if c >= width:
+            continue
+        if i == 0 or (counts[i - 1] >= min(c + window, width) and (i > 1 or counts[0] == width)):
+            ready.append(i)
+    return ready
+
+
+def zipar_placeholders(tokens: torch.Tensor, counts: list[int], rows: list[int], width: int) -> None:
+    """A new row i's first input slot is x_{i-1,W-1}, not decoded yet: put a copy of the latest
+    token of row i-2 there (it is masked from every other slot)."""
+    for i in rows:
+        if counts[i] == 0 and i >= 2 and counts[i - 1] < width:
+            tokens[(i - 1) * width + width - 1] = tokens[(i - 2) * width + counts[i - 2] - 1]
+
+
+def settle(x: int, p_old: torch.Tensor, p_new: torch.Tensor, r: float, gen: torch.Generator) -> tuple[int, bool]:
+    """The adaptive window's test for a tentative first token x: (token, accepted?)."""
+    if r < min(1.0, (p_new[x] / p_old[x]).item()):
+        return x, True
+    residual = (p_new - p_old).clamp(min=0)
+    residual = residual if residual.sum() > 0 else p_new
+    return int(torch.multinomial(residual / residual.sum(), 1, generator=gen)), False
+
+
+@register("zipar", description="ZipAR next-set prediction: rows decoded in parallel, staggered by a window",
+          exact=False, paper="ZipAR: Parallel Auto-regressive Image Generation through Spatial Locality "
+          "(arXiv 2412.04062)", window=Param(4, 1, 256, help="s: columns row i-1 must lead by (fixed window)"),
+          min_window=Param(0, 0, 256, help="s_min of the adaptive window (ICML version); 0 = fixed window"))
+def zipar(model: ImageModel, labels: torch.Tensor, gens: list[torch.Generator], window: int = 4,
+          min_window: int = 0) -> tuple[torch.Tensor, list[dict]]:
+    if min_window:
+        return adaptive_zipar(model, labels, gens, min(min_window, model.spec.width))
+    b, (h, w) = len(labels), (model.spec.height, model.spec.width)
+    tokens = torch.zeros(b, h * w, dtype=torch.long)
+    known = torch.zeros(b, h * w, dtype=torch.bool)
+    counts, passes, per_pass = [0] * h, 0, []  # the schedule is the same for every image of the batch
+    while min(counts) < w:
+        ready = zipar_ready(counts, w, min(window, w))
+        for row in tokens:
+            zipar_placeholders(row, counts, ready, w)
+        positions = [i * w + counts[i] for i in ready]
+        probs = model.raster_probs(labels, tokens, known, upto=max(positions) + 1)
+        for p in positions:
+            tokens[:, p] = sample(probs[:, p], gens)
+            known[:, p] = True
+        for i in ready:
+            counts[i] += 1
+        passes += 1
+        per_pass.append(len(ready))
+    return tokens, [_stats(passes, steps=passes, accepted_per_pass=per_pass) for _ in range(b)]
+
+
+class AdaptiveRows:
+    """One image's adaptive-window state: per row the count, lead (window once settled) and the
+    tentative first token's draft distribution."""
+
+    def __init__(self, h: int, w: int, s_min: int):
+        self.h, self.w, self.s_min = h, w, s_min
+        self.counts, self.lead = [0] * h, [0] * h
+        self.p_old: list[torch.Tensor | None] = [None] * h  # set while row i's first token is tentative
+        self.passes, self.resampled = 0, 0
+
+    def settled(self, i: int) -> int:
+        return 0 if self.p_old[i] is not None else self.counts[i]
+
+    def actions(self) -> list[tuple[int, str]]:
+        """(row, "next" | "start" | "recheck") for this pass."""
+        out = []
+        for i in range(self.h):
+            c, above = self.counts[i], self.settled(i - 1) if i else self.w
+            if c >= self.w:
+                continue
+            if self.p_old[i] is not None:
+                out.append((i, "recheck"))
+            elif i == 0 or (c > 0 and above >= min(c + self.lead[i], self.w)):
+                out.append((i, "next"))
+            elif c == 0 and (above == self.w or (i >= 2 and above >= self.s_min)):
+                out.append((i, "start"))
+        return out
+
+    @property
+    def done(self) -> bool:
+        return min(self.counts) >= self.w
+
+
+def adaptive_zipar(model: ImageModel, labels, gens, s_min: int) -> tuple[torch.Tensor, list[dict]]:
+    b, (h, w) = len(labels), (model.spec.height, model.spec.width)
+    tokens = torch.zeros(b, h * w, dtype=torch.long)
+    known = torch.zeros(b, h * w, dtype=torch.bool)  # settled tokens only
+    rows = [AdaptiveRows(h, w, s_min) for _ in range(b)]
+    while not all(r.done for r in rows):
+        plans = [r.actions() if not r.done else [] for r in rows]
+        for img, (state, plan) in enumerate(zip(rows, plans)):
+            starting = [i for i, act in plan if act in ("start", "recheck")]
+            settled_counts = [state.settled(i) for i in range(h)]
+            zipar_placeholders(tokens[img], [0 if i in starting else c for i, c in enumerate(settled_counts)], starting, w)
+        positions = [i * w + rows[img].counts[i] * (act == "next") for img, plan in enumerate(plans) for i, act in plan]
+        probs = model.raster_probs(labels, tokens, known, upto=max(positions) + 1)
+        for img, (state, plan) in enumerate(zip(rows, plans)):
+            state.passes += bool(plan)
+            aboves = [state.settled(i - 1) if i else w for i, _ in plan]  # the context p was computed with
+            for (i, act), above in zip(plan, aboves):
+                _apply(state, img, i, act, above, probs[img], tokens, known, gens[img])
+    return tokens, [_stats(r.passes, steps=r.passes, resampled_first_tokens=r.resampled) for r in rows]
+
+
+def _apply(state: AdaptiveRows, img: int, i: int, act: str, above: int, probs, tokens, known, gen) -> None:
+    w = state.w
+    if act == "next":
+        p = i * w + state.counts[i]
+        tokens[img, p] = sample(probs[p][None], [gen])[0]
+        known[img, p] = True
+        state.counts[i] += 1
+        return
+    p, p_new = i * w, probs[i * w]
+    if act == "start":
+        tokens[img, p] = sample(p_new[None], [gen])[0]
+        state.counts[i] = 1
+        ok = above == w
+    else:
+        x, ok = settle(int(tokens[img, p]), state.p_old[i], p_new, uniform(gen), gen)
+        state.resampled += not ok
+        tokens[img, p] = x
+        ok = ok or above == w
+    state.p_old[i] = None if ok else p_new
+    if ok:
+        known[img, p] = True
+        state.lead[i] = above
