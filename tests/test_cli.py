@@ -204,3 +204,20 @@ def test_demo_on_a_suite_prompt(capsys, model_dir, tmp_path):
     assert result["method"] == "pld" and result["compare"]["identical"] is True
     code, _, err = _run(capsys, ["demo", "--model", model_dir, "--suite", str(suite), "--index", "3"])
     _assert_one_line_error(code, err, "--index")
+
+
+def test_sampling_backend_and_dtype_flags(capsys, model_dir):
+    argv = ["generate", "x", "--model", model_dir, "--method", "sample", "--max-new-tokens", "3", "--json",
+            "--seed", "2", "--temperature", "0.7", "--top-k", "5", "--top-p", "0.9", "--min-p", "0.01",
+            "--repetition-penalty", "1.1", "--backend", "transformers", "--dtype", "float32"]
+    code, out, err = _run(capsys, argv)
+    assert code == 0, err
+    result = _last_json(out)
+    assert result["params"]["temperature"] == 0.7 and result["params"]["top_k"] == 5
+    g = decodelab.generate(decodelab.load(model_dir), "x", method="sample", max_new_tokens=3, seed=2, temperature=0.7,
+                           top_k=5, top_p=0.9, min_p=0.01, repetition_penalty=1.1)
+    assert result["token_ids"] == g.token_ids
+    code, _, err = _run(capsys, ["generate", "x", "--model", model_dir, "--temperature", "0.5", "-p", "temperature=1"])
+    _assert_one_line_error(code, err, "--temperature", "disagree")
+    code, _, err = _run(capsys, ["generate", "x", "--model", model_dir, "--dtype", "int3"])
+    _assert_one_line_error(code, err, "int3")

@@ -46,6 +46,9 @@ GENERATE_FIELDS = {
     "stop": (["\n", "x", "<eos>", "\udcff"], [""]),
     "device": (["cpu", "cpu:0"], ["cuda", "cuda:7", "mps", "tpu", "", "meta", "CPU"]),
     "compare": (["greedy", "pld", "sample"], ["nope", ""]),
+    "backend": (["auto", "native", "transformers"], ["tpu", ""]),
+    "dtype": (["float32", "bf16"], ["int3", ""]),
+    "temperature": (["0", "0.8", "1e-300"], ["-1", "nan", "x"]),
     "draft": (["{draft}", "{model}", "{extra}"], ["nope-draft", "builtin:pyco-draft", "{root}"]),
     "method": ([], ["nope", "GREEDY", "", "llada"]),
     "param": ([], ["temperature", "=", "==1", "top_k=1=2"]),
@@ -96,7 +99,7 @@ def generate_case(i: int) -> tuple[list[str], bytes | None]:
     for name in ("model", "max-new-tokens"):
         good, wrong = GENERATE_FIELDS[name]
         argv += [f"--{name}", rng.choice(wrong if name in bad else good)]
-    for name in ("seed", "stop", "device", "compare"):
+    for name in ("seed", "stop", "device", "compare", "backend", "dtype", "temperature"):
         good, wrong = GENERATE_FIELDS[name]
         if name in bad or rng.random() < 0.3:
             argv += [f"--{name}", rng.choice(wrong if name in bad else good)]

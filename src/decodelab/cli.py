@@ -53,13 +53,28 @@ def _guess(value: str):
     return value
 
 
+SAMPLING_FLAGS = {"temperature": float, "top_p": float, "top_k": int, "min_p": float, "repetition_penalty": float}
+
+
 def _load_options(args) -> dict:
     return {"allow_pickle": args.allow_pickle, "trust_remote_code": args.trust_remote_code}
+
+
+def _flag_params(args, params: dict) -> None:
+    """--temperature etc. into params; the same key given twice with different values is an error."""
+    for key in SAMPLING_FLAGS:
+        value = getattr(args, key, None)
+        if value is None:
+            continue
+        if params.get(key, value) != value:
+            raise ValueError(f"--{key.replace('_', '-')} {value} and -p {key}={params[key]} disagree; give one")
+        params[key] = value
 
 
 def _generate_params(args, info) -> dict:
     """-p pairs and --draft → the method's checked parameters (before the slow model load)."""
     params = parse_params(args.param or [], info.params)
+    _flag_params(args, params)
     if args.draft is not None:
         if "draft" not in info.specs:
             from . import methods
@@ -115,7 +130,7 @@ def cmd_generate(args) -> None:
     prompt = _read_prompt(args)
     if not prompt:
         raise ValueError("prompt is empty: give at least one token")
-    lm = load(args.model, device=args.device, **_load_options(args))
+    lm = load(args.model, device=args.device, dtype=args.dtype, backend=args.backend, **_load_options(args))
     if "draft" in params:  # load it now, with the user's load options, and check the vocabulary
         from .proposers.draft_model import resolve_draft
 
@@ -284,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--compare", default=None, metavar="METHOD",
                    help="also run METHOD (e.g. greedy) on the same prompt and report whether the texts are "
                         "identical and the speed-up measured in this run")
+    for key, kind in SAMPLING_FLAGS.items():
+        g.add_argument(f"--{key.replace('_', '-')}", type=kind, default=None, metavar="X",
+                       help=f"sampling parameter {key} (the same as -p {key}=X)")
+    g.add_argument("--backend", default="auto", choices=("auto", "native", "transformers"),
+                   help="native (decodelab's Llama-family forward), transformers, or auto (native where supported)")
+    g.add_argument("--dtype", default=None, help="float32 (default on CPU), float16 or bfloat16")
     add_load_flags(g)
     add_constraint_flags(g)
     g.add_argument("--json", action="store_true", help="end stdout with one JSON object")
@@ -300,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="cpu")
     d.add_argument("--json", action="store_true", help="end stdout with one JSON object")
     d.set_defaults(func=cmd_demo, seed=None, stop=None, param=None, draft=None, allow_pickle=False,
-                   trust_remote_code=False)
+                   trust_remote_code=False, backend="auto", dtype=None)
 
     m = sub.add_parser("methods", help="list decoding methods")
     m.add_argument("--json", action="store_true")
