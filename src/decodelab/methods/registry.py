@@ -61,6 +61,7 @@ class MethodInfo:
     run: Callable[..., Iterator[list[list[int]]]] = field(repr=False)
     batched: bool = False
     temperature: float = 0.0  # default temperature
+    kind: str = "causal"  # the model kind it decodes: "causal" or "diffusion" (LM.kind)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -84,10 +85,11 @@ _REGISTRY: dict[str, MethodInfo] = {}
 
 
 def register(name: str, *, description: str, lossless: bool, paper: str | None = None,
-             params: dict[str, Param] | None = None, batched: bool = False, temperature: float = 0.0):
+             params: dict[str, Param] | None = None, batched: bool = False, temperature: float = 0.0,
+             kind: str = "causal"):
     def wrap(fn):
         _REGISTRY[name] = MethodInfo(name, description, lossless, paper, dict(params or {}), fn,
-                                     batched, temperature)
+                                     batched, temperature, kind)
         return fn
     return wrap
 

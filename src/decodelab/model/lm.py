@@ -98,6 +98,10 @@ def load(name: str | None = None, *, device: str = "cpu", dtype: torch.dtype | s
     dtype = _dtype(dtype) or (torch.float32 if device == "cpu" else torch.float16)
     try:
         config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
+    from ..diffusion.load import is_diffusion_dir, load_diffusion
+
+    if local and is_diffusion_dir(Path(location)):  # masked-diffusion checkpoint: LM.kind == "diffusion"
+        return load_diffusion(name, Path(location), device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - any failure here is the user's model, reported in one line
         raise ModelError(f"{name}: cannot read config — {_short(exc)}") from None
     if getattr(config, "decodelab_kind", None) == "image" and backend == "auto":

@@ -1,10 +1,10 @@
 """Train the task models `builtin:tasks-ar` and `builtin:tasks-diffusion` (same size, same data).
 
-    python -m decodelab.tasks.train --kind diffusion --out runs/tasks-diffusion [--steps 2000 --batch-size 32]
-    python -m decodelab.tasks.train --kind ar        --out runs/tasks-ar        [--steps 2000 --batch-size 32]
+    python -m decodelab.tasks.train --kind diffusion --out runs/tasks-diffusion [--steps 1000 --batch-size 32]
+    python -m decodelab.tasks.train --kind ar        --out runs/tasks-ar        [--steps 1000 --batch-size 32]
 
 Data: `TRAIN_PER_TASK` items per task from `decodelab.tasks.make(task, n, TRAIN_SEED)`, minus any
-item whose prompt also appears in the evaluation items (seeds 0–9, 1,000 each), so the evaluation
+item whose prompt also appears in the evaluation items (seed 0: the first 1,000 items; seeds 1–4: the first 200), so the evaluation
 in evaluate.py is on unseen items. A row is `prompt answer <|eos|>`; the AR model learns the answer
 and the EOS by next-token cross-entropy; the diffusion model sees the answer followed by EOS
 padding up to a random canvas of ≤ `MAX_GEN` tokens (LLaDA's SFT recipe: EOS padding is part of
@@ -29,7 +29,7 @@ from ..diffusion.objective import diffusion_loss, mask_tokens
 from . import tokenizer as task_tokenizer
 from .generators import make, names
 
-TRAIN_SEED, TRAIN_PER_TASK, EVAL_SEEDS, EVAL_N = 1000, 12000, range(10), 1000
+TRAIN_SEED, TRAIN_PER_TASK, EVAL_SEEDS, EVAL_N = 1000, 6000, range(5), 1000
 MAX_GEN, MAX_LEN = 24, 128
 MODEL = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
              num_key_value_heads=4, max_position_embeddings=MAX_LEN, rms_norm_eps=1e-6, tie_word_embeddings=True)
@@ -91,8 +91,11 @@ def lr_at(step: int, steps: int, lr: float, warmup: int = 100) -> float:
 def train(kind: str, out: Path, steps: int, batch_size: int = 32, lr: float = 2e-3) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     tok = task_tokenizer.build(MAX_LEN)
-    data = [(tok.encode(p, add_special_tokens=False), tok.encode(a, add_special_tokens=False))
-            for p, a in training_items()]
+    cache = out / "data.json"  # the tokenised items, so a resumed run skips generating them
+    if not cache.exists():
+        cache.write_text(json.dumps([(tok.encode(p, add_special_tokens=False), tok.encode(a, add_special_tokens=False))
+                                     for p, a in training_items()]))
+    data = [tuple(row) for row in json.loads(cache.read_text())]
     model = build_model(kind, tok)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     rng, gen, step, wall = random.Random(0), torch.Generator().manual_seed(0), 0, 0.0
@@ -139,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kind", choices=("ar", "diffusion"), required=True)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")

@@ -1,0 +1,108 @@
+"""The diffusion samplers as registered methods (`kind="diffusion"`): one rule each, one shared loop.
+
+All run on an LM with `kind == "diffusion"`; `max_new_tokens` is the canvas length (gen_length).
+`steps=0` / `block_length=0` mean "gen_length" (one token per step / one block), LLaDA's defaults
+when gen_length = steps = block_length. None is lossless: parallel commits change the output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from ..methods.registry import Param, register
+from .rules import AdaBlock, DreamSchedule, Factor, LocalLeap, Schedule, Threshold
+from .sampling import decode, gen_length_of
+
+LLADA = "Large Language Diffusion Models (arXiv:2502.09992)"
+FAST = ("Fast-dLLM: Training-free Acceleration of Diffusion LLM by Enabling KV Cache and Parallel "
+        "Decoding (arXiv:2505.22618)")
+
+
+def _block(default: int) -> Param:
+    return Param(default, 0, 4096, help="block length (semi-autoregressive); 0 = the whole canvas")
+
+
+def _threshold(default: float = 0.9) -> Param:
+    return Param(default, 0.0, 1.0, help="commit every position with confidence ≥ this (plus the top-1)")
+
+
+STEPS = Param(0, 0, 1 << 16, help="forward passes over the canvas; 0 = gen_length (one token per step)")
+
+
+@register("llada", description="LLaDA's reference sampler: top-k low-confidence (or random) remasking "
+          "on a fixed schedule, semi-autoregressive blocks, optional classifier-free guidance.",
+          lossless=False, paper=LLADA, batched=True, kind="diffusion",
+          params={"steps": STEPS, "block_length": _block(0),
+                  "remasking": Param("low_confidence", choices=("low_confidence", "random")),
+                  "cfg_scale": Param(0.0, 0.0, 100.0, help="classifier-free guidance (2 passes per step)")})
+def llada(ctx) -> Iterator[list[list[int]]]:
+    p = ctx.params
+    rule = Schedule(p["block_length"], gen_length_of(ctx), p["steps"], p["remasking"])
+    return decode(ctx, rule, p["cfg_scale"])
+
+
+@register("dream", description="Dream's sampler: timestep schedule linspace(1, ε, steps + 1), commit the "
+          "most certain by maskgit_plus / topk_margin / entropy (or draw them with alg_temp).",
+          lossless=False, paper="Dream 7B: Diffusion Large Language Models (arXiv:2508.15487)", batched=True,
+          kind="diffusion", params={"steps": STEPS, "block_length": _block(0),
+                                    "alg": Param("maskgit_plus", choices=("maskgit_plus", "topk_margin", "entropy")),
+                                    "alg_temp": Param(0.0, 0.0, 100.0, help="0 = top-n; > 0 = sample positions")})
+def dream(ctx) -> Iterator[list[list[int]]]:
+    p = ctx.params
+    return decode(ctx, DreamSchedule(p["block_length"], gen_length_of(ctx), p["steps"], p["alg"], p["alg_temp"]))
+
+
+@register("fastdllm", description="Fast-dLLM parallel decoding: in each block commit the top-1 and every "
+          "position with confidence ≥ threshold (or, with factor > 0, the factor rule).",
+          lossless=False, paper=FAST, batched=True, kind="diffusion",
+          params={"threshold": _threshold(), "factor": Param(0.0, 0.0, 100.0, help="> 0: use the factor rule"),
+                  "block_length": _block(32)})
+def fastdllm(ctx) -> Iterator[list[list[int]]]:
+    p, g = ctx.params, gen_length_of(ctx)
+    rule = Factor(p["block_length"], g, p["factor"]) if p["factor"] > 0 else Threshold(p["block_length"], g, p["threshold"])
+    return decode(ctx, rule)
+
+
+@register("localleap", description="LocalLeap: anchors (confidence ≥ threshold) lower the bar to "
+          "relaxed_threshold within radius positions; otherwise Fast-dLLM's threshold rule.",
+          lossless=False, paper="LocalLeap: local determinism propagation for dLLM decoding (arXiv:2510.07081)",
+          batched=True, kind="diffusion",
+          params={"threshold": _threshold(), "relaxed_threshold": Param(0.75, 0.0, 1.0),
+                  "radius": Param(4, 0, 4096), "block_length": _block(32)})
+def localleap(ctx) -> Iterator[list[list[int]]]:
+    p = ctx.params
+    return decode(ctx, LocalLeap(p["block_length"], gen_length_of(ctx), p["threshold"], p["relaxed_threshold"],
+                                 p["radius"]))
+
+
+@register("adablock", description="AdaBlock-dLLM: each block ends after the most confident predicted "
+          "delimiter (confidence ≥ delta) in the next quarter of the canvas; threshold decoding inside.",
+          lossless=False, paper="AdaBlock-dLLM: Semantic-Aware Diffusion LLM Inference via Adaptive Block Size "
+          "(arXiv:2509.26432)", batched=True, kind="diffusion",
+          params={"threshold": _threshold(), "delta": Param(0.3, 0.0, 1.0), "block_length": _block(32),
+                  "delimiters": Param("\n", help="characters whose tokens end a block")})
+def adablock(ctx) -> Iterator[list[list[int]]]:
+    p = ctx.params
+    ids = delimiter_ids(ctx.lm, p["delimiters"])
+    return decode(ctx, AdaBlock(p["block_length"], gen_length_of(ctx), p["threshold"], p["delta"], ids))
+
+
+def delimiter_ids(lm, delimiters: str) -> torch.Tensor:
+    """Ids of the tokens whose text contains one of the delimiter characters (cached per model)."""
+    key = ("diffusion.delimiters", delimiters)
+    if key not in lm.state:
+        texts = [lm.decode([i]) for i in range(len(lm.tokenizer))]
+        lm.state[key] = torch.tensor([i for i, t in enumerate(texts) if any(c in t for c in delimiters)],
+                                     dtype=torch.long)
+    return lm.state[key]
+
+
+def kind_error(lm, info) -> str:
+    """The one-line message when a method does not fit the model's kind (causal vs diffusion)."""
+    from ..methods import methods
+
+    fits = sorted(name for name, m in methods().items() if m.kind == getattr(lm, "kind", "causal"))
+    return (f"method {info.name!r} decodes {info.kind} models but {lm.name} is a {lm.kind} model; "
+            f"use one of: {', '.join(fits)}")

@@ -1,0 +1,124 @@
+"""The commit rules of the diffusion samplers, side by side; each is a `Rule` for sampling.decode.
+
+- `Schedule` — LLaDA's reference sampler ("Large Language Diffusion Models", arXiv:2502.09992):
+  per block, M masks over `steps_per_block` steps, the first M mod steps taking one extra token;
+  commit the top-k by confidence (`low_confidence` = p(x0), or `random`).
+- `DreamSchedule` — Dream ("Dream 7B", arXiv:2508.15487): timesteps linspace(1, ε, steps + 1);
+  at step (t, s) commit n = ⌊M·(1 − s/t)⌋ of the M current masks (all at the last step), the top-n
+  by `maskgit_plus` / `topk_margin` / `entropy`, or drawn by softmax(conf / alg_temp).
+- `Threshold` / `Factor` — Fast-dLLM ("Fast-dLLM: Training-free Acceleration of Diffusion LLM by
+  Enabling KV Cache and Parallel Decoding", arXiv:2505.22618): commit the top-1 and every position
+  with confidence ≥ τ; or, sorted c(1) ≥ c(2) ≥ …, the longest prefix with c(j) ≥ 1 − f/(j + 1).
+- `LocalLeap` — local determinism propagation (LocalLeap, arXiv:2510.07081 *as cited by the issue*):
+  anchors are positions with conf ≥ τ; within radius r of an anchor the bar drops to τ_relaxed.
+- `AdaBlock` — AdaBlock-dLLM (arXiv:2509.26432): the block ends right after the most confident
+  predicted delimiter in a window of ⌊0.25·gen_length⌋ positions if its confidence ≥ δ, else after
+  the default block length; inside, Fast-dLLM's threshold rule.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .sampling import Rule, Step, top1, top_k_mask
+
+
+class Schedule(Rule):
+    def __init__(self, block_length: int, gen_length: int, steps: int, remasking: str):
+        super().__init__(block_length, gen_length)
+        self.steps = gen_length if steps == 0 else min(steps, gen_length)
+        self.confidence = remasking
+        self.plan: dict[int, list[int]] = {}
+
+    def start_block(self, row: int, start: int, end: int, masks: int) -> None:
+        per_block = max(1, round(self.steps * (end - start) / self.gen_length))
+        base, extra = divmod(masks, per_block)
+        self.plan[row] = [base + (i < extra) for i in range(per_block)]
+
+    def select(self, step: Step) -> torch.Tensor:
+        g = step.conf.shape[1]
+        k = [self.plan[b].pop(0) if self.plan.get(b) else g for b in range(step.conf.shape[0])]
+        return top_k_mask(step.conf, torch.tensor(k))
+
+
+class DreamSchedule(Rule):
+    def __init__(self, block_length: int, gen_length: int, steps: int, alg: str, alg_temp: float, eps: float = 1e-3):
+        super().__init__(block_length, gen_length)
+        self.steps = gen_length if steps == 0 else min(steps, gen_length)
+        self.confidence, self.alg_temp, self.eps = alg, alg_temp, eps
+        self.times: dict[int, list[float]] = {}
+
+    def start_block(self, row: int, start: int, end: int, masks: int) -> None:
+        per_block = max(1, round(self.steps * (end - start) / self.gen_length))
+        self.times[row] = torch.linspace(1, self.eps, per_block + 1, dtype=torch.float64).tolist()
+
+    def _count(self, row: int, masks: int) -> int:
+        times = self.times.get(row, [])
+        if len(times) <= 2:  # the block's last step: everything left
+            return masks
+        t, s = times.pop(0), times[0]
+        return int(masks * (1 - s / t))
+
+    def select(self, step: Step) -> torch.Tensor:
+        finite = torch.isfinite(step.conf)
+        n = [self._count(b, int(finite[b].sum())) if finite[b].any() else 0 for b in range(finite.shape[0])]
+        if self.alg_temp <= 0:
+            return top_k_mask(step.conf, torch.tensor(n))
+        out = torch.zeros_like(finite)
+        for b, k in enumerate(n):
+            if k > 0:  # draw k candidates without replacement from softmax(conf / alg_temp)
+                weights = torch.softmax(step.conf[b] / self.alg_temp, dim=-1)
+                out[b, torch.multinomial(weights.float(), k, generator=step.gens[b])] = True
+        return out
+
+
+class Threshold(Rule):
+    def __init__(self, block_length: int, gen_length: int, threshold: float):
+        super().__init__(block_length, gen_length)
+        self.threshold = threshold
+
+    def select(self, step: Step) -> torch.Tensor:
+        return top1(step.conf) | (step.conf >= self.threshold)
+
+
+class Factor(Rule):
+    def __init__(self, block_length: int, gen_length: int, factor: float):
+        super().__init__(block_length, gen_length)
+        self.factor = factor
+
+    def select(self, step: Step) -> torch.Tensor:
+        ranked = step.conf.sort(dim=-1, descending=True).values  # c(1) ≥ c(2) ≥ …
+        j = torch.arange(1, ranked.shape[1] + 1, dtype=ranked.dtype)
+        ok = ranked >= 1 - self.factor / (j + 1)
+        ok[:, 0] = True
+        n = ok.long().cumprod(dim=-1).sum(-1)  # longest prefix where every c(j) passes
+        return top_k_mask(step.conf, n)
+
+
+class LocalLeap(Rule):
+    def __init__(self, block_length: int, gen_length: int, threshold: float, relaxed: float, radius: int):
+        super().__init__(block_length, gen_length)
+        self.threshold, self.relaxed, self.radius = threshold, relaxed, radius
+
+    def select(self, step: Step) -> torch.Tensor:
+        anchors = step.conf >= self.threshold
+        near = F.max_pool1d(anchors.double()[:, None], 2 * self.radius + 1, stride=1, padding=self.radius)[:, 0] > 0
+        return top1(step.conf) | anchors | (near & (step.conf >= self.relaxed))
+
+
+class AdaBlock(Threshold):
+    def __init__(self, block_length: int, gen_length: int, threshold: float, delta: float,
+                 delimiter_ids: torch.Tensor):
+        super().__init__(block_length, gen_length, threshold)
+        self.delta, self.delimiter_ids = delta, delimiter_ids
+
+    def block_end(self, row: int, start: int, step: Step) -> int:
+        window = max(1, min(self.gen_length // 4, self.gen_length - start))
+        conf = step.conf[row, start:start + window]  # -inf at committed positions
+        is_delim = torch.isin(step.x0[row, start:start + window], self.delimiter_ids) & torch.isfinite(conf)
+        if is_delim.any():
+            best = int(conf.masked_fill(~is_delim, float("-inf")).argmax())
+            if conf[best] >= self.delta:
+                return start + best + 1
+        return super().block_end(row, start, step)
