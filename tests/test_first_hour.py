@@ -141,6 +141,7 @@ def test_bench_own_model_without_draft_skips_draft_methods(capfd, dirs, tmp_path
     assert set(summary["skipped"]) == {"speculative", "tree"}
     assert all("--draft" in why for why in summary["skipped"].values())
     assert "bench: skipped speculative" in err and "--draft" in err
+    assert "Skipped tree: needs a draft model" in (tmp_path / "o" / "report.md").read_text()
     # and with --draft the draft methods run, on the user's draft
     code, out, err = _run(capfd, ["bench", "--suite", str(suite), "--model", dirs["target"], "--methods", "speculative",
                                   "--draft", dirs["draft"], "--limit", "1", "--repeats", "1", "--max-new-tokens", "6",

@@ -36,6 +36,8 @@ def markdown(results: dict) -> str:
              f"prompt, prefill included, batch 1, temperature {c['temperature']}. Speedup = mean tokens/s ÷ "
              "decodelab greedy's mean tokens/s in the same run; spread = 25th–75th percentile of per-prompt "
              "speedups.", ""]
+    lines += [f"Skipped {method}: {why}." for method, why in c.get("skipped", {}).items()]
+    lines += [""] if c.get("skipped") else []
     for suite in c["suites"]:
         rows = [a for a in results["aggregates"] if a["suite"] == suite]
         n = len({r["prompt_id"] for r in results["records"] if r["suite"] == suite})
