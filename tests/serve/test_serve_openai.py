@@ -126,22 +126,25 @@ def test_bad_parameter_is_400_and_the_server_goes_on(live, served_lm):
     assert client.completions.create(model="tiny-llama", prompt="x", max_tokens=3).choices[0].text == ref.text
 
 
-def test_response_format_json_schema(live, served_lm):
-    from decodelab.serve.service import constraints_supported
-
+def test_response_format_and_structured_outputs_constrain(live, served_lm):
+    """The OpenAI / vLLM constraint fields reach decodelab's constraint= and give its output."""
     _, client = live
-    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
-    fmt = {"type": "json_schema", "json_schema": {"name": "t", "schema": schema}}
-    if not constraints_supported():  # until constrained decoding lands: a clear 400, never ignored
-        with pytest.raises(openai.BadRequestError) as err:
-            client.completions.create(model="tiny-llama", prompt="{", max_tokens=8, extra_body={"response_format": fmt})
-        assert "constrained decoding" in err.value.body["message"]
-        return
-    import json
-
-    resp = client.completions.create(model="tiny-llama", prompt="x", max_tokens=32, extra_body={"response_format": fmt})
-    if resp.choices[0].finish_reason == "stop":
-        assert isinstance(json.loads(resp.choices[0].text)["a"], int)
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"],
+              "additionalProperties": False}
+    cases = [({"response_format": {"type": "json_schema", "json_schema": {"name": "t", "schema": schema}}},
+              {"json_schema": schema}),
+             ({"structured_outputs": {"choice": ["yes", "no"]}}, {"choice": ["yes", "no"]}),
+             ({"structured_outputs": {"regex": "[0-9]{3}"}, "method": "pld"}, {"regex": "[0-9]{3}"})]
+    for extra, constraint in cases:
+        ref = decodelab.generate(served_lm, "x", max_new_tokens=24, constraint=constraint)
+        resp = client.completions.create(model="tiny-llama", prompt="x", max_tokens=24, extra_body=extra)
+        assert resp.choices[0].text == ref.text, extra
+    assert resp.choices[0].finish_reason == "stop" and len(resp.choices[0].text) == 3
+    assert resp.choices[0].text.isdigit()
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model="tiny-llama", prompt="x", max_tokens=4,
+                                  extra_body={"structured_outputs": {"regex": "("}})
+    assert "regex" in err.value.body["message"]
 
 
 def test_auth(served_lm):
@@ -168,3 +171,31 @@ def test_chat_without_template_is_400():
         with pytest.raises(openai.BadRequestError) as err:
             client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "hi"}])
         assert "no chat template" in err.value.body["message"]
+
+
+def test_client_disconnect_cancels_generation(served_lm):
+    """A streaming client that goes away: its row stops early, it counts as aborted, the server goes on."""
+    import time
+
+    import httpx2
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from decodelab.serve import create_app
+
+    def metric(url, name, **labels):
+        text = httpx2.get(url + "/metrics").text
+        return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                   if s.name == name and labels.items() <= s.labels.items())
+
+    with live_server(create_app(served_lm)) as url:
+        body = {"prompt": "def f(x):", "max_tokens": 240, "stream": True}
+        with httpx2.stream("POST", url + "/v1/completions", json=body, timeout=60) as r:
+            first = next(r.iter_lines())
+            assert first.startswith("data: {")
+        deadline = time.monotonic() + 60
+        while metric(url, "decodelab:request_success_total", finished_reason="abort") < 1:
+            assert time.monotonic() < deadline, "the disconnect was never noticed"
+            time.sleep(0.05)
+        assert metric(url, "decodelab:generation_tokens_total") < 240
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        assert client.completions.create(model="tiny-llama", prompt="x", max_tokens=2).usage.completion_tokens == 2

@@ -48,6 +48,7 @@ def create_app(lm=None, *, model_name: str | None = None, draft: str | None = No
 
     @asynccontextmanager
     async def lifespan(app):
+        server.start()  # again, when a previous lifespan stopped it
         yield
         server.stop()
 
@@ -65,7 +66,10 @@ def create_app(lm=None, *, model_name: str | None = None, draft: str | None = No
 # ---- routes ----
 
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 429, 503)}
-SSE = {"text/event-stream": {"schema": {"type": "string"}}}
+# each server-sent event (OpenAPI 3.1 reading: `schema` describes one event); `data` holds a JSON chunk
+# (the response's shape with `delta` / `text` pieces, `usage` on the last) or `[DONE]`
+SSE = {"text/event-stream": {"schema": {"type": "object", "required": ["data"],
+                                        "properties": {"data": {"type": "string"}, "event": {"type": "string"}}}}}
 
 
 def _add_routes(app: FastAPI, server: Server, auth) -> None:
@@ -77,7 +81,8 @@ def _add_routes(app: FastAPI, server: Server, auth) -> None:
         server.require_ready(req.model)
         prompts = server.completion_prompts(req)
         echo = [server.lm.decode(p) for p in prompts] if req.echo else None
-        return await _serve(server, request, req, prompts, req.max_tokens or DEFAULT_COMPLETION_TOKENS,
+        return await _serve(server, request, req, prompts,
+                            req.max_tokens or min(DEFAULT_COMPLETION_TOKENS, server.max_tokens),
                             _CompletionShape(echo, req.n))
 
     @app.post("/v1/chat/completions", dependencies=v1, response_model=None,
@@ -93,7 +98,7 @@ def _add_routes(app: FastAPI, server: Server, auth) -> None:
         server.require_ready()
         table = {name: {"description": m.description, "lossless": m.lossless, "batched": m.batched,
                         "params": {k: v for k, v in m.params.items() if k != "draft"}, "paper": m.paper}
-                 for name, m in methods().items()}
+                 for name, m in methods().items() if name in server.usable_methods()}
         return {"object": "list", "data": [{"id": server.model_name, "object": "model", "created": server.created,
                                             "owned_by": "decodelab", "max_model_len": server.lm.max_length,
                                             "methods": table}]}
@@ -155,8 +160,9 @@ async def _serve(server: Server, request: Request, req, prompts, max_new_tokens,
     head = {"id": new_id("cmpl" if shape.object == "text_completion" else "chatcmpl"),
             "created": int(time.time()), "model": server.model_name}
     if req.stream:
+        first = await _first_event(server, request, job, queue, req.n)  # an early failure is still a 400
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return StreamingResponse(_sse(server, job, queue, shape, head, include_usage, req.n),
+        return StreamingResponse(_sse(server, job, first, queue, shape, head, include_usage, req.n),
                                  media_type="text/event-stream")
     gens = await _collect(server, request, job, queue, req.n)
     choices = [shape.full(i, g.text, FINISH[g.finish_reason]) for i, g in sorted(gens.items())]
@@ -164,16 +170,33 @@ async def _serve(server: Server, request: Request, req, prompts, max_new_tokens,
             "decodelab": server.info_block(job, gens)}
 
 
+async def _next_event(request: Request, queue: asyncio.Queue) -> RowEvent:
+    """The job's next event, watching for the client going away while it waits."""
+    while True:
+        try:
+            return await asyncio.wait_for(queue.get(), DISCONNECT_POLL_S)
+        except asyncio.TimeoutError:
+            if await request.is_disconnected():
+                raise ApiError(499, "client disconnected") from None
+
+
+async def _first_event(server: Server, request: Request, job: Job, queue: asyncio.Queue, n: int) -> RowEvent:
+    try:
+        event = await _next_event(request, queue)
+        if event.error is not None:
+            raise row_event_error(event)
+    except BaseException:
+        job.cancelled.set()
+        server.finish(job, {}, n)
+        raise
+    return event
+
+
 async def _collect(server: Server, request: Request, job: Job, queue: asyncio.Queue, n: int) -> dict:
     gens: dict = {}
     try:
         while len(gens) < len(job.rows):
-            try:
-                event = await asyncio.wait_for(queue.get(), DISCONNECT_POLL_S)
-            except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    raise ApiError(499, "client disconnected") from None
-                continue
+            event = await _next_event(request, queue)
             if event.error is not None:
                 raise row_event_error(event)
             if event.generation is not None:
@@ -184,8 +207,8 @@ async def _collect(server: Server, request: Request, job: Job, queue: asyncio.Qu
     return gens
 
 
-async def _sse(server: Server, job: Job, queue: asyncio.Queue, shape, head: dict, include_usage: bool,
-               n: int) -> AsyncIterator[str]:
+async def _sse(server: Server, job: Job, first: RowEvent, queue: asyncio.Queue, shape, head: dict,
+               include_usage: bool, n: int) -> AsyncIterator[str]:
     def chunk(choices: list[dict], **extra) -> str:
         return "data: " + json.dumps({**head, "object": shape.chunk_object, "choices": choices, **extra}) + "\n\n"
 
@@ -193,8 +216,8 @@ async def _sse(server: Server, job: Job, queue: asyncio.Queue, shape, head: dict
     try:
         if opening := shape.opening(r.index for r in job.rows):
             yield chunk(opening)
-        while len(gens) < len(job.rows):
-            event = await queue.get()
+        event = first
+        while True:
             if event.error is not None:
                 err = row_event_error(event)
                 yield "data: " + json.dumps({"error": {"message": err.message, "code": err.status}}) + "\n\n"
@@ -205,6 +228,9 @@ async def _sse(server: Server, job: Job, queue: asyncio.Queue, shape, head: dict
                 yield chunk([shape.choice(event.index, event.text, finish)], **extra)
             if event.generation is not None:
                 gens[event.index] = event.generation
+            if len(gens) == len(job.rows):
+                break
+            event = await queue.get()
         if include_usage and len(gens) == len(job.rows):
             yield chunk([], usage=server.usage(job, gens, n), decodelab=server.info_block(job, gens))
         yield "data: [DONE]\n\n"

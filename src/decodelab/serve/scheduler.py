@@ -127,13 +127,19 @@ class BatchingScheduler:
             self._cond.notify()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="decodelab-worker", daemon=True)
-        self._thread.start()
+        """Start the worker (no-op while it runs; restarts it after `stop`, keeping the queue)."""
+        with self._cond:
+            if self.alive:
+                return
+            self._stopping = False
+            self._thread = threading.Thread(target=self._loop, name="decodelab-worker", daemon=True)
+            self._thread.start()
 
     def stop(self) -> None:
+        """Stop after the current batch; waiting jobs stay queued."""
         with self._cond:
             self._stopping = True
-            self._cond.notify()
+            self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=30)
 

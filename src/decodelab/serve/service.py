@@ -9,7 +9,6 @@ and `tree` is the one the server started with (`--draft`).
 
 from __future__ import annotations
 
-import inspect
 import threading
 import time
 import uuid
@@ -23,7 +22,7 @@ from .protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
 from .scheduler import BatchingScheduler, Job, Row, RowEvent
 
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
-DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
+DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions (capped by the server's limit)
 
 
 @dataclass
@@ -58,6 +57,10 @@ class Server:
             self.scheduler.start()
             self.lm = lm
 
+    def start(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.start()
+
     def stop(self) -> None:
         if self.scheduler is not None:
             self.scheduler.stop()
@@ -75,6 +78,10 @@ class Server:
     @property
     def max_tokens(self) -> int:
         return min(self.limits.max_tokens or self.lm.max_length, self.lm.max_length)
+
+    def usable_methods(self) -> list[str]:
+        """The registered methods for this model's kind (causal or diffusion)."""
+        return sorted(n for n, m in methods().items() if getattr(m, "kind", "causal") == model_kind(self.lm))
 
     # ---- building jobs ----
 
@@ -136,6 +143,9 @@ class Server:
         if req.method not in table:
             raise ApiError(400, f"unknown method {req.method!r}; available: {', '.join(sorted(table))}", "method")
         info = table[req.method]
+        if req.method not in self.usable_methods():
+            raise ApiError(400, f"method {req.method!r} does not decode this model ({self.model_name!r}, "
+                                f"{model_kind(self.lm)}); use one of: {', '.join(self.usable_methods())}", "method")
         if "draft" in req.method_params:
             raise ApiError(400, "method_params.draft: a request cannot choose a model; the draft model is "
                                 "set when the server starts (decodelab serve --draft)", "method_params")
@@ -170,6 +180,10 @@ class Server:
         reasons = [FINISH.get(gens[r.index].finish_reason, "stop") if r.index in gens else "abort"
                    for r in job.rows]
         self.metrics.on_request_done(job, sum(len(r.prompt) for r in job.rows[::n]), reasons, time.perf_counter())
+
+
+def model_kind(lm) -> str:
+    return getattr(lm, "kind", "causal")
 
 
 def row_stats(index: int, gen: Generation) -> dict:
@@ -208,18 +222,7 @@ def _constraint(req: SamplingRequest) -> dict | None:
             raise ApiError(400, "structured_outputs takes exactly one of json, regex, choice, grammar",
                            "structured_outputs")
         constraint = given
-    if constraint is not None and not constraints_supported():
-        raise ApiError(400, "constrained decoding (response_format / structured_outputs) is not available "
-                            "in this decodelab version", "response_format")
-    return constraint
-
-
-def constraints_supported() -> bool:
-    """Whether decodelab.generate takes `constraint=` (CONTRACT.md; built in the constraints issue)."""
-    from .. import generate
-
-    return "constraint" in inspect.signature(generate).parameters or any(
-        "constraint" in info.params for info in methods().values())
+    return constraint  # decodelab validates it (ValueError → 400) before generating
 
 
 def row_event_error(event: RowEvent) -> ApiError:

@@ -1,0 +1,95 @@
+"""The scheduler: grouping of greedy rows into one batch, isolation, and cancellation of a row."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import decodelab
+from decodelab.serve.scheduler import BatchingScheduler, Job, QueueFull, Row
+
+PROMPTS = ["def f(x):", "hello world", "a", "import os\n"]
+
+
+def _job(lm, prompts, events, *, stream=False, greedy=True, params=None, max_new_tokens=8, method="greedy"):
+    rows = [Row(lm.encode(p), i, 5 + i) for i, p in enumerate(prompts)]
+    return Job(method, dict(params or {}), max_new_tokens, [], rows, stream, greedy,
+               decodelab.methods()[method].batched, emit=events.append)
+
+
+def _drain(scheduler, timeout=60):
+    deadline = time.monotonic() + timeout
+    while scheduler.waiting or scheduler.running:
+        assert time.monotonic() < deadline, "worker did not finish"
+        time.sleep(0.01)
+
+
+def _finals(events):
+    return {e.index: e.generation for e in events if e.generation is not None}
+
+
+def test_greedy_jobs_share_one_batch_and_equal_generate(served_lm):
+    scheduler = BatchingScheduler(served_lm, max_batch=8)
+    jobs = [[] for _ in range(3)]
+    for events, prompt in zip(jobs[:2], PROMPTS):
+        scheduler.submit(_job(served_lm, [prompt], events))
+    scheduler.submit(_job(served_lm, PROMPTS[2:], jobs[2]))  # one job with two prompts
+    sampled = []
+    scheduler.submit(_job(served_lm, ["hello"], sampled, greedy=False, params={"temperature": 5.0}))
+    scheduler.start()  # all four were waiting: the three greedy jobs form one batch of 4 rows
+    _drain(scheduler)
+    scheduler.stop()
+    gens = [g for events in jobs for g in _finals(events).values()]
+    assert [g.stats.batch_size for g in gens] == [4, 4, 4, 4]
+    for g, prompt in zip(gens, PROMPTS):
+        assert g.token_ids == decodelab.generate(served_lm, prompt, max_new_tokens=8).token_ids
+    (alone,) = _finals(sampled).values()
+    assert alone.stats.batch_size == 1
+    ref = decodelab.generate(served_lm, "hello", method="sample", max_new_tokens=8, seed=5, temperature=5.0)
+    assert alone.token_ids == ref.token_ids
+
+
+def test_max_batch_and_max_queue_bound_the_work(served_lm):
+    scheduler = BatchingScheduler(served_lm, max_batch=2, max_queue=3)
+    logs = [[] for _ in range(3)]
+    for events, prompt in zip(logs, PROMPTS):
+        scheduler.submit(_job(served_lm, [prompt], events))
+    try:
+        scheduler.submit(_job(served_lm, ["x"], []))
+        raise AssertionError("a fourth job fitted a queue of three")
+    except QueueFull as exc:
+        assert "queue is full" in str(exc)
+    scheduler.start()
+    _drain(scheduler)
+    scheduler.stop()
+    assert sorted(g.stats.batch_size for events in logs for g in _finals(events).values()) == [1, 2, 2]
+
+
+def test_a_failing_job_does_not_affect_the_next(served_lm):
+    scheduler = BatchingScheduler(served_lm)
+    bad, good = [], []
+    scheduler.submit(_job(served_lm, ["x"], bad, params={"no_such_param": 1}))
+    scheduler.submit(_job(served_lm, ["x"], good))
+    scheduler.start()
+    _drain(scheduler)
+    scheduler.stop()
+    assert len(bad) == 1 and isinstance(bad[0].error, ValueError)
+    assert _finals(good)[0].token_ids == decodelab.generate(served_lm, "x", max_new_tokens=8).token_ids
+
+
+def test_cancelled_row_stops_at_the_next_step(served_lm):
+    """A streamed row whose client went away is closed after its first event, far before max_new_tokens."""
+    scheduler = BatchingScheduler(served_lm)
+    events = []
+    job = _job(served_lm, ["def f(x):"], events, stream=True, max_new_tokens=200)
+    job.emit = lambda ev: (events.append(ev), job.cancelled.set())
+    done = threading.Event()
+    after = _job(served_lm, ["x"], [], stream=True)
+    after.emit = lambda ev: done.set() if ev.generation is not None else None
+    scheduler.start()
+    scheduler.submit(job)
+    scheduler.submit(after)
+    assert done.wait(60)  # the worker went on to the next job
+    scheduler.stop()
+    assert len(events) == 1 and events[0].generation is None
+    assert sum(len(e.token_ids) for e in events) < 200
