@@ -254,6 +254,21 @@ def test_hub_id_found_in_local_cache_loads_offline(monkeypatch, tmp_path, dirs):
         decodelab.load(dirs["target"]), "x", max_new_tokens=4).token_ids
 
 
+def test_partly_cached_hub_id_is_not_taken_as_local(monkeypatch, tmp_path, dirs):
+    """A snapshot holding only config.json (an earlier AutoConfig call) is not a model: offline, say so."""
+    from huggingface_hub import constants
+
+    repo = tmp_path / "models--someone--half"
+    (repo / "snapshots" / ("1" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("1" * 40) / "config.json").write_text((Path(dirs["target"]) / "config.json").read_text())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("1" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ModelError, match="only partly in the local Hugging Face cache .*HF_HUB_OFFLINE"):
+        decodelab.load("someone/half")
+
+
 def test_invalid_hub_id_is_one_line():
     with pytest.raises(ModelError, match="valid Hugging Face Hub id"):
         decodelab.load("not a model!")

@@ -29,10 +29,16 @@ def resolve_name(name: str, builtin_path) -> tuple[Path | str, bool]:
             raise ModelError(f"model path {name!r} does not exist or is not a directory{_hint(name)}")
         return path, True
     cached = _cached_snapshot(name)
-    if cached is not None:
+    if cached is not None and _complete(cached):
         return cached, True
-    _check_hub(name)
+    _check_hub(name, partial=cached is not None)
     return name, False
+
+
+def _complete(snapshot: Path) -> bool:
+    """A cached snapshot with a config and weights (an earlier AutoConfig call caches config.json alone)."""
+    weights = ("*.safetensors", "*.bin", "*.pt")
+    return (snapshot / "config.json").exists() and any(any(snapshot.glob(w)) for w in weights)
 
 
 def _cached_snapshot(name: str) -> Path | None:
@@ -48,12 +54,14 @@ def _cached_snapshot(name: str) -> Path | None:
         return None
 
 
-def _check_hub(name: str) -> None:
+def _check_hub(name: str, partial: bool = False) -> None:
     """One request to the Hub: the model exists and the network works, or a one-line ModelError."""
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
-    where = f"{name!r} is not a local directory, an embedded model, or in the local Hugging Face cache"
+    cache = "only partly in the local Hugging Face cache (no weights)" if partial else \
+        "in the local Hugging Face cache"
+    where = f"{name!r} is not a local directory, an embedded model, or {cache}"
     if constants.HF_HUB_OFFLINE:
         raise ModelError(f"{where}, and HF_HUB_OFFLINE is set{_hint(name)}")
     try:
