@@ -272,6 +272,12 @@ def add_load_flags(p: argparse.ArgumentParser) -> None:
                         "runs with your permissions — only for models you trust")
 
 
+def add_backend_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="auto", choices=("auto", "native", "transformers"),
+                   help="native (decodelab's Llama-family forward), transformers, or auto (native where supported)")
+    p.add_argument("--dtype", default=None, help="float32 (default on CPU), float16 or bfloat16")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with a one-line error (no usage block): every user error is one line on stderr."""
 
@@ -302,9 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     for key, kind in SAMPLING_FLAGS.items():
         g.add_argument(f"--{key.replace('_', '-')}", type=kind, default=None, metavar="X",
                        help=f"sampling parameter {key} (the same as -p {key}=X)")
-    g.add_argument("--backend", default="auto", choices=("auto", "native", "transformers"),
-                   help="native (decodelab's Llama-family forward), transformers, or auto (native where supported)")
-    g.add_argument("--dtype", default=None, help="float32 (default on CPU), float16 or bfloat16")
+    add_backend_flags(g)
     add_load_flags(g)
     add_constraint_flags(g)
     g.add_argument("--json", action="store_true", help="end stdout with one JSON object")
@@ -319,9 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", default=None, help="default builtin:pyco")
     d.add_argument("--max-new-tokens", type=int, default=128)
     d.add_argument("--device", default="cpu")
+    add_backend_flags(d)
     d.add_argument("--json", action="store_true", help="end stdout with one JSON object")
     d.set_defaults(func=cmd_demo, seed=None, stop=None, param=None, draft=None, allow_pickle=False,
-                   trust_remote_code=False, backend="auto", dtype=None)
+                   trust_remote_code=False)
 
     m = sub.add_parser("methods", help="list decoding methods")
     m.add_argument("--json", action="store_true")
