@@ -171,6 +171,19 @@ def test_allow_pickle_flag(capfd, dirs, tmp_path):
         decodelab.load(dirs["target"]), "x", max_new_tokens=2).token_ids
 
 
+def test_remote_code_model_names_the_flag(capfd, dirs, tmp_path):
+    import shutil
+
+    path = tmp_path / "remote"
+    shutil.copytree(dirs["target"], path)
+    config = json.loads((path / "config.json").read_text())
+    config.pop("model_type")
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_custom.CustomLM"}
+    (path / "config.json").write_text(json.dumps(config))
+    code, _, err = _run(capfd, ["generate", "x", "--model", str(path)])
+    _one_line(code, err, "remote code", "--trust-remote-code")
+
+
 def test_risky_flags_say_what_they_risk(capfd):
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
