@@ -72,18 +72,23 @@ def _run(lm, prompts, method, max_new_tokens, seed, stop, params) -> Iterator[Ev
         raise ValueError(kind_error(lm, info))
     params = dict(params)
     grammar = compile_constraint(lm, params.pop("constraint", None))  # ValueError before generating
+    healing = params.pop("token_healing", False)
+    if not isinstance(healing, bool):
+        raise ValueError(f"token_healing must be True or False, got {healing!r}")
+    if (grammar is not None or healing) and info.kind != "causal":  # never silently unconstrained
+        raise ValueError(f"constraint / token_healing are not supported by {info.kind} method {info.name!r}")
     checked = info.check_params(params)
     stop = _check_common(max_new_tokens, stop)
     _check_seed(seed)
     ids = [_prompt_ids(lm, p) for p in prompts]
     if len(ids) > 1 and not info.batched:
-        return _one_by_one(info, lm, ids, checked, max_new_tokens, seed, stop, grammar)
-    return run_method(info, lm, ids, checked, max_new_tokens, seed, stop, grammar)
+        return _one_by_one(info, lm, ids, checked, max_new_tokens, seed, stop, grammar, healing)
+    return run_method(info, lm, ids, checked, max_new_tokens, seed, stop, grammar, healing)
 
 
-def _one_by_one(info, lm, ids, params, max_new_tokens, seed, stop, grammar=None) -> Iterator[Event]:
+def _one_by_one(info, lm, ids, params, max_new_tokens, seed, stop, grammar=None, healing=False) -> Iterator[Event]:
     for b, prompt in enumerate(ids):
-        for event in run_method(info, lm, [prompt], params, max_new_tokens, seed, stop, grammar):
+        for event in run_method(info, lm, [prompt], params, max_new_tokens, seed, stop, grammar, healing):
             event.row = b
             yield event
 

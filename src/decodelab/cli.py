@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .constraints.cli import add_constraint_flags, constraint_from_args
+from .constraints.cli import add_constraint_flags, constraint_params
 
 
 def _typed(value: str, default):
@@ -88,8 +88,7 @@ def _generate_params(args, info) -> dict:
     info.check_params(params)  # user errors first, before the (slow, chatty) model load
     if args.max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer ≥ 1, got {args.max_new_tokens}")
-    constraint = constraint_from_args(args)
-    return params if constraint is None else {**params, "constraint": constraint}
+    return {**params, **constraint_params(args)}  # constraint= and token_healing= from their flags
 
 
 def _baseline_params(args, params: dict):
@@ -101,7 +100,7 @@ def _baseline_params(args, params: dict):
     base = methods().get(args.compare)
     if base is None:
         raise ValueError(f"--compare: unknown method {args.compare!r}; available: {', '.join(sorted(methods()))}")
-    return base, {k: v for k, v in params.items() if (k in base.params and k not in base.specs) or k == "constraint"}
+    return base, {k: v for k, v in params.items() if (k in base.params and k not in base.specs) or k in ("constraint", "token_healing")}
 
 
 def _read_prompt(args) -> str:
@@ -343,6 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("corpus", help="file and character counts of the stdlib corpus splits")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_corpus)
+
+    from .bench import decode_cost
+
+    dc = sub.add_parser("decode-cost", help="ms per decode step on every backend side by side (native, transformers)")
+    decode_cost.add_arguments(dc)
+    dc.set_defaults(func=decode_cost.run)
 
     mc = sub.add_parser("model-card", help="validation CE, draft agreement and samples of the embedded models")
     mc.add_argument("--target", default="builtin:pyco")

@@ -132,9 +132,10 @@ class _IncrementalText:
 class _RowState:
     """Per-row stop detection: EOS, stop strings, length, and the end of the row's grammar."""
 
-    def __init__(self, lm: LM, stop: list[str], prompt_len: int, constraint=None):
+    def __init__(self, lm: LM, stop: list[str], prompt_len: int, constraint=None, healed: str = ""):
         self.lm, self.stop = lm, stop
         self.constraint = constraint  # the row's constraints.RowConstraint, or None
+        self.skip = len(healed)  # token healing: the prompt text the first token re-covers is not output
         self._decoder = _IncrementalText(lm)
         self.tokens: list[int] = []
         self.text = ""
@@ -157,14 +158,17 @@ class _RowState:
                 self.ended_by_eos = self.grammar_done = True  # under a grammar EOS is allowed only when complete
             elif self.constraint is not None and self._grammar_ended():
                 self.finish = "stop"
-                self.text = self._decoder.of(self.tokens)
+                self.text = self._text()
             elif self._hit_stop():
                 self.finish = "stop"
             elif len(kept) >= remaining:
                 self.finish = "length"
         if not self.finish or self.finish == "length":
-            self.text = self._decoder.of(self.tokens)
+            self.text = self._text()
         return kept
+
+    def _text(self) -> str:
+        return self._decoder.of(self.tokens)[self.skip :]
 
     def _grammar_ended(self) -> bool:
         """The grammar is complete after these tokens (or its matcher failed: stop with the reason)."""
@@ -178,7 +182,7 @@ class _RowState:
     def _hit_stop(self) -> bool:
         if not self.stop:
             return False
-        text = self._decoder.of(self.tokens)
+        text = self._text()
         cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
         if cut < 0:
             self.text = text
@@ -199,24 +203,23 @@ class _RowState:
 
 
 def run_method(info, lm: LM, prompts: list[list[int]], params: dict, max_new_tokens: int,
-               seed: int | None, stop: list[str], grammar=None) -> Iterator[Event]:
+               seed: int | None, stop: list[str], grammar=None, token_healing: bool = False) -> Iterator[Event]:
     """Drive one method over a batch of prompts, yielding events; the last per row carries a Generation.
 
-    `grammar` (a validated `constraints.Grammar`) masks every row with its own grammar state."""
+    `grammar` (a validated `constraints.Grammar`) masks every row with its own grammar state;
+    `token_healing` backs each prompt up by one token that the first generated token must re-cover."""
     stats = Stats()
-    width = max(len(p) for p in prompts)
-    mask = None
-    if grammar is not None:
-        from .constraints import GrammarMask
+    from .constraints import row_processors
 
-        mask = GrammarMask(grammar, len(prompts), width, lm.eos_token_ids)
-    sampler = Sampler(params, prompt_len=width, constraint=mask)
+    prompts, mask, healer, healed = row_processors(lm, prompts, grammar, token_healing)
+    width = max(len(p) for p in prompts)
+    sampler = Sampler(params, prompt_len=width, constraint=mask, healing=healer)
     generator = None
     if not sampler.greedy:
         generator = torch.Generator(device="cpu")
         generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
     ctx = Context(lm, prompts, params, sampler, generator, max_new_tokens, stats)
-    rows = [_RowState(lm, stop, len(p), mask.rows[b] if mask else None) for b, p in enumerate(prompts)]
+    rows = [_RowState(lm, stop, len(p), mask.rows[b] if mask else None, healed[b]) for b, p in enumerate(prompts)]
     t0 = time.perf_counter()
     steps = info.run(ctx)
     try:
@@ -256,5 +259,5 @@ def _absorb(ctx: Context, rows: list[_RowState], emitted: list[list[int]]) -> It
 
 def _final_text(lm: LM, row: _RowState) -> str:
     if row.ended_by_eos:
-        return lm.decode(row.tokens[:-1])
+        return lm.decode(row.tokens[:-1])[row.skip :]
     return row.text

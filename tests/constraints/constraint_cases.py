@@ -72,7 +72,7 @@ def exact_outcomes(lm, prompt: str, constraint: dict, **params) -> dict[str, flo
     out: dict[str, float] = {}
 
     def walk(prefix: list[int], prob: float) -> None:
-        mask = GrammarMask(grammar, 1, len(ids), lm.eos_token_ids)
+        mask = GrammarMask([grammar], len(ids), lm.eos_token_ids)
         if prefix and mask.rows[0].seek(prefix) and mask.rows[0].stopped:
             out[lm.decode(prefix)] = out.get(lm.decode(prefix), 0.0) + prob
             return

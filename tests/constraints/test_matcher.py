@@ -60,7 +60,7 @@ def test_prune_keeps_the_lookahead_window_reindexed():
 def test_grammar_mask_masks_each_row_by_its_own_generated_tokens():
     grammar = compile_constraint(LM, {"regex": "(ab|ba)c"})
     prompt = b("zz")
-    mask = GrammarMask(grammar, 2, len(prompt), LM.eos_token_ids)
+    mask = GrammarMask([grammar] * 2, len(prompt), LM.eos_token_ids)
     ids = torch.tensor([prompt + b("a"), prompt + b("b")])
     scores = mask(ids, torch.zeros(2, LM.vocab_size))
     assert torch.isfinite(scores[0]).nonzero().flatten().tolist() == [ord("b")]

@@ -2,11 +2,12 @@
 
 `compile_constraint` validates a constraint against a model's tokenizer; `GrammarMask` is the logits
 processor the `Sampler` runs (one `RowConstraint` per row); `prune` cuts drafts at the first token the
-grammar rejects. See docs/CONSTRAINTS.md.
+grammar rejects; `HealingMask` and `heal` implement token healing. See docs/CONSTRAINTS.md.
 """
 
+from decodelab.constraints.healing import HealingMask, heal, row_processors
 from decodelab.constraints.matcher import GrammarMask, RowConstraint, prune, unpack
 from decodelab.constraints.spec import KINDS, Grammar, compile_constraint, llg_tokenizer
 
-__all__ = ["KINDS", "Grammar", "GrammarMask", "RowConstraint", "compile_constraint", "llg_tokenizer",
-           "prune", "unpack"]
+__all__ = ["KINDS", "Grammar", "GrammarMask", "HealingMask", "RowConstraint", "compile_constraint", "heal",
+           "llg_tokenizer", "prune", "row_processors", "unpack"]

@@ -12,6 +12,19 @@ def add_constraint_flags(parser) -> None:
     group.add_argument("--regex", metavar="R", default=None, help="regular expression the output must match")
     group.add_argument("--grammar", metavar="FILE", default=None, help="Lark grammar file (llguidance syntax)")
     group.add_argument("--choice", metavar="A,B,C", default=None, help="comma-separated strings: output one of them")
+    parser.add_argument("--heal", action="store_true", help="token healing: back the prompt up by its last token "
+                        "and let the first generated token re-cover it (any method, constrained or not)")
+
+
+def constraint_params(args) -> dict:
+    """The generate() keywords the flags ask for: `constraint` and `token_healing` when given."""
+    out = {}
+    constraint = constraint_from_args(args)
+    if constraint is not None:
+        out["constraint"] = constraint
+    if getattr(args, "heal", False):
+        out["token_healing"] = True
+    return out
 
 
 def _read(flag: str, path: str) -> str:

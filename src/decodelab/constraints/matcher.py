@@ -100,9 +100,8 @@ class GrammarMask:
 
     needs_history = True
 
-    def __init__(self, grammar: Grammar, batch_size: int, prompt_len: int, eos_token_ids=()):
-        self.grammar = grammar
-        self.rows = [RowConstraint(grammar) for _ in range(batch_size)]
+    def __init__(self, grammars: list[Grammar], prompt_len: int, eos_token_ids=()):
+        self.rows = [RowConstraint(g) for g in grammars]  # one grammar (and matcher) per row
         self.prompt_len = prompt_len
         self.eos = sorted(eos_token_ids)
 

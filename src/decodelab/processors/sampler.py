@@ -69,16 +69,17 @@ def _softmax(scores: torch.FloatTensor) -> torch.FloatTensor:
 class Sampler:
     """Processors for one request; `prompt_len` marks where generated tokens start in `input_ids`.
 
-    `constraint` (a `constraints.GrammarMask`, one grammar state per row) runs last among the logits
-    processors, so it masks greedy decoding too; `self.constraint` is None when unconstrained.
+    `constraint` (a `constraints.GrammarMask`, one grammar state per row) and `healing` (a
+    `constraints.HealingMask`) run last among the logits processors, so they mask greedy decoding too;
+    `self.constraint` is None when unconstrained.
     """
 
-    def __init__(self, params: dict, prompt_len: int, constraint: Processor | None = None):
+    def __init__(self, params: dict, prompt_len: int, constraint: Processor | None = None,
+                 healing: Processor | None = None):
         self.greedy: bool = {**SAMPLING_DEFAULTS, **params}["temperature"] == 0
         self.logits_processors = build_logits_processors(params, prompt_len)
         self.constraint = constraint
-        if constraint is not None:
-            self.logits_processors.append(constraint)
+        self.logits_processors += [p for p in (constraint, healing) if p is not None]
         self.warpers = build_warpers(params)
 
     @property

@@ -1,0 +1,85 @@
+"""Token healing: back the prompt up by its last token and make the first generated token re-cover it.
+
+A prompt that ends in the middle of what the tokenizer would merge ("x =" + " " where the model
+learned " 1" as one token, or a trailing newline before an indent) puts the model off its training
+distribution. Healing removes the prompt's last token t and constrains the first generated token to
+one whose text starts with text(t), so the model chooses the tokenization itself (Lundberg, "The
+Art of Prompt Design: Prompt Boundaries and Token Healing", guidance blog 2023; Dagan et al.,
+"Getting the most out of your tokenizer for pre-training and domain adaptation", arXiv:2402.01035,
+discuss the same boundary effect). Generated text excludes the re-covered text(t); `token_ids` are
+the model's own tokens, the first of which overlaps the prompt.
+
+Under a constraint the grammar is prefixed with text(t) (an llguidance grammar that references the
+user's grammar), so the grammar still constrains exactly the text after the original prompt.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from .spec import Grammar
+
+
+def decoded_vocab(lm) -> list[str]:
+    """Every token's text, decoded alone (cached per model)."""
+    if "decoded_vocab" not in lm.state:
+        lm.state["decoded_vocab"] = [lm.decode([i]) for i in range(lm.vocab_size)]
+    return lm.state["decoded_vocab"]
+
+
+def heal(lm, prompt: list[int]) -> tuple[list[int], str]:
+    """(prompt without its last token, that token's text); unchanged when it cannot be healed."""
+    if len(prompt) < 2 or prompt[-1] in lm.eos_token_ids:
+        return prompt, ""
+    text = lm.decode(prompt[-1:])
+    if not text or "\ufffd" in text:  # a partial UTF-8 sequence: no text to re-cover
+        return prompt, ""
+    return prompt[:-1], text
+
+
+def healed_grammar(grammar: Grammar, prefix: str) -> Grammar:
+    """The grammar of `prefix` followed by what `grammar` accepts."""
+    if not prefix:
+        return grammar
+    inner = json.loads(grammar.text)["grammars"]
+    first = {**inner[0], "name": "healed_inner"}
+    head = {"lark_grammar": f"start: {json.dumps(prefix, ensure_ascii=False)} @healed_inner"}
+    text = json.dumps({"grammars": [head, first, *inner[1:]]})
+    return Grammar(grammar.kind, grammar.source, text, grammar.tokenizer)
+
+
+class HealingMask:
+    """Logits processor: at the first generated position only tokens that start with the removed text."""
+
+    needs_history = True
+
+    def __init__(self, lm, removed: list[str], prompt_len: int):
+        vocab = decoded_vocab(lm)
+        self.prompt_len = prompt_len
+        self.allowed = torch.ones(len(removed), lm.vocab_size, dtype=torch.bool)  # [B, V]
+        for b, text in enumerate(removed):
+            if text:
+                self.allowed[b] = torch.tensor([v.startswith(text) for v in vocab])
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        # input_ids: [B, L]; scores: [B, V]
+        if input_ids.shape[1] > self.prompt_len:  # past the first generated token: nothing to do
+            return scores
+        return scores.masked_fill(~self.allowed.to(scores.device), -float("inf"))
+
+
+def row_processors(lm, prompts: list[list[int]], grammar: Grammar | None, token_healing: bool):
+    """(prompts, GrammarMask or None, HealingMask or None, re-covered text per row) for one batch."""
+    from .matcher import GrammarMask
+
+    healed = [""] * len(prompts)
+    if token_healing:
+        prompts, healed = (list(x) for x in zip(*(heal(lm, p) for p in prompts)))
+    width = max(len(p) for p in prompts)
+    mask = None
+    if grammar is not None:
+        mask = GrammarMask([healed_grammar(grammar, h) for h in healed], width, lm.eos_token_ids)
+    healer = HealingMask(lm, healed, width) if any(healed) else None
+    return prompts, mask, healer, healed

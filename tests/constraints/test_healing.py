@@ -1,0 +1,61 @@
+"""Token healing: the prompt loses its last token, the first generated token re-covers its text."""
+
+import pytest
+from constraint_cases import satisfied
+
+import decodelab
+from decodelab.constraints import heal
+
+from fakes import tiny_lm
+
+TINY = tiny_lm("llama", seed=0)
+TINY.state["drafts"] = {"tiny-draft": tiny_lm("llama", seed=1)}
+
+
+@pytest.fixture(scope="module")
+def pyco():
+    return decodelab.load("builtin:pyco")
+
+
+def test_first_token_re_covers_the_removed_prompt_token(pyco):
+    for prompt in ["x = ", "def f(x):\n    ", "import os\n", "print("]:
+        ids = pyco.encode(prompt)
+        kept, removed = heal(pyco, ids)
+        assert kept == ids[:-1] and removed == pyco.decode(ids[-1:])
+        g = decodelab.generate(pyco, prompt, max_new_tokens=6, token_healing=True)
+        full = pyco.decode(g.token_ids)
+        assert full.startswith(removed) and g.text == full[len(removed):], prompt
+
+
+def test_healing_changes_the_prompt_boundary_and_is_off_by_default(pyco):
+    """"x = " ends in a space the model never saw alone: unhealed greedy starts with " #", healed with a name."""
+    plain = decodelab.generate(pyco, "x = ", max_new_tokens=4)
+    assert plain.token_ids == decodelab.generate(pyco, "x = ", max_new_tokens=4, token_healing=False).token_ids
+    healed = decodelab.generate(pyco, "x = ", max_new_tokens=4, token_healing=True)
+    assert healed.token_ids[0] != plain.token_ids[0]
+    assert pyco.decode(healed.token_ids[:1]).startswith(" ")
+
+
+@pytest.mark.parametrize("method", ["speculative", "pld", "recycling", "tree"])
+def test_healing_keeps_lossless_methods_equal_to_greedy(method):
+    extra = {"draft": "tiny-draft"} if method in ("speculative", "tree") else {}
+    for prompt in ["hello wor", "abcabcab", "def f(x):\n  "]:
+        for constraint in (None, {"regex": r"[a-z ]{1,12}"}):
+            want = decodelab.generate(TINY, prompt, max_new_tokens=12, token_healing=True, constraint=constraint)
+            got = decodelab.generate(TINY, prompt, method=method, max_new_tokens=12, token_healing=True,
+                                     constraint=constraint, **extra)
+            assert got.token_ids == want.token_ids, (method, prompt, constraint)
+
+
+def test_healing_with_a_constraint_constrains_the_text_after_the_prompt(pyco):
+    constraint = {"regex": r"[0-9]{1,3}"}
+    for prompt in ["x = ", "n = int(", "return "]:
+        g = decodelab.generate(pyco, prompt, max_new_tokens=8, token_healing=True, constraint=constraint)
+        assert g.finish_reason == "stop" and satisfied(constraint, g.text), (prompt, g.text)
+
+
+def test_single_token_prompt_and_bad_flag():
+    g = decodelab.generate(TINY, "a", max_new_tokens=3, token_healing=True)  # nothing to back up
+    assert g.token_ids == decodelab.generate(TINY, "a", max_new_tokens=3).token_ids
+    with pytest.raises(ValueError, match="token_healing must be True or False"):
+        decodelab.generate(TINY, "ab", token_healing="yes")
