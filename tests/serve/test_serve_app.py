@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -157,3 +158,30 @@ def test_a_stream_that_fails_before_its_first_token_is_a_400(served_lm):
                                                  "method": "speculative"})
         assert r.status_code == 400 and "draft" in r.json()["error"]["message"]
         assert client.post("/v1/completions", json={"prompt": "x", "max_tokens": 2, "stream": True}).status_code == 200
+
+
+def test_chunked_body_over_the_limit_is_413(served_lm):
+    def chunks():
+        for _ in range(8):
+            yield b" " * 512
+
+    with TestClient(create_app(served_lm, max_body_bytes=2048, max_tokens=4)) as client:
+        r = client.post("/v1/completions", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "larger than 2048" in r.json()["error"]["message"]
+
+
+def test_echo_and_streamed_choices(served_lm):
+    """echo prepends the prompt; a stream with n=2 carries both choices, each equal to its non-streamed text."""
+    body = {"prompt": "hello", "max_tokens": 5, "n": 2, "temperature": 5.0, "seed": 11}
+    with TestClient(create_app(served_lm, max_tokens=8)) as client:
+        plain = client.post("/v1/completions", json=body).json()
+        echoed = client.post("/v1/completions", json={**body, "echo": True}).json()
+        stream = client.post("/v1/completions", json={**body, "stream": True}).text
+    texts = [c["text"] for c in plain["choices"]]
+    assert [c["text"] for c in echoed["choices"]] == ["hello" + t for t in texts]
+    pieces = ["", ""]
+    for line in stream.splitlines():
+        if line.startswith("data: {"):
+            for c in json.loads(line[6:])["choices"]:
+                pieces[c["index"]] += c["text"]
+    assert pieces == texts

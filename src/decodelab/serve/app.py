@@ -13,6 +13,7 @@ import hmac
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -252,13 +253,38 @@ def _auth(api_key: str | None):
     return check
 
 
+class _BodyLimit:
+    """Pure ASGI middleware (BaseHTTPMiddleware gets in the way of streaming and disconnects): reads the
+    body first, answering 413 once it passes the limit (declared Content-Length or chunked), then
+    replays it to the app; later `receive` calls (the disconnect) go to the server as usual."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = error_response(413, f"request body larger than {self.limit} bytes")
+        size = dict(scope["headers"]).get(b"content-length")
+        if size is not None and (not size.isdigit() or int(size) > self.limit):
+            return await too_large(scope, receive, send)
+        body, seen = deque(), 0
+        while True:
+            message = await receive()
+            body.append(message)
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                return await too_large(scope, receive, send)
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+
+        async def replay():
+            return body.popleft() if body else await receive()
+        await self.app(scope, replay, send)
+
+
 def _add_body_limit(app: FastAPI, limit: int) -> None:
-    @app.middleware("http")
-    async def body_limit(request: Request, call_next):
-        size = request.headers.get("content-length")
-        if size is not None and (not size.isdigit() or int(size) > limit):
-            return error_response(413, f"request body larger than {limit} bytes")
-        return await call_next(request)
+    app.add_middleware(_BodyLimit, limit=limit)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
