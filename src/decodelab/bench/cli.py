@@ -7,6 +7,8 @@ import shlex
 import sys
 from pathlib import Path
 
+import torch
+
 DEFAULT_SUITES = ["code", "edit", "long"]
 
 
@@ -27,6 +29,10 @@ def add_arguments(p) -> None:
     p.add_argument("--no-peers", action="store_true", help="skip transformers' generate baselines")
     p.add_argument("--dist-seeds", type=int, default=200, help="seeds per prompt for the sampling exactness test")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--backend", default="auto", choices=("auto", "native", "transformers"),
+                   help="model backend (default auto: native for Llama-family models)")
+    p.add_argument("--dtype", default=None, help="float32 (default on CPU), bfloat16 or float16")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", default="bench-out")
     p.add_argument("--json", action="store_true", help="end stdout with one JSON summary object")
     p.add_argument("--list", action="store_true", help="list suites and methods, then exit")
@@ -78,6 +84,10 @@ def run(args) -> None:
         [m.strip() for m in (args.methods or "greedy,speculative,pld").split(",") if m.strip()]
     params = parse_bench_params(args.param)
     results = benchmark(args, names, params)
+    from .machine import warning
+
+    if warning(results["machine"]["load"]):
+        print(warning(results["machine"]["load"]))
     for method, reason in results["config"].get("skipped", {}).items():
         print(f"bench: skipped {method}: {reason}", file=sys.stderr)
     from .report import write
@@ -96,18 +106,24 @@ def run(args) -> None:
 def benchmark(args, names: list[str], params: dict[str, dict]) -> dict:
     from ..model import load
     from ..proposers.draft_model import resolve_draft
-    from . import runner
+    from . import machine, runner
     from .suites import load_suite
 
     suites = [load_suite(s) for s in (args.suite or DEFAULT_SUITES)]
     options = {"allow_pickle": args.allow_pickle, "trust_remote_code": args.trust_remote_code}
-    lm = load(args.model, device=args.device, **options)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be ≥ 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    lm = load(args.model, device=args.device, dtype=args.dtype, backend=args.backend, **options)
     names, skipped = _draft_methods(lm, names, params, args.draft, options, args.all)
     draft = _maybe_draft(lm, args.draft, resolve_draft)
     entries = runner.make_entries(names, params, not args.no_peers, draft is not None)
     temperature = params.get("*", {}).get("temperature", 0.0)
     prompts = {s.name: runner.prompt_ids(lm, s, args.max_new_tokens)[: args.limit] for s in suites}
+    before, start = machine.snapshot(), machine.sample()
     records = _run_all(lm, entries, prompts, args, draft)
+    load_info = machine.report(before, machine.others_share(start, machine.sample()), machine.snapshot())
     results = {"schema": "decodelab.bench/1", "machine": runner.machine_info(lm), "config": {
         "command": "decodelab bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["bench"]
         else "decodelab bench (API)", "model": lm.name, "suites": [s.name for s in suites],
@@ -116,6 +132,8 @@ def benchmark(args, names: list[str], params: dict[str, dict]) -> dict:
         "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "temperature": temperature, "seed": args.seed,
         "skipped": skipped},
         "records": records}
+    results["machine"]["load"] = load_info
+    results["machine"]["backend"] = lm.backend
     results["aggregates"] = runner.aggregate(records, entries, [s.name for s in suites])
     _exactness(results, lm, entries, prompts, temperature, args, draft)
     return results

@@ -29,10 +29,22 @@ def hf_generate(lm: LM, ids: list[int], max_new_tokens: int, peer: str, draft: L
     if peer == "hf:assisted":
         if draft is None:
             raise ValueError("hf:assisted needs a draft model")
-        kwargs["assistant_model"] = draft.model
+        kwargs["assistant_model"] = transformers_model(draft)
     elif peer == "hf:pld":
         kwargs["prompt_lookup_num_tokens"] = 10
     x = torch.tensor([ids], device=lm.device)
     with torch.inference_mode():
-        out = lm.model.generate(x, attention_mask=torch.ones_like(x), **kwargs)
+        out = transformers_model(lm).generate(x, attention_mask=torch.ones_like(x), **kwargs)
     return out[0, len(ids):].tolist()
+
+
+def transformers_model(lm: LM):
+    """The transformers model object behind `lm`: itself, or for a native LM the same checkpoint loaded
+    through the adapter once (same weights, same dtype), so the peers always run transformers' code."""
+    if lm.backend == "transformers":
+        return lm.model
+    if "transformers_twin" not in lm.state:
+        from ..model import load
+
+        lm.state["transformers_twin"] = load(lm.name, device=str(lm.device), dtype=lm.dtype, backend="transformers")
+    return lm.state["transformers_twin"].model

@@ -9,6 +9,7 @@ chi-square, α = 1e-3) when sampling.
 
 from __future__ import annotations
 
+import os
 import platform
 import resource
 import statistics
@@ -65,7 +66,7 @@ def machine_info(lm: LM) -> dict:
     import transformers
 
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": torch.get_num_threads(), "python": platform.python_version(),
+            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "python": platform.python_version(),
             "torch": torch.__version__, "transformers": transformers.__version__, "decodelab": __version__,
             "device": str(lm.device), "dtype": str(lm.dtype).removeprefix("torch.")}
     if lm.device.type == "cuda":

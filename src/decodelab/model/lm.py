@@ -79,11 +79,13 @@ BACKENDS = ("auto", "native", "transformers")
 
 
 def load(name: str | None = None, *, device: str = "cpu", dtype: torch.dtype | str | None = None,
-         backend: str = "auto", allow_pickle: bool = False, trust_remote_code: bool = False) -> "LM":
+         backend: str = "auto", allow_pickle: bool = False, trust_remote_code: bool = False,
+         compile: bool = False) -> "LM":
     """Load a causal LM + tokenizer. `name=None` → the embedded default `builtin:pyco`.
 
     backend: "native" (decodelab's Llama-family forward, model/native.py), "transformers" (the
-    adapter, any architecture), or "auto" — native where the architecture is supported."""
+    adapter, any architecture), or "auto" — native where the architecture is supported.
+    compile: torch.compile the native backend's decode step (model/native.py, compile_decode_step)."""
     if backend not in BACKENDS:
         raise ModelError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -96,19 +98,26 @@ def load(name: str | None = None, *, device: str = "cpu", dtype: torch.dtype | s
     if local:
         _check_local_dir(Path(location), allow_pickle)
     dtype = _dtype(dtype) or (torch.float32 if device == "cpu" else torch.float16)
-    try:
-        config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
     from ..diffusion.load import is_diffusion_dir, load_diffusion
 
     if local and is_diffusion_dir(Path(location)):  # masked-diffusion checkpoint: LM.kind == "diffusion"
         return load_diffusion(name, Path(location), device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    try:
+        config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - any failure here is the user's model, reported in one line
         raise ModelError(f"{name}: cannot read config — {_short(exc)}") from None
     if getattr(config, "decodelab_kind", None) == "image" and backend == "auto":
         backend = "transformers"  # image-token models run under explicit masks (image/model.py)
     native_model = _native(name, location, local, config, backend, allow_pickle, dtype, device)
     if native_model is not None:
-        return LM(native_model, _tokenizer(name, location, trust_remote_code), name=name, backend="native")
+        lm = LM(native_model, _tokenizer(name, location, trust_remote_code), name=name, backend="native")
+        if compile:
+            from .native import compile_decode_step
+
+            compile_decode_step(lm)
+        return lm
+    if compile:
+        raise ModelError(f"{name}: compile=True needs the native backend (this model runs on transformers)")
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
             location, dtype=dtype, use_safetensors=None if allow_pickle else True,

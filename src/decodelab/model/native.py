@@ -263,8 +263,11 @@ class NativeSession(Session):
     def _run(self, ids, positions, parents, last_only, hidden):
         start, n = self.length, ids.shape[1]
         self.cache.reserve(start + n)
-        return self.lm.model(ids, positions, self.cache, start, self._mask(start, n, parents),
-                             last_only=last_only, hidden=hidden)
+        mask = self._mask(start, n, parents)
+        step = self.lm.model
+        if n == 1 and mask is None and not hidden and self.lm.state.get("compiled") is not None:
+            step = self.lm.state["compiled"]  # the one decode-step shape torch.compile specialises on
+        return step(ids, positions, self.cache, start, mask, last_only=last_only, hidden=hidden)
 
     def _mask(self, start: int, n: int, parents: list[int] | None) -> torch.Tensor | None:
         """[B or 1, 1, n, start + n] bool, or None when every new token may see every column."""
@@ -295,3 +298,14 @@ def from_transformers(model) -> NativeModel:
     native = NativeModel(model.config, dict(model.state_dict()))
     native.generation_config = getattr(model, "generation_config", None)
     return native.to(next(model.parameters()).device).eval()
+
+
+def compile_decode_step(lm) -> None:
+    """torch.compile the single-token decode step of a native LM (CUDA graphs on a GPU).
+
+    Other shapes (prefill, drafts, trees) stay eager. Whether it pays is measured, not assumed:
+    `decodelab decode-cost` times eager and compiled side by side (docs/BENCHMARKS.md)."""
+    if lm.backend != "native":
+        raise ModelError("compile=True needs the native backend")
+    mode = "reduce-overhead" if lm.device.type == "cuda" else None
+    lm.state["compiled"] = torch.compile(lm.model, dynamic=True, mode=mode)

@@ -39,7 +39,7 @@ def cross_entropy_and_argmax(lm: LM, windows: torch.Tensor) -> tuple[float, torc
     """Mean next-token CE (nats/token) and the argmax predictions [n, length]."""
     total, preds = 0.0, []
     for row in windows:
-        logits = lm.model(input_ids=row[None, :-1].to(lm.device)).logits[0].float()
+        logits = lm.session().forward(row[None, :-1])[0]
         total += torch.nn.functional.cross_entropy(logits, row[1:].to(lm.device), reduction="sum").item()
         preds.append(logits.argmax(-1).cpu())
     return total / windows[:, 1:].numel(), torch.stack(preds)
@@ -73,12 +73,10 @@ def completions(lm: LM, n: int = 3, max_new_tokens: int = 48) -> list[dict]:
 @torch.inference_mode()
 def ms_per_token(lm: LM, prompt: str, new_tokens: int = 64, repeats: int = 3) -> float:
     """Median wall time per greedy decode step at batch 1 (prefill excluded), in milliseconds."""
-    from ..model import Session
-
     ids = lm.encode(prompt)
     times = []
     for _ in range(repeats + 1):  # the first run warms up
-        session = Session(lm)
+        session = lm.session()
         x = int(session.forward(ids, last_only=True)[0, -1].argmax())
         t0 = time.perf_counter()
         for _ in range(new_tokens):
@@ -88,8 +86,8 @@ def ms_per_token(lm: LM, prompt: str, new_tokens: int = 64, repeats: int = 3) ->
 
 
 def model_card(target: str = "builtin:pyco", draft: str = "builtin:pyco-draft", n_windows: int = 32,
-               length: int = 512, bigram_files: int | None = None) -> dict:
-    t, d = load(target), load(draft)
+               length: int = 512, bigram_files: int | None = None, backend: str = "auto") -> dict:
+    t, d = load(target, backend=backend), load(draft, backend=backend)
     windows = _windows(_valid_stream(t, n_windows * length + 1), n_windows, length)
     ce_t, pred_t = cross_entropy_and_argmax(t, windows)
     ce_d, pred_d = cross_entropy_and_argmax(d, windows)
