@@ -1,8 +1,9 @@
 """The embedded image models: standard HF directories, digits the classifier recognises, the CLI.
 
-Floor: on 3 samples per class (30 images, fixed seeds), the scikit-learn classifier of
-decodelab.image.metrics recognises ≥ 70% of raster, SJD and ZipAR samples of builtin:digits
-(the bench on 20 per class, docs/VISUAL.md, measures the rates themselves; chance is 10%).
+Floors (3 samples per class = 30 images, fixed seeds, chance = 10%): the scikit-learn classifier
+of decodelab.image.metrics recognises ≥ 70% of the raster and SJD samples of builtin:digits
+(measured with these seeds: 93% and 83%), and ≥ 60% of ZipAR's (s = 4) with guidance 2 (83%).
+The bench (20 per class, docs/VISUAL.md) measures the rates themselves.
 """
 
 import numpy as np
@@ -13,7 +14,6 @@ import decodelab
 from decodelab import generate_images
 from decodelab.image.metrics import classifier
 
-FLOOR = 0.70
 LABELS = [c for c in range(10) for _ in range(3)]
 
 
@@ -26,11 +26,12 @@ def test_builtin_dirs_load_with_transformers_auto_classes():
     assert AutoTokenizer.from_pretrained(path).convert_tokens_to_ids("<c3>") == 8 + 3
 
 
-@pytest.mark.parametrize("method, params", [("raster", {}), ("sjd", {"window": 16}), ("zipar", {"window": 4})])
-def test_generated_digits_are_recognised(digits, method, params):
+@pytest.mark.parametrize("method, params, floor", [("raster", {}, 0.7), ("sjd", {"window": 16}, 0.7),
+                                                   ("zipar", {"window": 4, "cfg_scale": 2.0}, 0.6)])
+def test_generated_digits_are_recognised(digits, method, params, floor):
     gens = generate_images(digits, LABELS, method=method, seeds=100, **params)
     pixels = np.stack([g.pixels for g in gens])
-    assert classifier().accuracy(pixels, LABELS) >= FLOOR
+    assert classifier().accuracy(pixels, LABELS) >= floor
     if method == "sjd":
         assert np.mean([g.stats["forward_passes"] for g in gens]) < 64
 
