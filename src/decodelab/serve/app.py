@@ -34,7 +34,15 @@ from .protocol import (
     ModelList,
 )
 from .scheduler import Job, QueueFull, RowEvent
-from .service import DEFAULT_COMPLETION_TOKENS, FINISH, Limits, Server, new_id, row_event_error, row_stats
+from .service import (
+    DEFAULT_COMPLETION_TOKENS,
+    Limits,
+    Server,
+    finish_reason,
+    new_id,
+    row_event_error,
+    row_stats,
+)
 
 log = logging.getLogger("decodelab.serve")
 DISCONNECT_POLL_S = 0.25
@@ -166,7 +174,7 @@ async def _serve(server: Server, request: Request, req, prompts, max_new_tokens,
         return StreamingResponse(_sse(server, job, first, queue, shape, head, include_usage, req.n),
                                  media_type="text/event-stream")
     gens = await _collect(server, request, job, queue, req.n)
-    choices = [shape.full(i, g.text, FINISH[g.finish_reason]) for i, g in sorted(gens.items())]
+    choices = [shape.full(i, g.text, finish_reason(g)) for i, g in sorted(gens.items())]
     return {**head, "object": shape.object, "choices": choices, "usage": server.usage(job, gens, req.n),
             "decodelab": server.info_block(job, gens)}
 
@@ -223,7 +231,7 @@ async def _sse(server: Server, job: Job, first: RowEvent, queue: asyncio.Queue, 
                 err = row_event_error(event)
                 yield "data: " + json.dumps({"error": {"message": err.message, "code": err.status}}) + "\n\n"
                 break
-            finish = None if event.generation is None else FINISH[event.generation.finish_reason]
+            finish = None if event.generation is None else finish_reason(event.generation)
             if event.text or finish:
                 extra = {"decodelab": row_stats(event.index, event.generation)} if finish else {}
                 yield chunk([shape.choice(event.index, event.text, finish)], **extra)

@@ -21,7 +21,6 @@ from .metrics import Metrics
 from .protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
 from .scheduler import BatchingScheduler, Job, Row, RowEvent
 
-FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions (capped by the server's limit)
 
 
@@ -177,9 +176,14 @@ class Server:
 
     def finish(self, job: Job, gens: dict[int, Generation], n: int) -> None:
         """Metrics for a request that ended; rows without a Generation were aborted."""
-        reasons = [FINISH.get(gens[r.index].finish_reason, "stop") if r.index in gens else "abort"
+        reasons = [finish_reason(gens[r.index]) if r.index in gens else "abort"
                    for r in job.rows]
         self.metrics.on_request_done(job, sum(len(r.prompt) for r in job.rows[::n]), reasons, time.perf_counter())
+
+
+def finish_reason(gen: Generation) -> str:
+    """OpenAI's finish_reason: `length` when max_tokens (or the context) cut the text, else `stop`."""
+    return "length" if gen.finish_reason == "length" else "stop"
 
 
 def model_kind(lm) -> str:
