@@ -91,3 +91,19 @@ def test_selfspec_on_native_uses_shared_weights():
     exit_lm = early_exit_lm(nat, 1)
     assert exit_lm.backend == "native" and len(exit_lm.model.layers) == 1
     assert exit_lm.model.layers[0] is nat.model.layers[0] and exit_lm.model.embed is nat.model.embed
+
+
+def test_selfspec_shares_the_target_cache_on_native():
+    """LayerSkip's shared cache: layer 0 sees each position once — drafted tokens are not re-run by the
+    verify pass — so it processes exactly as many tokens as the last layer (without sharing: ~2×)."""
+    lm = decodelab.load(backend="native")
+    seen = {"first": 0, "last": 0}
+    hooks = [lm.model.layers[0].register_forward_pre_hook(lambda m, a: seen.__setitem__("first", seen["first"] + a[0].shape[1])),
+             lm.model.layers[-1].register_forward_pre_hook(lambda m, a: seen.__setitem__("last", seen["last"] + a[0].shape[1]))]
+    try:
+        g = decodelab.generate(lm, "import os\nimport sys\n", method="selfspec", exit_layer=3, max_new_tokens=40)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert g.token_ids == decodelab.generate(lm, "import os\nimport sys\n", max_new_tokens=40).token_ids
+    assert g.stats.draft_forward_passes > 0 and seen["first"] == seen["last"], seen

@@ -66,6 +66,7 @@ def speculative_loop(ctx, proposer) -> Iterator[list[list[int]]]:
     if ctx.batch_size != 1:
         raise ValueError("speculative methods run one sequence at a time")
     session = ctx.session()
+    ctx.target_session = session  # proposers that share the target's cache (early exits) draft into it
     first = ctx.sampler.sample(ctx.sampler.probs(torch.tensor([ctx.prompts[0]]), prefill(ctx, session)),
                                ctx.generator)
     yield [[int(first)]]

@@ -16,6 +16,7 @@ computed by the library that defines it. Everything else runs through the transf
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -150,6 +151,17 @@ class NativeModel(nn.Module):
         exit_model.register_buffer("sin", self.sin, persistent=False)
         return exit_model
 
+    def run_layers(self, x: torch.Tensor, positions: torch.Tensor, cache: "KVCache", start: int,
+                   mask: torch.Tensor | None, lo: int, hi: int, states: list | None = None) -> torch.Tensor:
+        """Decoder layers lo..hi−1 over hidden states x [B, n, H] at cache columns start..start+n."""
+        cos = self.cos[positions].to(x.dtype)[:, None]  # [B, 1, n, D]
+        sin = self.sin[positions].to(x.dtype)[:, None]
+        for i in range(lo, hi):
+            x = self.layers[i](x, cos, sin, cache.k[i], cache.v[i], start, mask)
+            if states is not None:
+                states.append(x)
+        return x
+
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Final norm + LM head: [..., H] → [..., V]."""
         return F.linear(_rms_norm(h, self.norm, self.eps), self.head)
@@ -162,13 +174,8 @@ class NativeModel(nn.Module):
         states (embeddings, every layer's output, the last one normed) as transformers returns them.
         """
         x = F.embedding(ids, self.embed)
-        cos = self.cos[positions].to(x.dtype)[:, None]  # [B, 1, n, D]
-        sin = self.sin[positions].to(x.dtype)[:, None]
         states = [x] if hidden else None
-        for i, block in enumerate(self.layers):
-            x = block(x, cos, sin, cache.k[i], cache.v[i], start, mask)
-            if hidden:
-                states.append(x)
+        x = self.run_layers(x, positions, cache, start, mask, 0, len(self.layers), states)
         if last_only:
             x = x[:, -1:]
         h = _rms_norm(x, self.norm, self.eps)
@@ -259,11 +266,16 @@ class NativeSession(Session):
     def __init__(self, lm, batch_size: int = 1, stats=None, role: str = "target"):
         super().__init__(lm, batch_size, stats, role)
         self.cache = KVCache(lm.model, batch_size)
+        self._drafted = Drafted()
 
     def _run(self, ids, positions, parents, last_only, hidden):
         start, n = self.length, ids.shape[1]
         self.cache.reserve(start + n)
         mask = self._mask(start, n, parents)
+        reuse = self._drafted.reusable(ids, parents, hidden)
+        self._drafted = Drafted()
+        if reuse:
+            return self._run_reusing(ids, positions, start, mask, last_only, *reuse)
         step = self.lm.model
         if n == 1 and mask is None and not hidden and self.lm.state.get("compiled") is not None:
             step = self.lm.state["compiled"]  # the one decode-step shape torch.compile specialises on
@@ -279,7 +291,47 @@ class NativeSession(Session):
             return (cols[None, :] <= start + torch.arange(n, device=device)[:, None])[None, None]
         return self.allowed(n, parents)[:, None].to(self.lm.device)
 
+    def _run_reusing(self, ids, positions, start, mask, last_only, layer: int, hidden: list[torch.Tensor]):
+        """Verify over drafted columns: layers < ℓ already ran while drafting (their keys and values are
+        in the cache, their outputs in `hidden`), so only the undrafted tail runs them; every token then
+        runs layers ℓ..L in one pass (LayerSkip's shared cache, arXiv:2404.16710)."""
+        model, k = self.lm.model, len(hidden)
+        x = torch.cat(hidden, dim=1)  # [1, k, H]
+        if ids.shape[1] > k:
+            tail = F.embedding(ids[:, k:], model.embed)
+            tail_mask = None if mask is None else mask[..., k:, : start + ids.shape[1]]
+            tail = model.run_layers(tail, positions[:, k:], self.cache, start + k, tail_mask, 0, layer)
+            x = torch.cat([x, tail], dim=1)
+        x = model.run_layers(x, positions, self.cache, start, mask, layer, len(model.layers))
+        return F.linear(_rms_norm(x[:, -1:] if last_only else x, model.norm, model.eps), model.head)
+
+    @torch.inference_mode()
+    def exit_forward(self, token: int, layer: int) -> torch.Tensor:
+        """Draft one token with the first `layer` layers into the columns after the cache (B = 1).
+
+        Returns the early exit's logits [1, 1, V]. The keys and values of layers < ℓ stay in the cache
+        for the verifying forward to reuse; `length` and `tokens` do not change until that forward."""
+        if self.batch_size != 1 or self.pad_mask is not None:
+            raise ValueError("shared early-exit drafting runs one unpadded row")
+        model, col = self.lm.model, self.length + len(self._drafted.ids)
+        if self._drafted.ids and self._drafted.layer != layer:
+            self._drafted = Drafted()
+            col = self.length
+        if col + 1 > self.lm.max_length:
+            raise ModelError(f"context too long: {col + 1} tokens > model maximum {self.lm.max_length}")
+        self.cache.reserve(col + 1)
+        t0 = time.perf_counter()
+        ids = torch.tensor([[token]], device=self.lm.device)
+        positions = torch.tensor([[col]], device=self.lm.device)
+        h = model.run_layers(F.embedding(ids, model.embed), positions, self.cache, col, None, 0, layer)
+        self._drafted.add(token, layer, h)
+        logits = model.logits(h).float()
+        if self.stats is not None:
+            self.stats.count_forward("draft", time.perf_counter() - t0)
+        return logits
+
     def _keep(self, columns: list[int]) -> None:
+        self._drafted = Drafted()
         prefix = 0
         while prefix < len(columns) and columns[prefix] == prefix:
             prefix += 1
@@ -287,7 +339,33 @@ class NativeSession(Session):
             self.cache.move(torch.tensor(columns[prefix:], device=self.lm.device), prefix)
 
     def _select_rows(self, rows: torch.Tensor) -> None:
+        self._drafted = Drafted()
         self.cache.select_rows(rows)
+
+
+class Drafted:
+    """Tokens drafted by `exit_forward` past the cache's length: their ids, the exit layer ℓ, and their
+    hidden states after layer ℓ ([1, 1, H] each)."""
+
+    def __init__(self):
+        self.ids: list[int] = []
+        self.layer = 0
+        self.hidden: list[torch.Tensor] = []
+
+    def add(self, token: int, layer: int, h: torch.Tensor) -> None:
+        self.ids.append(token)
+        self.layer = layer
+        self.hidden.append(h)
+
+    def reusable(self, ids: torch.Tensor, parents, hidden: bool):
+        """(ℓ, hidden states) for the drafted prefix of a chain forward over `ids`, or None."""
+        if not self.ids or parents is not None or hidden or ids.shape[0] != 1:
+            return None
+        k = 0
+        fed = ids[0].tolist()
+        while k < min(len(fed), len(self.ids)) and fed[k] == self.ids[k]:
+            k += 1
+        return (self.layer, self.hidden[:k]) if k else None
 
 
 def from_transformers(model) -> NativeModel:

@@ -67,8 +67,8 @@ def in_vocab(ids: list[int], draft: LM) -> list[int]:
 
 
 class DraftModel(Stateless):
-    def __init__(self, ctx, draft_lm: LM, num_draft_tokens: int, stop_threshold: float = 1.0):
-        self.session = ctx.session(draft_lm, role="draft")
+    def __init__(self, ctx, draft_lm: LM, num_draft_tokens: int, stop_threshold: float = 1.0, session=None):
+        self.session = session or ctx.session(draft_lm, role="draft")
         self.num_draft_tokens = num_draft_tokens
         self.stop_threshold = stop_threshold
         self.vocab = ctx.lm.vocab_size

@@ -14,10 +14,11 @@ head, at the positions whose target token is now known (the pending token and th
 
 KV cache: LayerSkip shares one cache between draft and verify — layers < ℓ compute the same keys and
 values for the same tokens either way, so the verify pass reuses the draft's and starts at layer ℓ.
-Here each exit layer keeps its own cache (a `DraftModel` session): reusing the target's cache would
-need a forward that skips the first ℓ layers for some positions, which transformers' model classes do
-not offer without patching them, and the target's cache is rolled back independently by the loop.
-The price is that the first ℓ layers run twice over accepted tokens, and a newly chosen ℓ prefills
+On the native backend this is what happens (`SharedExit` below): drafts go into the target's own cache
+and the verify pass starts at layer ℓ for every drafted token. On the transformers adapter each exit
+layer keeps its own cache (a `DraftModel` session): reusing the target's cache would need a forward that
+skips the first ℓ layers for some positions, which transformers' model classes do not offer without
+patching them. There the first ℓ layers run twice over accepted tokens, and a newly chosen ℓ prefills
 the context through its layers once; at most `MAX_SESSIONS` exits keep their caches (least recently
 used dropped).
 """
@@ -79,7 +80,10 @@ class SelfDraft:
 
     def _drafter(self, ctx, layer: int) -> DraftModel:
         if layer not in self.drafters:
-            self.drafters[layer] = DraftModel(ctx, early_exit_lm(ctx.lm, layer), self.max_draft, stop_threshold=1.0)
+            exit_lm = early_exit_lm(ctx.lm, layer)
+            target = getattr(ctx, "target_session", None)
+            shared = SharedExit(target, exit_lm, layer) if hasattr(target, "exit_forward") else None
+            self.drafters[layer] = DraftModel(ctx, exit_lm, self.max_draft, stop_threshold=1.0, session=shared)
             if len(self.drafters) > MAX_SESSIONS:
                 self.drafters.popitem(last=False)
         self.drafters.move_to_end(layer)
@@ -96,3 +100,24 @@ class SelfDraft:
         n = len(rows)
         decay = (1.0 - SMOOTHING) ** torch.arange(n - 1, -1, -1, dtype=torch.float64)  # oldest weighs least
         self.alpha = (1.0 - SMOOTHING) ** n * self.alpha + SMOOTHING * (match @ decay)
+
+
+class SharedExit:
+    """The draft session of an early exit that drafts into the *target's* cache (native backend).
+
+    LayerSkip's shared KV cache: the first ℓ layers' keys and values written while drafting are the ones
+    the verify pass would compute, so `NativeSession.exit_forward` keeps them and the verifying forward
+    runs layers < ℓ only for the token no draft step fed. No second cache, no re-prefill when ℓ changes.
+    """
+
+    def __init__(self, target, exit_lm, layer: int):
+        self.target, self.lm, self.layer = target, exit_lm, layer
+
+    def sync(self, context: list[int]) -> list[int]:
+        """What the target's cache lacks of `context` (nothing, by the speculative loop's invariant)."""
+        return context[self.target.length:]
+
+    def forward(self, feed: list[int], last_only: bool = True) -> torch.Tensor:
+        for token in feed:
+            logits = self.target.exit_forward(token, self.layer)
+        return logits  # [1, 1, V] after the last fed token
