@@ -185,3 +185,13 @@ def test_echo_and_streamed_choices(served_lm):
             for c in json.loads(line[6:])["choices"]:
                 pieces[c["index"]] += c["text"]
     assert pieces == texts
+
+
+@pytest.mark.parametrize("body,message", [
+    ({"prompt": "x", "stop": [""]}, "stop.0: String should have at least 1 character"),
+    ({"prompt": 5}, "prompt: Input should be a valid string or a valid list"),
+    ({"prompt": "x", "n": 0}, "n: Input should be greater than or equal to 1"),
+])
+def test_union_field_errors_name_the_real_problem(served_lm, body, message):
+    with TestClient(create_app(served_lm, max_tokens=4)) as client:
+        assert client.post("/v1/completions", json=body).json()["error"]["message"] == message

@@ -31,18 +31,39 @@ def error_response(status: int, message: str, param: str | None = None, headers=
     return JSONResponse(error_body(status, message, param), status_code=status, headers=headers)
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+def _path(loc) -> list[str]:
+    """A pydantic error location without `body` and without union-member tags like `list[int]`."""
+    return [str(p) for p in loc if p != "body" and not (isinstance(p, str) and (
+        p in _TYPE_TAGS or any(c in p for c in "[-(")))]
+
+
 def validation_message(errors: list[dict]) -> tuple[str, str | None]:
-    """One line and the offending field for pydantic's first error."""
+    """One line and the offending field for pydantic's first error.
+
+    A union field (`prompt`, `stop`, …) fails once per member: the deepest failures are the most
+    specific (`stop.0: String should have at least 1 character`), and ties are joined."""
     if not errors:
         return "invalid request", None
-    err = errors[0]
-    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-    field = ".".join(loc) or None
-    if err.get("type") == "extra_forbidden":
+    first = errors[0]
+    field = ".".join(_path(first.get("loc", ()))) or None
+    if first.get("type") == "extra_forbidden":
         return f"unknown field {field!r}: this server does not accept it (see /openapi.json)", field
-    if err.get("type") == "json_invalid":
+    if first.get("type") == "json_invalid":
         return "the request body is not valid JSON", None
-    if err.get("type") == "missing":
+    if first.get("type") == "missing":
         return f"missing required field {field!r}", field
+    top = _path(first.get("loc", ()))[:1]
+    same = [(_path(e.get("loc", ())), e.get("msg", "invalid value")) for e in errors]
+    same = [(p, m) for p, m in same if p[:1] == top]
+    depth = max(len(p) for p, _ in same)
+    deepest = [(p, m) for p, m in same if len(p) == depth]
+    field = ".".join(deepest[0][0]) or None
+    msgs = list(dict.fromkeys(m for _, m in deepest))
+    lead = "Input should be "
+    if len(msgs) > 1 and all(m.startswith(lead) for m in msgs):
+        msgs = [lead + " or ".join(m[len(lead):] for m in msgs)]
     where = f"{field}: " if field else ""
-    return f"{where}{err.get('msg', 'invalid value')}", field
+    return where + " or ".join(msgs), field
