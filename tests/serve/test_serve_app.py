@@ -81,6 +81,7 @@ def test_queue_full_is_429_and_recovers(served_lm):
     (b'{"prompt": [999999]}', 400, "out of range"),
     (b'{"prompt": []}', 400, "empty"),
     (b'{"prompt": "x", "logprobs": 1}', 400, "logprobs"),
+    (b'{"prompt": ["a", "b", "c", "d", "e"], "n": 16}', 400, "at most 64"),
     (b'{"prompt": "x", "stop": [""]}', 400, "stop"),
     (b'{"prompt": "x", "structured_outputs": {"regex": "a", "choice": ["b"]}}', 400, "exactly one"),
     (b'{"prompt": "' + b"a" * 3000 + b'"}', 413, "larger than"),

@@ -22,6 +22,7 @@ from .protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
 from .scheduler import BatchingScheduler, Job, Row, RowEvent
 
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions (capped by the server's limit)
+MAX_CHOICES = 64  # prompts × n in one request
 
 
 @dataclass
@@ -132,6 +133,9 @@ class Server:
         if max_new_tokens > self.max_tokens:
             raise ApiError(400, f"max_tokens must be ≤ {self.max_tokens} on this server, got {max_new_tokens}",
                            "max_tokens")
+        if len(prompts) * req.n > MAX_CHOICES:
+            raise ApiError(400, f"{len(prompts)} prompts × n={req.n} asks for {len(prompts) * req.n} choices; "
+                                f"at most {MAX_CHOICES} per request", "n")
         rows = [Row(p, j * req.n + i, None if req.seed is None else req.seed + i)
                 for j, p in enumerate(prompts) for i in range(req.n)]
         return Job(method, params, max_new_tokens, req.stop or [], rows, req.stream,
