@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from decodelab.diffusion.rules import Factor, LocalLeap, Schedule, Threshold
+from decodelab.diffusion.rules import Buffered, Factor, LocalLeap, Schedule, Threshold
 from decodelab.diffusion.sampling import Step, top_k_mask
 
 X = float("-inf")
@@ -45,3 +45,16 @@ def test_localleap_relaxes_only_near_anchors_and_reduces_to_threshold():
     assert torch.equal(same, Threshold(0, 8, 0.9).select(s))
     no_anchor = LocalLeap(0, 8, threshold=0.9, relaxed=0.75, radius=8).select(step([[0.8, 0.85, X]]))
     assert no_anchor.tolist() == [[False, True, False]]  # without an anchor only the top-1
+
+
+def test_buffered_rule_commits_the_stable_part_of_the_buffer():
+    rule = Buffered(0, 8, steps=8, expand_ratio=3.0, warmup=1)  # b = 1, V grows 1 → 4
+    conf = [[0.9, 0.8, 0.7, 0.6, 0.5, X, X, X]]
+    first = rule.select(step(conf))  # warm-up: top-b only
+    assert first[0].nonzero().flatten().tolist() == [0]
+    s = step([[X, 0.8, 0.7, 0.6, 0.5, 0.4, X, X]])
+    s.x0[0, 1] = 0  # same argmax as the buffered step at position 1
+    assert rule.select(s)[0].nonzero().flatten().tolist() == [1]  # buffer was only {0}: V=1 at step 1
+    s3 = step([[X, X, 0.7, 0.6, 0.5, 0.4, X, X]])
+    s3.x0[0, 3] = 5  # V = 2 at step 2 buffered {1, 2}; 3 was not in it, so only 2 (same argmax) is kept
+    assert rule.select(s3)[0].nonzero().flatten().tolist() == [2]

@@ -85,7 +85,7 @@ CASES = [("llada", {}), ("llada", {"block_length": 4, "steps": 6}), ("dream", {"
          ("dream", {"alg": "entropy", "alg_temp": 0.7, "temperature": 1.0}), ("fastdllm", {"threshold": 0.5}),
          ("fastdllm", {"factor": 2.0}), ("localleap", {"threshold": 0.6, "relaxed_threshold": 0.3}),
          ("adablock", {"delimiters": "|", "threshold": 0.5}),
-         ("llada", {"remasking": "random", "temperature": 1.0})]
+         ("llada", {"remasking": "random", "temperature": 1.0}), ("ccd", {"warmup": 1, "steps": 6})]
 
 
 @pytest.mark.parametrize("method,params", CASES)

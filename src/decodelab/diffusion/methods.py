@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import torch
 
 from ..methods.registry import Param, register
-from .rules import AdaBlock, DreamSchedule, Factor, LocalLeap, Schedule, Threshold
+from .rules import AdaBlock, Buffered, DreamSchedule, Factor, LocalLeap, Schedule, Threshold
 from .sampling import decode, gen_length_of
 
 LLADA = "Large Language Diffusion Models (arXiv:2502.09992)"
@@ -67,7 +67,7 @@ def fastdllm(ctx) -> Iterator[list[list[int]]]:
 
 @register("localleap", description="LocalLeap: anchors (confidence ≥ threshold) lower the bar to "
           "relaxed_threshold within radius positions; otherwise Fast-dLLM's threshold rule.",
-          lossless=False, paper="LocalLeap: local determinism propagation for dLLM decoding (arXiv:2510.07081)",
+          lossless=False, paper="Accelerating Diffusion LLM Inference via Local Determinism Propagation (LocalLeap)",
           batched=True, kind="diffusion",
           params={"threshold": _threshold(), "relaxed_threshold": Param(0.75, 0.0, 1.0),
                   "radius": Param(4, 0, 4096), "block_length": _block(32)})
@@ -79,14 +79,24 @@ def localleap(ctx) -> Iterator[list[list[int]]]:
 
 @register("adablock", description="AdaBlock-dLLM: each block ends after the most confident predicted "
           "delimiter (confidence ≥ delta) in the next quarter of the canvas; threshold decoding inside.",
-          lossless=False, paper="AdaBlock-dLLM: Semantic-Aware Diffusion LLM Inference via Adaptive Block Size "
-          "(arXiv:2509.26432)", batched=True, kind="diffusion",
+          lossless=False, paper="AdaBlock-dLLM: Semantic-Aware Diffusion LLM Inference via Adaptive Block Size", batched=True, kind="diffusion",
           params={"threshold": _threshold(), "delta": Param(0.3, 0.0, 1.0), "block_length": _block(32),
                   "delimiters": Param("\n", help="characters whose tokens end a block")})
 def adablock(ctx) -> Iterator[list[list[int]]]:
     p = ctx.params
     ids = delimiter_ids(ctx.lm, p["delimiters"])
     return decode(ctx, AdaBlock(p["block_length"], gen_length_of(ctx), p["threshold"], p["delta"], ids))
+
+
+@register("ccd", description="Beyond Confidence's buffered rule: commit the top-V positions whose argmax "
+          "held since the previous step when the top-b overlaps that buffer, else the top-b.",
+          lossless=False, paper="Beyond Confidence: Adaptive and Coherent Decoding for Diffusion Language Models (CCD)",
+          batched=True, kind="diffusion",
+          params={"steps": STEPS, "block_length": _block(0), "expand_ratio": Param(4.0, 0.0, 64.0),
+                  "warmup": Param(5, 0, 4096, help="ordinary top-b steps before the buffer is used")})
+def ccd(ctx) -> Iterator[list[list[int]]]:
+    p = ctx.params
+    return decode(ctx, Buffered(p["block_length"], gen_length_of(ctx), p["steps"], p["expand_ratio"], p["warmup"]))
 
 
 def delimiter_ids(lm, delimiters: str) -> torch.Tensor:

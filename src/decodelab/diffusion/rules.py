@@ -9,9 +9,9 @@
 - `Threshold` / `Factor` — Fast-dLLM ("Fast-dLLM: Training-free Acceleration of Diffusion LLM by
   Enabling KV Cache and Parallel Decoding", arXiv:2505.22618): commit the top-1 and every position
   with confidence ≥ τ; or, sorted c(1) ≥ c(2) ≥ …, the longest prefix with c(j) ≥ 1 − f/(j + 1).
-- `LocalLeap` — local determinism propagation (LocalLeap, arXiv:2510.07081 *as cited by the issue*):
+- `LocalLeap` — "Accelerating Diffusion LLM Inference via Local Determinism Propagation":
   anchors are positions with conf ≥ τ; within radius r of an anchor the bar drops to τ_relaxed.
-- `AdaBlock` — AdaBlock-dLLM (arXiv:2509.26432): the block ends right after the most confident
+- `AdaBlock` — "AdaBlock-dLLM: Semantic-Aware Diffusion LLM Inference via Adaptive Block Size": the block ends right after the most confident
   predicted delimiter in a window of ⌊0.25·gen_length⌋ positions if its confidence ≥ δ, else after
   the default block length; inside, Fast-dLLM's threshold rule.
 """
@@ -122,3 +122,41 @@ class AdaBlock(Threshold):
             if conf[best] >= self.delta:
                 return start + best + 1
         return super().block_end(row, start, step)
+
+
+class Buffered(Rule):
+    """The buffered rule of CCD ("Beyond Confidence: Adaptive and Coherent Decoding for Diffusion Language
+    Models"), as specified in this repository's diffusion notes (docs/DIFFUSION.md): after `warmup` ordinary top-b steps, keep the previous step's top-V positions and
+    their argmax; if the current top-b overlaps that buffer, commit every current top-V position that
+    was in the buffer with the same argmax, else the top-b. V grows by one per step up to b·(1 + expand)."""
+
+    def __init__(self, block_length: int, gen_length: int, steps: int, expand_ratio: float, warmup: int):
+        super().__init__(block_length, gen_length)
+        steps = gen_length if steps == 0 else min(steps, gen_length)
+        self.b = max(1, round(gen_length / steps))
+        self.v_max = int(self.b + self.b * expand_ratio)
+        self.warmup = warmup
+        self.buffer: dict[int, dict[int, int]] = {}  # row → {position: argmax} of the previous step
+        self.width: dict[int, int] = {}
+        self.seen: dict[int, int] = {}
+
+    def _row(self, row: int, conf: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        finite = int(torch.isfinite(conf).sum())
+        order = conf.argsort(descending=True, stable=True).tolist()
+        top_b = order[: min(self.b, finite)]
+        v = self.width.get(row, self.b)
+        top_v = order[: min(v, finite)]
+        prev = self.buffer.get(row, {})
+        out = torch.zeros_like(conf, dtype=torch.bool)
+        keep = [p for p in top_v if prev.get(p) == int(x0[p])]
+        warm = self.seen.get(row, 0) >= self.warmup
+        out[keep if warm and set(top_b) & set(prev) and keep else top_b] = True
+        self.buffer[row] = {p: int(x0[p]) for p in top_v}
+        self.width[row] = min(v + 1, self.v_max)
+        self.seen[row] = self.seen.get(row, 0) + 1
+        return out
+
+    def select(self, step: Step) -> torch.Tensor:
+        rows = [self._row(b, step.conf[b], step.x0[b]) if torch.isfinite(step.conf[b]).any()
+                else torch.zeros_like(step.masked[b]) for b in range(step.conf.shape[0])]
+        return torch.stack(rows)

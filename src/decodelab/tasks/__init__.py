@@ -1,7 +1,7 @@
 """Seeded synthetic exact-answer tasks: ParallelBench's Waiting Line operations and 4×4 Latin squares.
 
-ParallelBench ("ParallelBench: Understanding the Trade-offs of Parallel Decoding in Diffusion LLMs",
-arXiv:2510.04767) shows that parallel decoding breaks on tasks whose answer tokens depend on each
+ParallelBench ("ParallelBench: Understanding the Trade-offs of Parallel Decoding in Diffusion LLMs")
+shows that parallel decoding breaks on tasks whose answer tokens depend on each
 other; these tasks have one exact answer, so accuracy is measured exactly:
 an item is solved when `generation.text.strip() == item.answer`.
 

@@ -1,7 +1,8 @@
 """Exact-answer accuracy of a model and a decoding method on the synthetic tasks.
 
     python -m decodelab.tasks.evaluate --model builtin:tasks-diffusion --method llada --n 100 \
-        [--seed 0] [--max-new-tokens 24] [-p block_length=8 ...] [--json]
+        [--seed 0] [--max-new-tokens 24] [--batch-size 50] [-p block_length=8 ...] [--json]
+    python -m decodelab.tasks.evaluate --sweep --n 50 --batch-size 1   # every sampler, both models
 
 Items come from `decodelab.tasks.make(task, n, seed)` (seed 0 is held out of training, see
 train.py); an item is solved when `generation.text.strip() == item.answer`. Reports, per task and
@@ -51,6 +52,43 @@ def evaluate(lm, method: str, n: int, seed: int = 0, tasks: list[str] | None = N
     return [score(lm, method, t, n, seed, **kw) for t in tasks or names()]
 
 
+SWEEP = [  # (model, method, params): the table in docs/DIFFUSION.md
+    ("builtin:tasks-ar", "greedy", {}),
+    ("builtin:tasks-diffusion", "llada", {}),
+    ("builtin:tasks-diffusion", "llada", {"block_length": 8}),
+    ("builtin:tasks-diffusion", "llada", {"steps": 12}),
+    ("builtin:tasks-diffusion", "llada", {"steps": 6}),
+    ("builtin:tasks-diffusion", "llada", {"remasking": "random"}),
+    ("builtin:tasks-diffusion", "dream", {"alg": "entropy"}),
+    ("builtin:tasks-diffusion", "dream", {"alg": "topk_margin", "steps": 8}),
+    ("builtin:tasks-diffusion", "fastdllm", {"threshold": 0.9}),
+    ("builtin:tasks-diffusion", "fastdllm", {"threshold": 0.7}),
+    ("builtin:tasks-diffusion", "fastdllm", {"threshold": 0.5}),
+    ("builtin:tasks-diffusion", "fastdllm", {"factor": 1.0}),
+    ("builtin:tasks-diffusion", "localleap", {}),
+    ("builtin:tasks-diffusion", "adablock", {"delimiters": "|"}),
+    ("builtin:tasks-diffusion", "ccd", {}),
+]
+
+
+def sweep(n: int, seed: int, batch_size: int, max_new_tokens: int) -> None:
+    """Print the SWEEP as a Markdown table: accuracy per task, overall, forward passes per item."""
+    from .. import load
+
+    models: dict = {}
+    print("| model | method | params | " + " | ".join(names()) + " | overall | passes/item |")
+    print("|" + "---|" * (len(names()) + 5))
+    for model, method, params in SWEEP:
+        lm = models.setdefault(model, load(model))
+        scores = evaluate(lm, method, n, seed, max_new_tokens=max_new_tokens, batch_size=batch_size, **params)
+        acc = sum(s.solved for s in scores) / sum(s.n for s in scores)
+        passes = sum(s.forward_passes * s.n for s in scores) / sum(s.n for s in scores)
+        cells = " | ".join(f"{s.accuracy:.0%}" for s in scores)
+        shown = ", ".join(f"{k}={v}" for k, v in params.items()) or "defaults"
+        print(f"| {model.removeprefix('builtin:')} | {method} | {shown} | {cells} | {acc:.1%} | {passes:.2f} |",
+              flush=True)
+
+
 def _param(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep:
@@ -74,7 +112,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("-p", dest="params", action="append", default=[], type=_param)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--sweep", action="store_true", help="run the fixed table of docs/DIFFUSION.md")
     args = parser.parse_args(argv)
+    if args.sweep:
+        return sweep(args.n, args.seed, args.batch_size, args.max_new_tokens)
     lm = load(args.model)
     method = args.method or ("llada" if lm.kind == "diffusion" else "greedy")
     scores = evaluate(lm, method, args.n, args.seed, args.tasks.split(",") if args.tasks else None,

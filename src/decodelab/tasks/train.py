@@ -88,6 +88,15 @@ def lr_at(step: int, steps: int, lr: float, warmup: int = 100) -> float:
     return lr * (0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup))))
 
 
+def export_checkpoint(kind: str, out: Path, dest: Path) -> Path:
+    """Export the run's latest checkpoint (e.g. of a run still in progress) to `dest`."""
+    tok = task_tokenizer.build(MAX_LEN)
+    state = torch.load(out / "ckpt.pt", weights_only=False)
+    model = build_model(kind, tok)
+    model.load_state_dict(state["model"])
+    return export(model, tok, dest, kind, state["step"], 0, state["wall"])
+
+
 def train(kind: str, out: Path, steps: int, batch_size: int = 32, lr: float = 2e-3) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     tok = task_tokenizer.build(MAX_LEN)
@@ -146,9 +155,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--export-to", type=Path, default=None, help="only export the latest checkpoint here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.export_to:
+        print(export_checkpoint(args.kind, args.out, args.export_to))
+        return
     print(train(args.kind, args.out, args.steps, args.batch_size, args.lr))
 
 
