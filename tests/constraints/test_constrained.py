@@ -99,7 +99,7 @@ def dist_models():
     return target
 
 
-@pytest.mark.parametrize("method", ["sample", "speculative", "pld", "recycling"])
+@pytest.mark.parametrize("method", ["sample", "speculative", "pld", "recycling", "awrs"])
 def test_constrained_sampling_matches_the_exact_constrained_distribution(dist_models, method):
     """α = 1e-3 per test. Power: with 400 samples over the 6 outcomes the test detects any alternative with
     Cohen's w ≥ 0.28 with probability ≥ 0.9 (min_detectable_effect); sampling from the draft's own

@@ -64,6 +64,17 @@ class RowConstraint:
         """How many of `tokens` the grammar accepts from the current state (nothing is committed)."""
         return self.matcher.validate_tokens(list(tokens)) if tokens else 0
 
+    def forced(self) -> bool:
+        """Does the grammar force the next bytes? (Then llguidance's mask admits only its canonical
+        tokenization of them, a subset of what `validate` accepts.)"""
+        return bool(self.matcher.compute_ff_bytes())
+
+    def allowed(self, vocab_size: int) -> torch.Tensor:
+        """[V] bool: the mask of the current state."""
+        bitmask = torch.full((1, (vocab_size + 31) // 32), -1, dtype=torch.int32)
+        self.fill(bitmask, 0)
+        return unpack(bitmask, vocab_size)[0]
+
     @property
     def stopped(self) -> bool:
         """The grammar is complete and admits no further token (only EOS)."""
