@@ -28,10 +28,11 @@ from .plots import save_grid
 
 CONFIGS = {
     8: [("raster", {}), ("raster (2nd run)", {}), ("sjd", {"window": 16}), ("sjd", {"window": 16, "init": "sample_horizon"}),
-        ("zipar", {"window": 4}), ("zipar", {"window": 2}), ("nar", {}), ("lpd", {"steps": 8}),
-        ("lpd", {"steps": 16}), ("mulo", {"tau": 0.3})],
+        ("zipar", {"window": 4}), ("zipar", {"window": 2}), ("zipar", {"min_window": 2}), ("nar", {}),
+        ("lpd", {"steps": 8}), ("lpd", {"steps": 16}), ("mulo", {"tau": 0.3}), ("mulo", {"tau": 0.1, "radius": 0})],
     16: [("raster", {}), ("raster (2nd run)", {}), ("sjd", {"window": 16}), ("zipar", {"window": 8}),
-         ("zipar", {"window": 4}), ("mulo", {"tau": 0.3})],
+         ("zipar", {"window": 4}), ("zipar", {"min_window": 4}), ("mulo", {"tau": 0.3}),
+         ("mulo", {"tau": 0.1, "radius": 0})],
 }
 
 
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--only", nargs="*", help="method names to run (raster always runs)")
     p.add_argument("--out", type=Path, default=Path("docs/visual"))
+    p.add_argument("--tag", default="", help="suffix of the output files (bench-<grid><tag>.json, samples-…png)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     from ..model import load
@@ -111,10 +113,10 @@ def main(argv: list[str] | None = None) -> None:
     report = {"model": args.model, "grid": grid, "per_class": args.per_class, "seed": args.seed, **sampling,
               "classifier_reference": reference_accuracy(), "rows": rows,
               "command": "python -m decodelab.image.bench " + " ".join(argv or [])}
-    (args.out / f"bench-{grid}.json").write_text(json.dumps(report, indent=1) + "\n")
+    (args.out / f"bench-{grid}{args.tag}.json").write_text(json.dumps(report, indent=1) + "\n")
     picks = [i for c in range(10) for i in range(c * args.per_class, c * args.per_class + 2)]
     save_grid([(label, [res["pixels"][i] for i in picks]) for label, res in results.items()],
-              args.out / f"samples-{grid}.png", title=f"{args.model}: two samples per class 0–9, cfg {args.cfg_scale}")
+              args.out / f"samples-{grid}{args.tag}.png", title=f"{args.model}: two samples per class 0–9, cfg {args.cfg_scale}")
     print(table(rows))
     print(json.dumps({"classifier_reference": report["classifier_reference"]}))
 
