@@ -34,19 +34,25 @@ def test_greedy_jobs_share_one_batch_and_equal_generate(served_lm):
     for events, prompt in zip(jobs[:2], PROMPTS):
         scheduler.submit(_job(served_lm, [prompt], events))
     scheduler.submit(_job(served_lm, PROMPTS[2:], jobs[2]))  # one job with two prompts
-    sampled = []
-    scheduler.submit(_job(served_lm, ["hello"], sampled, greedy=False, params={"temperature": 5.0}))
-    scheduler.start()  # all four were waiting: the three greedy jobs form one batch of 4 rows
+    sampled = [[], []]
+    for events, prompt in zip(sampled, ["hello", "abcabc"]):
+        scheduler.submit(_job(served_lm, [prompt, prompt], events, greedy=False, params={"temperature": 5.0},
+                              method="sample"))
+    hot = []
+    scheduler.submit(_job(served_lm, ["hello"], hot, greedy=False, params={"temperature": 9.0}, method="sample"))
+    scheduler.start()  # all were waiting: 3 greedy jobs → one batch of 4 rows; 2 sampled jobs → one of 4
     _drain(scheduler)
     scheduler.stop()
     gens = [g for events in jobs for g in _finals(events).values()]
     assert [g.stats.batch_size for g in gens] == [4, 4, 4, 4]
     for g, prompt in zip(gens, PROMPTS):
         assert g.token_ids == decodelab.generate(served_lm, prompt, max_new_tokens=8).token_ids
-    (alone,) = _finals(sampled).values()
-    assert alone.stats.batch_size == 1
-    ref = decodelab.generate(served_lm, "hello", method="sample", max_new_tokens=8, seed=5, temperature=5.0)
-    assert alone.token_ids == ref.token_ids
+    for events, prompt in zip(sampled, ["hello", "abcabc"]):  # row i of a job has seed 5 + i
+        for i, g in sorted(_finals(events).items()):
+            assert g.stats.batch_size == 4
+            ref = decodelab.generate(served_lm, prompt, method="sample", max_new_tokens=8, seed=5 + i, temperature=5.0)
+            assert g.token_ids == ref.token_ids
+    assert [g.stats.batch_size for g in _finals(hot).values()] == [1]  # other parameters: not in that batch
 
 
 def test_max_batch_and_max_queue_bound_the_work(served_lm):

@@ -4,12 +4,13 @@ The HTTP layer turns a request into a `Job` (one `Row` per choice), `submit`s it
 `RowEvent`s through the job's `emit` callback (called from the worker thread). The worker drives the
 public API only (`decodelab.stream` / `decodelab.generate_batch`):
 
-- non-streaming greedy rows of the same method, parameters, `max_tokens` and stop strings, from any
-  number of waiting jobs, share one `generate_batch` call when the method is batched (up to
-  `max_batch` rows) — greedy output does not depend on the other rows in a batch (CONTRACT.md);
-- every other row (sampled rows, whose batch shares one RNG; streamed rows; unbatched methods) runs
-  on its own through `decodelab.stream`, which yields text as it is committed and is closed as soon
-  as its client disconnects, freeing the row's cache.
+- non-streaming rows of the same method, parameters, `max_tokens` and stop strings, from any number
+  of waiting jobs, share one `generate_batch` call when the method is batched (up to `max_batch`
+  rows), each row with its own seed — a row's output does not depend on the other rows in a batch
+  (CONTRACT.md: one `torch.Generator` per row);
+- every other row (streamed rows; unbatched methods) runs on its own through `decodelab.stream`,
+  which yields text as it is committed and is closed as soon as its client disconnects, freeing the
+  row's cache.
 
 This is request-level batching, not continuous batching: a batch is formed when the worker becomes
 free and runs to its end. `Scheduler` is the interface a continuous-batching engine (requests joining
@@ -36,7 +37,7 @@ class QueueFull(Exception):
 
 @dataclass
 class Row:
-    """One choice of a job: its prompt ids and seed."""
+    """One choice of a job: its prompt ids and seed (set for every sampled row, so it can join a batch)."""
 
     prompt: list[int]
     index: int
@@ -76,7 +77,7 @@ class Job:
     def batch_key(self, max_length: int) -> tuple | None:
         """Jobs with equal keys may share one generate_batch call; None = never batched."""
         fits = max(len(r.prompt) for r in self.rows) + self.max_new_tokens <= max_length
-        if self.stream or not self.greedy or not self.batched or not fits:
+        if self.stream or not self.batched or not fits:
             return None
         return self.method, json.dumps(self.params, sort_keys=True), self.max_new_tokens, tuple(self.stop)
 
@@ -94,7 +95,7 @@ class Scheduler(Protocol):
 
 
 class BatchingScheduler:
-    """A bounded FIFO of jobs and one worker thread that groups compatible greedy rows."""
+    """A bounded FIFO of jobs and one worker thread that groups compatible rows into batches."""
 
     def __init__(self, lm, *, max_batch: int = 8, max_queue: int = 64, observer=None):
         if max_batch < 1 or max_queue < 1:
@@ -218,8 +219,9 @@ class BatchingScheduler:
         pairs = [(job, row) for job in jobs for row in job.rows]
         first = jobs[0]
         try:
+            seeds = None if first.greedy else [row.seed for _, row in pairs]  # one generator per row
             gens = generate_batch(self.lm, [row.prompt for _, row in pairs], method=first.method,
-                                  max_new_tokens=first.max_new_tokens, stop=first.stop, **first.params)
+                                  max_new_tokens=first.max_new_tokens, seed=seeds, stop=first.stop, **first.params)
         except Exception:  # noqa: BLE001 - one failing request must not fail the others: run them alone
             for job, row in pairs:
                 self._stream_row(job, row)

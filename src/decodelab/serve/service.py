@@ -9,6 +9,7 @@ and `tree` is the one the server started with (`--draft`).
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 import uuid
@@ -136,10 +137,12 @@ class Server:
         if len(prompts) * req.n > MAX_CHOICES:
             raise ApiError(400, f"{len(prompts)} prompts × n={req.n} asks for {len(prompts) * req.n} choices; "
                                 f"at most {MAX_CHOICES} per request", "n")
-        rows = [Row(p, j * req.n + i, None if req.seed is None else req.seed + i)
+        greedy = checked["temperature"] == 0
+        seed = req.seed if req.seed is not None or greedy else random.getrandbits(62)  # drawn once: batchable
+        rows = [Row(p, j * req.n + i, None if seed is None else seed + i)
                 for j, p in enumerate(prompts) for i in range(req.n)]
         return Job(method, params, max_new_tokens, req.stop or [], rows, req.stream,
-                   greedy=checked["temperature"] == 0, batched=methods()[method].batched, emit=emit)
+                   greedy=greedy, batched=methods()[method].batched, emit=emit)
 
     def _params(self, req: SamplingRequest) -> tuple[str, dict]:
         table = methods()
