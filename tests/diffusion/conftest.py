@@ -32,3 +32,25 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny(tiny_dir):
     return decodelab.load(str(tiny_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_ar_dir(tmp_path_factory):
+    """A tiny random causal Llama on the same tokenizer (APD's helper model)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = task_tokenizer.build()
+    torch.manual_seed(1)
+    conf = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
+                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
+    model = LlamaForCausalLM(conf)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(40)
+    path = tmp_path_factory.mktemp("tiny-ar")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

@@ -95,3 +95,20 @@ def test_rows_do_not_depend_on_the_batch(tiny, method, params):
         alone = decodelab.generate(tiny, prompt, method=method, max_new_tokens=12, seed=11 + i, **params)
         assert batch[i].token_ids == alone.token_ids, (method, i)
         assert tiny.mask_token_id not in alone.token_ids
+
+
+def test_apd_limits_are_ar_greedy_and_pure_drafting(tiny, tiny_dir, tiny_ar_dir):
+    ar = decodelab.load(str(tiny_ar_dir))
+    for prompt in PROMPTS:
+        greedy = decodelab.generate(ar, prompt, max_new_tokens=10)
+        apd = decodelab.generate(tiny, prompt, method="apd", max_new_tokens=10, ar_model=str(tiny_ar_dir),
+                                 mixture_weight=0.0, max_draft=4)
+        assert apd.token_ids == greedy.token_ids  # R = 0: the mixture is the AR model alone
+        assert apd.stats.draft_forward_passes == apd.stats.forward_passes
+    full = decodelab.generate(tiny, PROMPTS[0], method="apd", max_new_tokens=12, ar_model=str(tiny_ar_dir),
+                              mixture_weight=1.0, max_draft=4)
+    assert full.stats.forward_passes <= 3  # R = 1: every draft of 4 is accepted
+    batch = decodelab.generate_batch(tiny, PROMPTS, method="apd", max_new_tokens=10, ar_model=str(tiny_ar_dir))
+    for prompt, row in zip(PROMPTS, batch):
+        alone = decodelab.generate(tiny, prompt, method="apd", max_new_tokens=10, ar_model=str(tiny_ar_dir))
+        assert row.token_ids == alone.token_ids

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import torch
 
 from ..methods.registry import Param, register
-from .rules import AdaBlock, Buffered, DreamSchedule, Factor, LocalLeap, Schedule, Threshold
+from .rules import AdaBlock, Buffered, DreamSchedule, Factor, LocalLeap, Mixture, Schedule, Threshold
 from .sampling import decode, gen_length_of
 
 LLADA = "Large Language Diffusion Models (arXiv:2502.09992)"
@@ -97,6 +97,36 @@ def adablock(ctx) -> Iterator[list[list[int]]]:
 def ccd(ctx) -> Iterator[list[list[int]]]:
     p = ctx.params
     return decode(ctx, Buffered(p["block_length"], gen_length_of(ctx), p["steps"], p["expand_ratio"], p["warmup"]))
+
+
+@register("apd", description="Adaptive parallel decoding: the diffusion model drafts the next max_draft "
+          "positions, a small AR model scores them, and the draft is kept up to the first disagreement with "
+          "the mixture R·log p_D + (1 − R)·log p_AR (greedy; one AR pass per step, no KV cache).",
+          lossless=False, paper="Accelerating Diffusion LLMs via Adaptive Parallel Decoding (APD)",
+          batched=True, kind="diffusion",
+          params={"ar_model": Param("builtin:tasks-ar", help="the small AR model (same tokenizer)"),
+                  "mixture_weight": Param(0.5, 0.0, 1.0, help="R: weight of the diffusion model"),
+                  "max_draft": Param(16, 1, 4096, help="M: drafted positions per step")})
+def apd(ctx) -> Iterator[list[list[int]]]:
+    p = ctx.params
+    if p["temperature"] > 0:
+        raise ValueError("apd is implemented for temperature 0 only")
+    ar = ar_model(ctx.lm, p["ar_model"])
+    rule = Mixture(gen_length_of(ctx), lambda: ctx.session(ar, role="draft"), p["mixture_weight"], p["max_draft"])
+    return decode(ctx, rule)
+
+
+def ar_model(lm, name: str):
+    """The AR helper model, loaded once per diffusion model; it must share the tokenizer."""
+    from ..model import load
+
+    key = ("diffusion.ar_model", name)
+    if key not in lm.state:
+        ar = load(name)
+        if ar.kind != "causal" or ar.tokenizer.get_vocab() != lm.tokenizer.get_vocab():
+            raise ValueError(f"ar_model {name!r} must be a causal model with the diffusion model's tokenizer")
+        lm.state[key] = ar
+    return lm.state[key]
 
 
 def delimiter_ids(lm, delimiters: str) -> torch.Tensor:

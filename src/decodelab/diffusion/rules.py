@@ -160,3 +160,46 @@ class Buffered(Rule):
         rows = [self._row(b, step.conf[b], step.x0[b]) if torch.isfinite(step.conf[b]).any()
                 else torch.zeros_like(step.masked[b]) for b in range(step.conf.shape[0])]
         return torch.stack(rows)
+
+
+class Mixture(Rule):
+    """APD ("Accelerating Diffusion LLMs via Adaptive Parallel Decoding"), greedy form: left to right,
+    the diffusion model drafts the next `max_draft` masked positions in one pass, a small AR model
+    scores the draft in one pass, and the target is the mixture log p = R·log p_D + (1 − R)·log p_AR.
+    The draft is accepted up to the first position where it differs from the mixture's argmax, and
+    that position takes the mixture's argmax (so every step commits at least one token)."""
+
+    def __init__(self, gen_length: int, ar_session, mixture_weight: float, max_draft: int):
+        super().__init__(0, gen_length)
+        self.new_session, self.weight, self.max_draft = ar_session, mixture_weight, max_draft
+
+    def _draft_span(self, step: Step) -> list[tuple[int, int]]:
+        spans = []
+        for b in range(step.masked.shape[0]):
+            open_ = step.masked[b].nonzero().flatten()
+            first = int(open_[0]) if len(open_) else step.masked.shape[1]
+            spans.append((first, min(first + self.max_draft, step.masked.shape[1])))
+        return spans
+
+    def select(self, step: Step) -> torch.Tensor:
+        canvas, spans = step.canvas, self._draft_span(step)
+        drafted = canvas.ids.clone()
+        for b, (f, e) in enumerate(spans):
+            drafted[b, canvas.start + f:canvas.start + e] = step.x0[b, f:e]
+        width = canvas.start + max(e for _, e in spans)
+        ar_logits = self.new_session().forward(drafted[:, :width], pad_mask=canvas.attention[:, :width])
+        out = torch.zeros_like(step.masked)
+        for b, (f, e) in enumerate(spans):
+            if f >= e:
+                continue
+            pos = torch.arange(canvas.start + f, canvas.start + e)  # AR logits at i - 1 predict token i
+            log_d = torch.log_softmax(step.logits[b, f:e], -1)  # -inf at the mask token
+            log_ar = torch.log_softmax(ar_logits[b, pos - 1].double(), -1)
+            mix = self.weight * log_d.clamp_min(-1e30) + (1 - self.weight) * log_ar.clamp_min(-1e30)
+            mix = mix.masked_fill(torch.isinf(log_d), float("-inf"))  # never the mask token
+            target = mix.argmax(-1)
+            wrong = (target != step.x0[b, f:e]).nonzero().flatten()
+            n = int(wrong[0]) + 1 if len(wrong) else e - f
+            step.x0[b, f:f + n] = target[:n]  # equal to the draft before the first disagreement
+            out[b, f:f + n] = True
+        return out

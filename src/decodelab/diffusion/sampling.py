@@ -39,6 +39,8 @@ class Step:
     masked: torch.Tensor  # [B, G] bool: still masked before this step
     index: int = 0  # steps taken so far in this generation
     gens: list = field(default_factory=list)  # the rows' torch.Generators
+    logits: torch.Tensor | None = None  # [B, G, V] float64, for rules that mix in another model (APD)
+    canvas: "Canvas | None" = None  # the canvas before this step's commits
 
 
 class Rule:
@@ -190,7 +192,7 @@ def decode(ctx, rule: Rule, cfg_scale: float = 0.0) -> Iterator[list[list[int]]]
         logits = forward(ctx, canvas, cfg_scale)
         x0, conf = propose(logits, temperature, rule.confidence, gens)
         x0, conf = x0.to(canvas.ids.device), conf.nan_to_num(nan=-1e300, posinf=1e300, neginf=-1e300)
-        step = Step(conf.masked_fill(~canvas.masked, NEG_INF), x0, canvas.masked.clone(), index, gens)
+        step = Step(conf.masked_fill(~canvas.masked, NEG_INF), x0, canvas.masked.clone(), index, gens, logits, canvas)
         candidates = canvas.masked & blocks.window(rule, step)
         step.conf = step.conf.masked_fill(~candidates, NEG_INF)
         commit = rule.select(step) & candidates
@@ -198,7 +200,7 @@ def decode(ctx, rule: Rule, cfg_scale: float = 0.0) -> Iterator[list[list[int]]]
         commit |= top1(step.conf) & stuck[:, None]  # never hang: the most confident one goes in
         if not commit.any():  # cannot happen while the guard holds; fail loudly rather than loop
             raise RuntimeError("diffusion step committed nothing while masks remain")
-        canvas.canvas[commit] = x0[commit]
+        canvas.canvas[commit] = step.x0[commit]  # a rule may replace proposals (APD's mixture argmax)
         canvas.masked &= ~commit
         index += 1
         yield _contiguous(canvas)
