@@ -67,3 +67,15 @@ def test_grammar_mask_masks_each_row_by_its_own_generated_tokens():
     assert torch.isfinite(scores[1]).nonzero().flatten().tolist() == [ord("a")]
     done = mask(torch.tensor([prompt + b("abc"), prompt + b("bxc")]), torch.zeros(2, LM.vocab_size))
     assert torch.isfinite(done).nonzero()[:, 1].tolist() == [EOS, EOS]  # complete; rejected: EOS only, no NaN
+
+
+def test_sampler_row_view_masks_row_b_with_its_own_prompt_length():
+    """What a per-row (batched speculative) loop needs: row b's history alone, unpadded."""
+    from decodelab.processors import Sampler
+
+    grammar = compile_constraint(LM, {"regex": "(ab|ba)c"})
+    mask = GrammarMask([grammar] * 2, 5, LM.eos_token_ids)  # padded width 5
+    sampler = Sampler({"temperature": 0}, prompt_len=5, constraint=mask)
+    view = sampler.for_row(1, prompt_len=2)  # row 1's own prompt has 2 tokens
+    p = view.probs(torch.tensor([b("zz") + b("b")]), torch.zeros(1, LM.vocab_size))
+    assert int(p.argmax()) == ord("a") and view.constraint.rows[0] is mask.rows[1]

@@ -63,6 +63,12 @@ class HealingMask:
             if text:
                 self.allowed[b] = torch.tensor([v.startswith(text) for v in vocab])
 
+    def for_row(self, b: int, prompt_len: int) -> "HealingMask":
+        """A one-row view for row b's own unpadded history (see GrammarMask.for_row)."""
+        view = HealingMask.__new__(HealingMask)
+        view.prompt_len, view.allowed = prompt_len, self.allowed[b : b + 1]
+        return view
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         # input_ids: [B, L]; scores: [B, V]
         if input_ids.shape[1] > self.prompt_len:  # past the first generated token: nothing to do

@@ -116,6 +116,13 @@ class GrammarMask:
         self.prompt_len = prompt_len
         self.eos = sorted(eos_token_ids)
 
+    def for_row(self, b: int, prompt_len: int) -> "GrammarMask":
+        """A one-row view sharing row b's grammar state, for histories of row b alone ([1, L], its own
+        unpadded prompt of `prompt_len` tokens) — what a per-row proposer or verifier passes."""
+        view = GrammarMask([], prompt_len, self.eos)
+        view.rows = [self.rows[b]]
+        return view
+
     def allowed(self, input_ids: torch.LongTensor, vocab_size: int) -> torch.Tensor:
         # input_ids: [B, L] (prompt + generated) → [B, V] bool
         if input_ids.shape[0] != len(self.rows):

@@ -9,6 +9,7 @@ Speculative Decoding", arXiv:2211.17192).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -81,6 +82,15 @@ class Sampler:
         self.constraint = constraint
         self.logits_processors += [p for p in (constraint, healing) if p is not None]
         self.warpers = build_warpers(params)
+
+    def for_row(self, b: int, prompt_len: int) -> "Sampler":
+        """This sampler for row b's own history alone ([1, L], an unpadded prompt of `prompt_len`
+        tokens): per-row processors (grammar, healing) become views of row b, the rest are shared."""
+        views = {id(p): p.for_row(b, prompt_len) for p in self.logits_processors if hasattr(p, "for_row")}
+        view = copy.copy(self)
+        view.logits_processors = [views.get(id(p), p) for p in self.logits_processors]
+        view.constraint = views.get(id(self.constraint))
+        return view
 
     @property
     def needs_history(self) -> bool:
