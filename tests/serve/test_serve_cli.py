@@ -24,6 +24,14 @@ def test_bad_flags_are_one_line_errors(capsys, argv, needle):
     assert needle in err and len(err.splitlines()) == 1
 
 
+def test_a_model_that_fails_to_load_stops_the_server_with_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "decodelab.cli", "serve", "--model", str(tmp_path / "nope"),
+                             "--port", str(_free_port())], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "nope" in lines[0] and "Traceback" not in result.stderr
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -33,14 +34,23 @@ def _check(args) -> None:
 
 
 def _warm_draft(lm, draft: str | None) -> None:
-    """Load (and check) the draft model once now, so that no request waits for it."""
-    from .. import generate
+    """Load (and check) the draft model now, so that no request waits for it: the one given, else
+    the model's own default draft when it has one (e.g. builtin:pyco-draft for builtin:pyco)."""
+    from .. import generate, methods
 
-    if draft is not None:
-        generate(lm, "a", method="speculative", draft=draft, max_new_tokens=1)
+    if getattr(lm, "kind", "causal") != "causal" or "speculative" not in methods():
+        return
+    try:
+        generate(lm, "a", method="speculative", draft=draft or "auto", max_new_tokens=1)
+    except ValueError:
+        if draft is not None:
+            raise  # the user's --draft is wrong; without one, "no default draft" is fine
 
 
 def cmd_serve(args) -> None:
+    """Open the port at once (503 while the model loads), load in the background, then serve.
+
+    A model that fails to load stops the server and is reported as the command's one-line error."""
     _check(args)
     try:
         import uvicorn
@@ -49,14 +59,30 @@ def cmd_serve(args) -> None:
     except ImportError as exc:
         raise ValueError(f"decodelab serve needs the 'serve' extra ({exc.name} is missing): "
                          "pip install 'decodelab[serve]'") from None
+    app = create_app(None, draft=args.draft, api_key=args.api_key, max_batch=args.max_batch,
+                     max_queue=args.max_queue, max_tokens=args.max_tokens)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
+    failed: list[BaseException] = []
+    loader = threading.Thread(target=_load_into, args=(args, app, server, failed), daemon=True)
+    loader.start()
+    server.run()
+    loader.join(timeout=1)
+    if failed:
+        raise failed[0]
+
+
+def _load_into(args, app, server, failed: list) -> None:
     from .. import load
 
     kwargs = {"device": args.device, "dtype": args.dtype}
     if args.backend is not None:
         kwargs["backend"] = args.backend
-    lm = load(args.model, **kwargs)
-    _warm_draft(lm, args.draft)
-    app = create_app(lm, draft=args.draft, api_key=args.api_key, max_batch=args.max_batch,
-                     max_queue=args.max_queue, max_tokens=args.max_tokens)
+    try:
+        lm = load(args.model, **kwargs)
+        _warm_draft(lm, args.draft)
+        app.state.server.set_model(lm)
+    except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which reports it in one line
+        failed.append(exc)
+        server.should_exit = True
+        return
     print(f"decodelab: serving {lm.name} on http://{args.host}:{args.port}/v1", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
