@@ -112,3 +112,39 @@ def test_apd_limits_are_ar_greedy_and_pure_drafting(tiny, tiny_dir, tiny_ar_dir)
     for prompt, row in zip(PROMPTS, batch):
         alone = decodelab.generate(tiny, prompt, method="apd", max_new_tokens=10, ar_model=str(tiny_ar_dir))
         assert row.token_ids == alone.token_ids
+
+
+def test_learn2pd_filter_fits_saves_loads_and_runs_offline(tiny, tmp_path):
+    import json
+
+    from decodelab.diffusion import learn2pd
+
+    x, y = learn2pd.collect(tiny, [tiny.encode(p) for p in PROMPTS], 8)
+    assert x.shape == (3 * (8 + 7 + 6 + 5 + 4 + 3 + 2 + 1), 5) and set(y.tolist()) <= {0.0, 1.0}
+    spec = {"features": list(learn2pd.FEATURES), "weights": learn2pd.fit(x, y, steps=50)}
+    path = tmp_path / "filter.json"
+    path.write_text(json.dumps(spec))
+    strict = decodelab.generate(tiny, PROMPTS[0], method="learn2pd", max_new_tokens=8, filter=str(path), accept=1.0)
+    llada = decodelab.generate(tiny, PROMPTS[0], method="llada", max_new_tokens=8)
+    assert strict.token_ids == llada.token_ids  # accept = 1: only the top-1 (sigmoid < 1), no EOS in view
+    loose = decodelab.generate(tiny, PROMPTS[0], method="learn2pd", max_new_tokens=8, filter=str(path), accept=0.0)
+    assert loose.stats.forward_passes == 1  # accept = 0: everything at once
+    with pytest.raises(ValueError, match="cannot read the learn2pd filter"):
+        decodelab.generate(tiny, PROMPTS[0], method="learn2pd", filter=str(tmp_path / "missing.json"))
+
+
+def test_end_of_text_fills_the_tail_with_eos():
+    from decodelab.diffusion.learn2pd import Learned
+    from decodelab.diffusion.sampling import Canvas, Step
+
+    eos, m = 1, 3
+    ids = torch.tensor([[9, 9, m, m, m, m, m]])  # prompt of 2, canvas of 5
+    canvas = Canvas(ids, torch.ones_like(ids), 2, ids[:, 2:] == m)
+    conf = torch.tensor([[0.2, 0.99, 0.3, 0.1, 0.2]], dtype=torch.float64)
+    x0 = torch.tensor([[5, eos, 6, 7, 8]])
+    logits = torch.zeros(1, 5, 10, dtype=torch.float64)
+    step = Step(conf, x0, canvas.masked.clone(), 0, [], logits, canvas)
+    rule = Learned(0, 5, [0.0, 0.0, 0.0, 0.0, -10.0], accept=0.5, eos_id=eos)  # the filter accepts nothing
+    got = rule.select(step)
+    assert got.tolist() == [[False, True, True, True, True]]  # top-1 is EOS; the tail becomes EOS
+    assert step.x0[0, 2:].tolist() == [eos, eos, eos]

@@ -116,6 +116,25 @@ def apd(ctx) -> Iterator[list[list[int]]]:
     return decode(ctx, rule)
 
 
+@register("learn2pd", description="Learn2PD: a learned filter (logistic regression on confidence, margin, "
+          "entropy, offset) commits the positions predicted to be final; End-of-Text truncation after EOS.",
+          lossless=False, paper="Learning to Parallel: Accelerating Diffusion Large Language Models via Adaptive "
+          "Parallel Decoding (Learn2PD)", batched=True, kind="diffusion",
+          params={"accept": Param(0.9, 0.0, 1.0, help="commit when the filter's probability ≥ this"),
+                  "filter": Param("", help="filter JSON; default: learn2pd.json beside the model"),
+                  "block_length": _block(0)})
+def learn2pd(ctx) -> Iterator[list[list[int]]]:
+    from pathlib import Path
+
+    from .learn2pd import Learned, load_filter
+
+    p = ctx.params
+    path = Path(p["filter"]) if p["filter"] else Path(ctx.lm.model.name_or_path) / "learn2pd.json"
+    spec = load_filter(path)
+    eos = min(ctx.lm.eos_token_ids) if ctx.lm.eos_token_ids else None
+    return decode(ctx, Learned(p["block_length"], gen_length_of(ctx), spec["weights"], p["accept"], eos))
+
+
 def ar_model(lm, name: str):
     """The AR helper model, loaded once per diffusion model; it must share the tokenizer."""
     from ..model import load

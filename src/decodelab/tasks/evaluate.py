@@ -68,6 +68,9 @@ SWEEP = [  # (model, method, params): the table in docs/DIFFUSION.md
     ("builtin:tasks-diffusion", "localleap", {}),
     ("builtin:tasks-diffusion", "adablock", {"delimiters": "|"}),
     ("builtin:tasks-diffusion", "ccd", {}),
+    ("builtin:tasks-diffusion", "learn2pd", {}),
+    ("builtin:tasks-diffusion", "apd", {}),
+    ("builtin:tasks-diffusion", "apd", {"mixture_weight": 0.9}),
 ]
 
 
