@@ -81,14 +81,18 @@ def _run(lm, prompts, method, max_new_tokens, seed, stop, params) -> Iterator[Ev
     stop = _check_common(max_new_tokens, stop)
     _check_seed(seed)
     ids = [_prompt_ids(lm, p) for p in prompts]
-    if len(ids) > 1 and not info.batched:
+    if isinstance(seed, (list, tuple)) and len(seed) != len(ids):
+        raise ValueError(f"{len(seed)} seeds for {len(ids)} rows: give one seed per row (or one int)")
+    per_row_grammar = (grammar is not None or healing) and info.name not in ("greedy", "sample")
+    if len(ids) > 1 and (not info.batched or per_row_grammar):
         return _one_by_one(info, lm, ids, checked, max_new_tokens, seed, stop, grammar, healing)
     return run_method(info, lm, ids, checked, max_new_tokens, seed, stop, grammar, healing)
 
 
 def _one_by_one(info, lm, ids, params, max_new_tokens, seed, stop, grammar=None, healing=False) -> Iterator[Event]:
     for b, prompt in enumerate(ids):
-        for event in run_method(info, lm, [prompt], params, max_new_tokens, seed, stop, grammar, healing):
+        row_seed = seed[b] if isinstance(seed, (list, tuple)) else None if seed is None else seed + b
+        for event in run_method(info, lm, [prompt], params, max_new_tokens, row_seed, stop, grammar, healing):
             event.row = b
             yield event
 
@@ -109,10 +113,16 @@ def generate(lm: LM, prompt: str | list[int], *, method: str = "greedy", max_new
 
 
 def generate_batch(lm: LM, prompts: list[str | list[int]], *, method: str = "greedy", max_new_tokens: int = 64,
-                   seed: int | None = None, stop: str | list[str] | None = None, **params) -> list[Generation]:
-    """Generate for several prompts: one left-padded batch for batched methods, else one by one."""
+                   n: int = 1, seed: int | list[int] | None = None, stop: str | list[str] | None = None,
+                   **params) -> list[Generation]:
+    """Generate for several prompts (× n samples each, prompt-major): one batch for every batched method.
+
+    Row i uses seed `seed + i` (or `seed[i]`): a row's output does not depend on the other rows."""
     if not prompts:
         raise ValueError("prompts is empty")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an integer ≥ 1, got {n!r}")
+    prompts = [p for p in prompts for _ in range(n)]
     results: dict[int, Generation] = {}
     for event in _run(lm, list(prompts), method, max_new_tokens, seed, stop, params):
         if event.generation is not None:

@@ -64,6 +64,12 @@ class Context:
         self.max_new_tokens = max_new_tokens
         self.stats = stats
         self.out: list[list[int]] = [[] for _ in prompts]
+        self.generators: list[torch.Generator] | None = None  # one per row (row_generators)
+        self.done: list[bool] = [False] * len(prompts)  # rows the engine has finished (EOS, stop, length)
+
+    def row(self, b: int) -> "RowContext":
+        """Row b's narrow view: what a proposer needs of one sequence in a batch."""
+        return RowContext(self, b)
 
     @property
     def batch_size(self) -> int:
@@ -104,6 +110,39 @@ class Context:
         out = [o + [self.lm.pad_token_id] * (width - len(o)) for o in self.out]
         gen = torch.tensor(out, dtype=torch.long).reshape(self.batch_size, -1)
         return torch.cat([ids, gen], dim=1)
+
+
+class RowContext:
+    """One row of a batch seen as a batch of one (the same names as `Context`), for per-row proposers.
+
+    Its token list is the batch's own (`out[0]` is the parent's `out[b]`), its generator the row's own,
+    and `session()` makes single-row sessions (a proposer's draft cache)."""
+
+    def __init__(self, parent: Context, b: int):
+        self.parent, self.b = parent, b
+        self.lm, self.params, self.stats = parent.lm, parent.params, parent.stats
+        self.sampler = parent.sampler.for_row(b, len(parent.prompts[b]))  # row b's grammar state, unpadded
+        self.max_new_tokens = parent.max_new_tokens
+        self.prompts, self.out = [parent.prompts[b]], [parent.out[b]]
+        self.generator = parent.generators[b] if parent.generators else None
+        self.generators = [self.generator] if self.generator is not None else None
+        self.batch_size = 1
+
+    def ids(self, row: int = 0) -> list[int]:
+        return self.parent.ids(self.b)
+
+    def remaining(self, row: int = 0) -> int:
+        return self.parent.remaining(self.b)
+
+    def history(self) -> torch.Tensor:
+        return torch.tensor([self.ids()], dtype=torch.long)
+
+    @property
+    def padded_prompts(self) -> tuple[torch.Tensor, None]:
+        return torch.tensor(self.prompts, dtype=torch.long), None
+
+    def session(self, lm: LM | None = None, role: str = "target") -> Session:
+        return (lm or self.lm).session(1, stats=self.stats, role=role)
 
 
 class _IncrementalText:
@@ -214,11 +253,9 @@ def run_method(info, lm: LM, prompts: list[list[int]], params: dict, max_new_tok
     prompts, mask, healer, healed = row_processors(lm, prompts, grammar, token_healing)
     width = max(len(p) for p in prompts)
     sampler = Sampler(params, prompt_len=width, constraint=mask, healing=healer)
-    generator = None
-    if not sampler.greedy:
-        generator = torch.Generator(device="cpu")
-        generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
-    ctx = Context(lm, prompts, params, sampler, generator, max_new_tokens, stats)
+    generators = None if sampler.greedy else row_generators(seed, len(prompts))
+    ctx = Context(lm, prompts, params, sampler, generators[0] if generators else None, max_new_tokens, stats)
+    ctx.generators = generators
     rows = [_RowState(lm, stop, len(p), mask.rows[b] if mask else None, healed[b]) for b, p in enumerate(prompts)]
     t0 = time.perf_counter()
     steps = info.run(ctx)
@@ -244,11 +281,22 @@ def run_method(info, lm: LM, prompts: list[list[int]], params: dict, max_new_tok
         yield Event(gen.text[row.sent:], row.unsent, b, gen)
 
 
+def row_generators(seed: int | list[int] | None, n: int) -> list[torch.Generator]:
+    """One torch.Generator per row: row i uses seed s + i (or seeds[i]), so a row's samples do not
+    depend on the other rows in the batch (the same seed gives the same row as a batch of one)."""
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, ()).item())
+    seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed + i for i in range(n)]
+    return [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+
+
 def _absorb(ctx: Context, rows: list[_RowState], emitted: list[list[int]]) -> Iterator[Event]:
     for b, (row, tokens) in enumerate(zip(rows, emitted)):
         if row.finish:
             continue
         kept = row.add(tokens, ctx.remaining(b))
+        if row.finish:
+            ctx.done[b] = True
         ctx.out[b].extend(kept)
         row.unsent.extend(kept)
         visible = row.visible_text()

@@ -16,12 +16,21 @@ def prefill(ctx, session) -> "torch.Tensor":  # noqa: F821
     return session.forward(ids, pad_mask=mask, last_only=True)[:, -1]
 
 
+def sample_rows(ctx, probs: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
+    """[B, V] → [B] tokens, each row drawn with its own generator (argmax when greedy)."""
+    if ctx.generators is None or len(ctx.generators) == 1:
+        return ctx.sampler.sample(probs, ctx.generator)
+    import torch
+
+    return torch.cat([ctx.sampler.sample(probs[b : b + 1], g) for b, g in enumerate(ctx.generators)])
+
+
 def autoregressive(ctx) -> Iterator[list[list[int]]]:
     session = ctx.session()
     logits = prefill(ctx, session)  # [B, V]
     while True:
         history = ctx.history() if ctx.sampler.needs_history else None
-        token = ctx.sampler.sample(ctx.sampler.probs(history, logits), ctx.generator)  # [B]
+        token = sample_rows(ctx, ctx.sampler.probs(history, logits))  # [B]
         yield [[t] for t in token.tolist()]
         logits = session.forward(token[:, None])[:, -1]
 

@@ -61,10 +61,21 @@ def _p_at(ctx, draft: Draft, logits: torch.Tensor):
     return p_history
 
 
-def speculative_loop(ctx, proposer) -> Iterator[list[list[int]]]:
-    """Prefill, then propose → verify → compact, yielding the tokens of each step."""
+def speculative_loop(ctx, make_proposer) -> Iterator[list[list[int]]]:
+    """Prefill, then propose → verify → accept, yielding the tokens of each step.
+
+    make_proposer(view) builds one proposer for a (row) context; a batch gets one per row. A proposer
+    instance is accepted too, for one row."""
+    if hasattr(make_proposer, "propose"):
+        if ctx.batch_size != 1:
+            raise ValueError("a proposer instance drafts for one row; pass a factory for a batch")
+        return _single_loop(ctx, make_proposer)
     if ctx.batch_size != 1:
-        raise ValueError("speculative methods run one sequence at a time")
+        return batched_loop(ctx, make_proposer)
+    return _single_loop(ctx, make_proposer(ctx))
+
+
+def _single_loop(ctx, proposer) -> Iterator[list[list[int]]]:
     session = ctx.session()
     ctx.target_session = session  # proposers that share the target's cache (early exits) draft into it
     first = ctx.sampler.sample(ctx.sampler.probs(torch.tensor([ctx.prompts[0]]), prefill(ctx, session)),
@@ -73,9 +84,7 @@ def speculative_loop(ctx, proposer) -> Iterator[list[list[int]]]:
     wants_hidden = getattr(proposer, "wants_hidden", False)
     while True:
         limit = min(ctx.remaining() - 1, ctx.lm.max_length - session.length - 1)
-        draft = _clip(proposer.propose(ctx, limit), limit) if limit > 0 else Draft()
-        if ctx.sampler.constraint is not None:  # cut drafts at the first token the grammar rejects
-            draft = prune(draft, ctx.sampler.constraint.rows[0], ctx.out[0])
+        draft = _pruned(ctx, _clip(proposer.propose(ctx, limit), limit) if limit > 0 else Draft())
         if draft.is_chain():
             out = session.forward([ctx.ids()[-1]] + draft.tokens, hidden=wants_hidden)
         else:
@@ -88,3 +97,84 @@ def speculative_loop(ctx, proposer) -> Iterator[list[list[int]]]:
         proposer.observe(ctx, draft, verdict, logits, **extra)
         ctx.stats.record_drafts(draft.depth(), len(verdict.path))
         yield [verdict.tokens]
+
+
+def batched_loop(ctx, make_proposer) -> Iterator[list[list[int]]]:
+    """B rows, one batched target forward per step (BASS, arXiv:2404.15778: ragged per-row acceptance).
+
+    Each live row's proposer drafts against its own view (`ctx.row(b)`: its tokens, its generator);
+    drafts are padded to one width (a chain is extended, a tree gets detached nodes) and verified in one
+    forward with per-row tree masks; each row is verified by the one verifier with its own randomness
+    and accepts its own path (`Session.accept_rows`: rejected columns become holes, closed by
+    `defragment`). A finished row is fed one pad token and keeps nothing. With the same seed a row
+    draws the same tokens as it would alone (row b uses seed s + b).
+    """
+    B, pad = ctx.batch_size, ctx.lm.pad_token_id
+    session = ctx.session()
+    views = [ctx.row(b) for b in range(B)]
+    logits = prefill(ctx, session)  # [B, V]
+    first = [int(views[b].sampler.sample(views[b].sampler.probs(torch.tensor([ctx.prompts[b]]), logits[b : b + 1]),
+                                         views[b].generator)) for b in range(B)]
+    yield [[t] for t in first]
+    proposers = [make_proposer(v) for v in views]
+    wants_hidden = any(getattr(p, "wants_hidden", False) for p in proposers)
+    while True:
+        live = [b for b in range(B) if not ctx.done[b]]
+        if not live:
+            return
+        drafts = {b: _row_draft(views[b], proposers[b], session) for b in live}
+        ids, parents, chain = _pack(views, drafts, B, pad)
+        out = session.forward(ids, parents=None if chain else parents, hidden=wants_hidden)
+        logits, hidden = (out[0], out[1]) if wants_hidden else (out, None)
+        nodes, emitted = [[] for _ in range(B)], [[] for _ in range(B)]
+        for b in live:
+            view, draft = views[b], drafts[b]
+            row_logits = logits[b, : 1 + len(draft) + len(draft.aux_tokens)]
+            verdict = verify(draft, _p_at(view, draft, row_logits), view.generator, ctx.sampler.greedy)
+            nodes[b], emitted[b] = [0] + [1 + i for i in verdict.path], verdict.tokens
+            extra = {"hidden": tuple(h[b : b + 1] for h in hidden)} if hidden is not None else {}
+            proposers[b].observe(view, draft, verdict, row_logits, **extra)
+            ctx.stats.record_drafts(draft.depth(), len(verdict.path))
+        session.accept_rows(nodes)
+        if session.length - max(int(m.sum()) for m in session.pad_mask) > HOLES_BEFORE_DEFRAGMENT:
+            session.defragment()
+        yield emitted
+
+
+HOLES_BEFORE_DEFRAGMENT = 16  # wasted cache columns tolerated before the holes are closed
+
+
+def _row_draft(view, proposer, session) -> Draft:
+    """One row's draft, clipped to what its budget and the batch's cache columns allow."""
+    limit = min(view.remaining() - 1, view.lm.max_length - session.length - 1)
+    if limit <= 0:
+        session.defragment()  # holes may be what is short of room
+        limit = min(view.remaining() - 1, view.lm.max_length - session.length - 1)
+    return _pruned(view, _clip(proposer.propose(view, limit), limit) if limit > 0 else Draft())
+
+
+def _pruned(ctx, draft: Draft) -> Draft:
+    """The draft cut at the first token the row's grammar rejects (unchanged when unconstrained)."""
+    if ctx.sampler.constraint is None:
+        return draft
+    return prune(draft, ctx.sampler.constraint.rows[0], ctx.out[0])
+
+
+def _pack(views, drafts: dict, B: int, pad: int):
+    """[B, n] ids (pending token + draft + aux per row, padded), per-row parents, all-chains flag."""
+    rows, parents = [], []
+    for b in range(B):
+        draft = drafts.get(b)
+        if draft is None:  # finished row: one pad token, never kept
+            rows.append([pad])
+            parents.append([-1])
+            continue
+        rows.append([views[b].ids()[-1]] + draft.tokens + draft.aux_tokens)
+        parents.append([-1] + [p + 1 for p in draft.parents + draft.aux_parents])
+    n = max(len(r) for r in rows)
+    chain = all(par == list(range(-1, len(par) - 1)) for par in parents)
+    for r, par in zip(rows, parents):
+        extra = n - len(r)
+        r += [pad] * extra
+        par += list(range(len(par) - 1, n - 1)) if chain else [-1] * extra  # padding never accepted
+    return torch.tensor(rows, dtype=torch.long), parents, chain

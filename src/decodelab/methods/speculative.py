@@ -18,8 +18,8 @@ from .registry import Param, register
           params={"draft": Param("auto", help="draft model: builtin name, directory or Hub id"),
                   "num_draft_tokens": Param(6, 1, 64, help="maximum draft length"),
                   "stop_threshold": Param(0.8, 0.0, 1.0, help="stop drafting when the draft's estimate of "
-                                          "P(some draft rejected) exceeds this; 1 = fixed length")})
+                                          "P(some draft rejected) exceeds this; 1 = fixed length")}, batched=True)
 def speculative(ctx):
     draft = resolve_draft(ctx.lm, ctx.params["draft"])
-    proposer = DraftModel(ctx, draft, ctx.params["num_draft_tokens"], ctx.params["stop_threshold"])
-    return speculative_loop(ctx, proposer)
+    p = ctx.params
+    return speculative_loop(ctx, lambda c: DraftModel(c, draft, p["num_draft_tokens"], p["stop_threshold"]))

@@ -21,8 +21,8 @@ from .registry import Param, register
                   "branching": Param(3, 1, 16, help="children of the pending token (the draft's top-b)"),
                   "depth": Param(5, 1, 32, help="tokens per branch: each child extended greedily"),
                   "ngram_stage": Param(True, choices=(True, False),
-                                       help="let prompt lookup speculate for the draft (staged speculation)")})
+                                       help="let prompt lookup speculate for the draft (staged speculation)")}, batched=True)
 def tree(ctx):
     draft = resolve_draft(ctx.lm, ctx.params["draft"])
-    proposer = DraftTree(ctx, draft, ctx.params["branching"], ctx.params["depth"], bool(ctx.params["ngram_stage"]))
-    return speculative_loop(ctx, proposer)
+    p = ctx.params
+    return speculative_loop(ctx, lambda c: DraftTree(c, draft, p["branching"], p["depth"], bool(p["ngram_stage"])))

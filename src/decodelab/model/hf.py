@@ -84,3 +84,9 @@ class HFSession(Session):
         for layer in self._layers():
             layer.keys = layer.keys.index_select(0, rows)
             layer.values = layer.values.index_select(0, rows)
+
+    def _gather_columns(self, index: torch.Tensor) -> None:
+        rows = torch.arange(index.shape[0], device=index.device)[:, None]
+        for layer in self._layers():  # keys [B, H, T, D] → per-row gather along T
+            layer.keys = layer.keys[rows, :, index].permute(0, 2, 1, 3).contiguous()
+            layer.values = layer.values[rows, :, index].permute(0, 2, 1, 3).contiguous()

@@ -215,6 +215,13 @@ class KVCache:
         self.k[:, :, :, dst_start:end] = self.k.index_select(3, src)
         self.v[:, :, :, dst_start:end] = self.v.index_select(3, src)
 
+    def gather_columns(self, index: torch.Tensor) -> None:
+        """Row b's column j becomes its old column index[b, j] (index [B, W], W ≤ capacity)."""
+        W = index.shape[1]
+        rows = torch.arange(index.shape[0], device=index.device)[:, None]  # [B, 1]
+        for t in (self.k, self.v):  # [L, B, H, T, D] → gather per row along T
+            t[:, :, :, :W] = t[:, rows, :, index].permute(2, 0, 3, 1, 4)  # [B, W, L, H, D] → [L, B, H, W, D]
+
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep / repeat / reorder batch rows (beam search's fork and reorder)."""
         self.k, self.v = self.k.index_select(1, rows), self.v.index_select(1, rows)
@@ -341,6 +348,10 @@ class NativeSession(Session):
     def _select_rows(self, rows: torch.Tensor) -> None:
         self._drafted = Drafted()
         self.cache.select_rows(rows)
+
+    def _gather_columns(self, index: torch.Tensor) -> None:
+        self._drafted = Drafted()
+        self.cache.gather_columns(index)
 
 
 class Drafted:

@@ -71,8 +71,9 @@ class Session:
         n = ids.shape[1]
         if self.length + n > self.lm.max_length:
             raise ModelError(f"context too long: {self.length + n} tokens > model maximum {self.lm.max_length}")
-        if parents is not None and len(parents) != n:
-            raise ValueError(f"{len(parents)} parents for {n} tree nodes")
+        parents = _per_row(parents, self.batch_size)
+        if parents is not None and any(len(row) != n for row in parents):
+            raise ValueError(f"{[len(row) for row in parents]} parents for {n} tree nodes")
         self._extend_pad_mask(pad_mask, n)
         positions = self._positions(n, parents)
         t0 = time.perf_counter()
@@ -110,14 +111,19 @@ class Session:
         if self.pad_mask is not None and parents is None:  # pads may sit among the new tokens
             positions = (self.pad_mask[:, : start + n].cumsum(dim=1) - 1).clamp(min=0)[:, start:]
             return positions.to(self.lm.device)
-        offsets = torch.arange(n) if parents is None else torch.tensor(tree_depths(parents))
-        positions = (start + offsets).unsqueeze(0).repeat(self.batch_size, 1)
+        if parents is None:
+            offsets = torch.arange(n).unsqueeze(0).repeat(self.batch_size, 1)
+        else:
+            offsets = torch.tensor([tree_depths(row) for row in parents])
+        positions = start + offsets
         if self.pad_mask is not None:
             positions = positions - (1 - self.pad_mask[:, :start]).sum(dim=1, keepdim=True)
         return positions.to(self.lm.device)
 
     def allowed(self, n: int, parents: list[int] | None) -> torch.Tensor:
-        """[B, n, start + n] bool attention mask of the new tokens: the cache (minus pads) + causal/tree."""
+        """[B, n, start + n] bool attention mask of the new tokens: the cache (minus pads) + causal/tree.
+
+        parents: one tree for every row, or a list of per-row trees."""
         start = self.length
         allowed = torch.zeros(self.batch_size, n, start + n, dtype=torch.bool)
         allowed[:, :, :start] = True if self.pad_mask is None else self.pad_mask[:, None, :start].bool()
@@ -127,7 +133,7 @@ class Session:
                 allowed[:, :, start:] &= self.pad_mask[:, None, start:start + n].bool()
                 allowed[:, :, start:] |= torch.eye(n, dtype=torch.bool)  # a pad attends to itself (no NaN)
         else:
-            allowed[:, :, start:] = ancestor_matrix(parents)
+            allowed[:, :, start:] = torch.stack([ancestor_matrix(row) for row in _per_row(parents, self.batch_size)])
         return allowed
 
     def _count(self, seconds: float) -> None:
@@ -156,6 +162,41 @@ class Session:
         if any(not 0 <= i < n for i in nodes):
             raise ValueError(f"accepted node index out of range 0..{n - 1}")
         self.compact(list(range(start)) + [start + i for i in nodes])
+
+    def accept_rows(self, nodes: list[list[int]]) -> None:
+        """Per row, keep of the last forward's nodes only `nodes[b]` (rows accept different amounts).
+
+        Rows stay aligned by column: a node a row drops becomes a hole (a pad in the middle), which
+        attention skips and positions do not count, so nothing is copied. Columns every row dropped are
+        cut; `defragment` closes the holes when they waste room."""
+        start, n = self._last
+        if self.length != start + n or len(nodes) != self.batch_size:
+            raise ValueError("accept_rows() takes one node list per row and must follow its forward")
+        keep = torch.zeros(self.batch_size, n, dtype=torch.long)
+        for b, row in enumerate(nodes):
+            keep[b, row] = 1
+        if self.pad_mask is None:
+            self.pad_mask = torch.ones(self.batch_size, self.length, dtype=torch.long)
+        self.pad_mask = torch.cat([self.pad_mask[:, :start], self.pad_mask[:, start:] * keep], dim=1)
+        used = int(keep.any(dim=0).nonzero().max()) + 1 if keep.any() else 0
+        self.truncate(start + used)
+
+    def defragment(self) -> None:
+        """Close the holes: each row's real columns move right-aligned behind left pads (one gather)."""
+        if self.pad_mask is None:
+            return
+        real = [m.nonzero().flatten().tolist() for m in self.pad_mask]
+        width = max(len(r) for r in real)
+        if width == self.length:
+            return
+        index = torch.tensor([[0] * (width - len(r)) + r for r in real], dtype=torch.long)
+        self._gather_columns(index.to(self.lm.device))
+        self.tokens = [[self.tokens[b][i] for i in row] for b, row in enumerate(index.tolist())]
+        self.pad_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in real], dtype=torch.long)
+
+    def _gather_columns(self, index: torch.Tensor) -> None:
+        """Per row b, the new cache column j is the old column index[b, j] ([B, W] indices)."""
+        raise NotImplementedError
 
     def compact(self, keep: list[int]) -> None:
         """Keep only the listed cache columns, in order (prefix + an accepted tree path)."""
@@ -189,3 +230,14 @@ class Session:
             k += 1
         self.truncate(k)
         return context[k:]
+
+
+def _per_row(parents, batch_size: int) -> list[list[int]] | None:
+    """None, or one parents list per row (a single list is shared by every row)."""
+    if parents is None:
+        return None
+    if parents and isinstance(parents[0], (list, tuple)):
+        if len(parents) != batch_size:
+            raise ValueError(f"{len(parents)} per-row trees for a batch of {batch_size}")
+        return [list(row) for row in parents]
+    return [list(parents)] * batch_size
