@@ -10,10 +10,10 @@ import decodelab
 from decodelab.engine import Context
 from decodelab.methods import get
 from decodelab.methods.loop import speculative_loop
-from decodelab.treeshape import tree_depths
 from decodelab.processors import Sampler
 from decodelab.proposers.lookahead import Lookahead, NGramPool, Window, trie
 from decodelab.stats import Stats
+from decodelab.treeshape import tree_depths
 
 from fakes import tiny_lm
 from stat_utils import ALPHA, chi2_pvalue
