@@ -72,9 +72,27 @@ def _bodies():
              "repetition_penalty": st.floats(1e-3, 1e3), "presence_penalty": st.floats(-2, 2),
              "frequency_penalty": st.floats(-2, 2), "no_repeat_ngram_size": st.integers(0, 4),
              "n": st.integers(1, 3), "seed": st.integers(0, 2**40), "stream": st.booleans(),
-             "stop": st.lists(st.text(min_size=1, max_size=2), max_size=2), "method": st.sampled_from(names)}
+             "stop": st.lists(st.text(min_size=1, max_size=2), max_size=2)}
     text = st.text(st.characters(min_codepoint=32, max_codepoint=126), min_size=1, max_size=16)
-    return st.fixed_dictionaries({"prompt": text, "max_tokens": st.integers(1, 4)}, optional=knobs)
+    base = st.fixed_dictionaries({"prompt": text, "max_tokens": st.integers(1, 4)}, optional=knobs)
+    return st.tuples(base, st.sampled_from(names).flatmap(_method_fields)).map(lambda p: {**p[0], **p[1]})
+
+
+def _method_fields(name: str):
+    """`method` and some of its own parameters, in and around their ranges."""
+    from hypothesis import strategies as st
+
+    def value(default):
+        if isinstance(default, bool):
+            return st.booleans()
+        if isinstance(default, int):
+            return st.integers(-1, 70)
+        if isinstance(default, float):
+            return st.floats(-0.5, 1.5)
+        return st.sampled_from([default, "", "1,2", "x"])
+    specs = {k: v.default for k, v in decodelab.methods()[name].specs.items() if k != "draft"}
+    own = st.fixed_dictionaries({}, optional={k: value(d) for k, d in specs.items()})
+    return st.fixed_dictionaries({"method": st.just(name), "method_params": own})
 
 
 def test_parameter_space_never_breaks_the_server(served_lm):
