@@ -106,8 +106,8 @@ def batched_loop(ctx, make_proposer) -> Iterator[list[list[int]]]:
     drafts are padded to one width (a chain is extended, a tree gets detached nodes) and verified in one
     forward with per-row tree masks; each row is verified by the one verifier with its own randomness
     and accepts its own path (`Session.accept_rows`: rejected columns become holes, closed by
-    `defragment`). A finished row is fed one pad token and keeps nothing. With the same seed a row
-    draws the same tokens as it would alone (row b uses seed s + b).
+    `defragment`). Finished rows leave the batch (`Session.reorder`). With the same seed a row draws
+    the same tokens as it would alone (row b uses seed s + b).
     """
     B, pad = ctx.batch_size, ctx.lm.pad_token_id
     session = ctx.session()
@@ -118,21 +118,26 @@ def batched_loop(ctx, make_proposer) -> Iterator[list[list[int]]]:
     yield [[t] for t in first]
     proposers = [make_proposer(v) for v in views]
     wants_hidden = any(getattr(p, "wants_hidden", False) for p in proposers)
+    active = list(range(B))  # the batch rows the session's rows hold, in order
     while True:
-        live = [b for b in range(B) if not ctx.done[b]]
-        if not live:
+        keep = [i for i, b in enumerate(active) if not ctx.done[b]]
+        if not keep:
             return
-        drafts = {b: _row_draft(views[b], proposers[b], session) for b in live}
-        ids, parents, chain = _pack(views, drafts, B, pad)
+        if len(keep) < len(active):  # finished rows leave the batch
+            session.reorder(keep)
+            active = [active[i] for i in keep]
+        drafts = [_row_draft(views[b], proposers[b], session) for b in active]
+        ids, parents, chain = _pack([views[b].ids()[-1] for b in active], drafts, pad)
         out = session.forward(ids, parents=None if chain else parents, hidden=wants_hidden)
         logits, hidden = (out[0], out[1]) if wants_hidden else (out, None)
-        nodes, emitted = [[] for _ in range(B)], [[] for _ in range(B)]
-        for b in live:
-            view, draft = views[b], drafts[b]
-            row_logits = logits[b, : 1 + len(draft) + len(draft.aux_tokens)]
+        nodes, emitted = [], [[] for _ in range(B)]
+        for i, (b, draft) in enumerate(zip(active, drafts)):
+            view = views[b]
+            row_logits = logits[i, : 1 + len(draft) + len(draft.aux_tokens)]
             verdict = verify(draft, _p_at(view, draft, row_logits), view.generator, ctx.sampler.greedy)
-            nodes[b], emitted[b] = [0] + [1 + i for i in verdict.path], verdict.tokens
-            extra = {"hidden": tuple(h[b : b + 1] for h in hidden)} if hidden is not None else {}
+            nodes.append([0] + [1 + j for j in verdict.path])
+            emitted[b] = verdict.tokens
+            extra = {"hidden": tuple(h[i : i + 1] for h in hidden)} if hidden is not None else {}
             proposers[b].observe(view, draft, verdict, row_logits, **extra)
             ctx.stats.record_drafts(draft.depth(), len(verdict.path))
         session.accept_rows(nodes)
@@ -160,17 +165,10 @@ def _pruned(ctx, draft: Draft) -> Draft:
     return prune(draft, ctx.sampler.constraint.rows[0], ctx.out[0])
 
 
-def _pack(views, drafts: dict, B: int, pad: int):
-    """[B, n] ids (pending token + draft + aux per row, padded), per-row parents, all-chains flag."""
-    rows, parents = [], []
-    for b in range(B):
-        draft = drafts.get(b)
-        if draft is None:  # finished row: one pad token, never kept
-            rows.append([pad])
-            parents.append([-1])
-            continue
-        rows.append([views[b].ids()[-1]] + draft.tokens + draft.aux_tokens)
-        parents.append([-1] + [p + 1 for p in draft.parents + draft.aux_parents])
+def _pack(pending: list[int], drafts: list[Draft], pad: int):
+    """[R, n] ids (pending token + draft + aux per row, padded), per-row parents, all-chains flag."""
+    rows = [[t] + d.tokens + d.aux_tokens for t, d in zip(pending, drafts)]
+    parents = [[-1] + [p + 1 for p in d.parents + d.aux_parents] for d in drafts]
     n = max(len(r) for r in rows)
     chain = all(par == list(range(-1, len(par) - 1)) for par in parents)
     for r, par in zip(rows, parents):
