@@ -3,7 +3,7 @@
 Floors (3 samples per class = 30 images, fixed seeds, chance = 10%): the scikit-learn classifier
 of decodelab.image.metrics recognises ≥ 70% of the raster and SJD samples of builtin:digits
 (measured with these seeds: 93% and 83%), ≥ 70% of NAR's (97%), and ≥ 60% of ZipAR's (s = 4)
-with guidance 2 (83%).
+with guidance 2 (83%) and of LPD's with 8 groups (87%).
 The bench (20 per class, docs/VISUAL.md) measures the rates themselves.
 """
 
@@ -29,7 +29,7 @@ def test_builtin_dirs_load_with_transformers_auto_classes():
 
 @pytest.mark.parametrize("method, params, floor", [("raster", {}, 0.7), ("sjd", {"window": 16}, 0.7),
                                                    ("zipar", {"window": 4, "cfg_scale": 2.0}, 0.6),
-                                                   ("nar", {}, 0.7)])
+                                                   ("nar", {}, 0.7), ("lpd", {"steps": 8}, 0.6)])
 def test_generated_digits_are_recognised(digits, method, params, floor):
     gens = generate_images(digits, LABELS, method=method, seeds=100, **params)
     pixels = np.stack([g.pixels for g in gens])
