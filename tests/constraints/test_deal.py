@@ -40,3 +40,11 @@ def test_bad_reward_is_a_one_line_value_error(reward):
     with pytest.raises(ValueError, match="reward") as err:
         decodelab.generate(LM, "x", method="deal", reward=reward)
     assert "\n" not in str(err.value)
+
+
+def test_final_states_are_ranked_candidates():
+    g = decodelab.generate(LM, "hello", method="deal", reward="keyword:ba,cd", max_new_tokens=8, constraint=LETTERS)
+    if not hasattr(g, "candidates"):
+        pytest.skip("Generation.candidates not available")
+    scores = [c.score for c in g.candidates]
+    assert scores == sorted(scores, reverse=True) and g.candidates[0].text == g.text and len(scores) == 4

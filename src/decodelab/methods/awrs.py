@@ -131,6 +131,9 @@ def _smc(ctx) -> Iterator[list[list[int]]]:
     if n > 1:
         pick = int(torch.multinomial(torch.softmax(log_w, 0), 1, generator=ctx.generator)) \
             if torch.isfinite(log_w).any() else 0
+        if hasattr(ctx, "candidates"):  # every particle with its log importance weight, heaviest first
+            order = sorted(range(n), key=lambda i: -float(log_w[i]))
+            ctx.candidates[0] = [(particles[i].tokens, float(log_w[i])) for i in order]
         if particles[pick].tokens:
             yield [particles[pick].tokens]
 

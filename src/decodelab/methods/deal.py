@@ -159,9 +159,11 @@ def _deal(ctx) -> Iterator[list[list[int]]]:
         scored += [(reward(_text(ctx, s.tokens)), s.logprob, s) for s in states if s.done]
         scored.sort(key=lambda x: (x[0], x[1]), reverse=True)
         states = [c for _, _, c in scored[: p["keep"]]]
-    best = max(states, key=lambda s: (reward(_text(ctx, s.tokens)), s.logprob))
-    if best.tokens:
-        yield [best.tokens]
+    ranked = sorted(((reward(_text(ctx, s.tokens)), s.logprob, s.tokens) for s in states), reverse=True)
+    if hasattr(ctx, "candidates"):  # the final states, best first, scored by the reward
+        ctx.candidates[0] = [(tokens, score) for score, _, tokens in ranked]
+    if ranked and ranked[0][2]:
+        yield [ranked[0][2]]
 
 
 @register("deal", lossless=False, temperature=0.0,
