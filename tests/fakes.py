@@ -87,6 +87,28 @@ def tiny_lm(arch: str = "llama", seed: int = 0, attn: str = "sdpa", **overrides)
     return LM(model, byte_tokenizer(), name=f"tiny-{arch}")
 
 
+def soft_lm(arch: str = "llama", seed: int = 0, scale: float = 0.15, **overrides) -> LM:
+    """A tiny model whose head is scaled down by `scale`: spread-out next-token distributions."""
+    lm = tiny_lm(arch, seed=seed, **overrides)
+    with torch.no_grad():
+        lm.model.get_output_embeddings().weight.mul_(scale)
+    return lm
+
+
+def noisy_copy(lm: LM, noise: float, seed: int = 0) -> LM:
+    """lm's architecture and weights plus Gaussian noise (`noise` × each tensor's std): a draft that
+    agrees with lm often but not always."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_config(lm.model.config).eval()
+    model.load_state_dict(lm.model.state_dict())
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(noise * p.std() * torch.randn(p.shape, generator=gen))
+    return LM(model, lm.tokenizer, name=f"{lm.name}-noisy")
+
+
 # Varied short prompts (code, prose, repetition) shared by the per-method exactness tests.
 MANY_PROMPTS = ["def f(x):", "hello world", "a", "import os\nimport sys\n", "class Foo(object):\n    pass",
                 "abcabcabcabcabcabc", "the cat sat on the mat. the cat sat on the", "for i in range(10):\n",
@@ -94,3 +116,37 @@ MANY_PROMPTS = ["def f(x):", "hello world", "a", "import os\nimport sys\n", "cla
                 "SELECT * FROM t WHERE", "<html><body>", "zzzzzzzz", "The quick brown fox", "# comment\n",
                 "while True:\n    pass\n", "foo(bar(baz(", "lorem ipsum dolor sit amet", "{'a': 1, 'b': 2}",
                 "return x + y"]
+
+
+def context(lm: LM, ids: list[int], method: str, seed: int | None = None, max_new_tokens: int = 16, **params):
+    """The engine's Context for one row of `method` (parameters checked as generate checks them), so a
+    test can drive a proposer or `speculative_loop` directly."""
+    from decodelab.engine import Context
+    from decodelab.methods import get
+    from decodelab.processors import Sampler
+    from decodelab.stats import Stats
+
+    params = get(method).check_params(params)
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    return Context(lm, [list(ids)], params, Sampler(params, prompt_len=len(ids)), gen, max_new_tokens, Stats())
+
+
+
+def rule_lm(next_token, seed: int = 0) -> LM:
+    """A tiny llama whose greedy next token is `next_token(ids, positions)` ([B, n] → [B, n] ids):
+    logits are +10 there and −10 elsewhere, whatever the weights say."""
+    lm = tiny_lm("llama", seed=seed)
+    seen = {}
+
+    def keep_inputs(module, args, kwargs):
+        seen["ids"], seen["positions"] = kwargs["input_ids"], kwargs["position_ids"]
+
+    def scripted(module, args, out):
+        n = out.shape[1]
+        best = next_token(seen["ids"][:, -n:], seen["positions"][:, -n:])
+        logits = torch.full(out.shape, -10.0, dtype=out.dtype)
+        return logits.scatter_(-1, best[..., None], 10.0)
+
+    lm.model.register_forward_pre_hook(keep_inputs, with_kwargs=True)
+    lm.model.get_output_embeddings().register_forward_hook(scripted)
+    return lm

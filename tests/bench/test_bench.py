@@ -1,6 +1,7 @@
 """decodelab bench end to end on a tiny random model: outputs, schema, exactness detection, suites."""
 
 import json
+import statistics
 
 import jsonschema
 import pytest
@@ -40,6 +41,16 @@ def broken():
     registry._REGISTRY.pop("broken")
 
 
+def _mean_tokens_per_s(records: list[dict], method: str) -> float:
+    """Mean over prompts of new tokens / median wall time over the repeats."""
+    by_prompt: dict[str, list[dict]] = {}
+    for r in records:
+        if r["method"] == method:
+            by_prompt.setdefault(r["prompt_id"], []).append(r)
+    return statistics.fmean(rs[0]["new_tokens"] / statistics.median(r["wall_time_s"] for r in rs)
+                            for rs in by_prompt.values())
+
+
 def _run(args, capsys):
     rc = main(["bench", *args])
     out = capsys.readouterr()
@@ -59,7 +70,9 @@ def test_quick_suite_end_to_end(model_dir, tmp_path, capsys, broken):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     assert "| pld |" in (out / "report.md").read_text()
     agg = {a["method"]: a for a in summary["aggregates"]}
-    assert agg["greedy"]["speedup"] == pytest.approx(1.0)
+    for method in ("pld", "jacobi"):  # the reported speed-up is the ratio of mean per-prompt tokens/s
+        want = _mean_tokens_per_s(results["records"], method) / _mean_tokens_per_s(results["records"], "greedy")
+        assert agg[method]["speedup"] == pytest.approx(want, rel=1e-3)
     assert agg["pld"]["exact"] is True and agg["jacobi"]["exact"] is True
     assert agg["hf:greedy"]["exact"] is True and agg["hf:pld"]["exact"] is True
     assert agg["broken"]["exact"] is False

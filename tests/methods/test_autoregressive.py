@@ -5,7 +5,8 @@ import torch
 
 import decodelab
 
-from fakes import ARCHS, PAD, tiny_lm
+from fakes import ARCHS, PAD, soft_lm, tiny_lm
+from stat_utils import ALPHA, chi2_pvalue, entropy, exact_joint, min_detectable_tv
 
 PROMPTS = ["def f(x):", "hello world", "a", "import os\nimport sys\n", "class Foo(object):\n    pass"]
 
@@ -50,21 +51,45 @@ def test_greedy_with_repetition_penalty_equals_transformers():
 
 
 def test_sample_equals_transformers_sampling_rng_stream():
-    """Same processed distribution at each step: with the same greedy prefix, step probs agree."""
+    """Seed for seed: decodelab's `sample` with seed s draws the same tokens as transformers' sampling
+    after torch.manual_seed(s) — the same processed distribution at every step (temperature, then
+    top-k, as in transformers) and the same multinomial draws from the same RNG stream."""
     from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper
 
-    lm = tiny_lm("qwen2", seed=4)
+    lm = soft_lm("qwen2", seed=4, scale=0.3)  # spread out: the draws really depend on the stream
     ids = lm.encode("x = 1\n")
     ours = decodelab.next_token_probs(lm, ids, temperature=0.7, top_k=5)
     logits = lm.model(torch.tensor([ids])).logits[:, -1]
     procs = LogitsProcessorList([TemperatureLogitsWarper(0.7), TopKLogitsWarper(5)])
     theirs = torch.softmax(procs(torch.tensor([ids]), logits), dim=-1)[0]
     torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+    runs = set()
+    for seed in range(8):
+        got = decodelab.generate(lm, ids, method="sample", max_new_tokens=12, seed=seed, temperature=0.7, top_k=5)
+        torch.manual_seed(seed)
+        t = torch.tensor([ids])
+        out = lm.model.generate(t, attention_mask=torch.ones_like(t), do_sample=True, temperature=0.7, top_k=5,
+                                top_p=1.0, max_new_tokens=12, pad_token_id=PAD)
+        assert got.token_ids == _until_eos(out[0, len(ids):].tolist(), lm), seed
+        runs.add(tuple(got.token_ids))
+    assert len(runs) >= 4  # different seeds, different samples: the comparison is not of one path
 
 
 def test_batched_sampling_rows_are_independent_of_padding():
-    """A left-padded batch gives each row the distribution it has alone (temperature 0 shortcut)."""
-    lm = tiny_lm("llama", seed=5)
-    batch = decodelab.generate_batch(lm, PROMPTS, method="sample", temperature=0, max_new_tokens=12)
-    for p, g in zip(PROMPTS, batch):
-        assert g.token_ids == decodelab.generate(lm, p, max_new_tokens=12).token_ids
+    """Each row of a left-padded batch sampled at temperature 1.5 (top-k 4, a spread-out model) follows
+    the exact distribution of its prompt alone: chi-square on the first two tokens of every row,
+    α = ALPHA, 400 batches. The prompts have 1 to 27 tokens, so four of the five rows are padded; each
+    row's two tokens have entropy ≥ 1.5 nats (at most 2·ln 4 = 2.77), and each row's test detects any
+    bias of total variation ≥ 0.2 with probability ≥ 0.99 (stat_utils.min_detectable_tv; asserted)."""
+    lm = soft_lm("llama", seed=5, scale=0.07)
+    kw = dict(temperature=1.5, top_k=4)
+    n = 400
+    rows: list[list[tuple]] = [[] for _ in PROMPTS]
+    for s in range(n):
+        batch = decodelab.generate_batch(lm, PROMPTS, method="sample", max_new_tokens=2, seed=s * len(PROMPTS), **kw)
+        for row, g in zip(rows, batch):
+            row.append(tuple(g.token_ids))
+    for prompt, samples in zip(PROMPTS, rows):
+        exact = exact_joint(lm, lm.encode(prompt), 2, **kw)
+        assert entropy(exact) > 1.5 and min_detectable_tv(exact, n) <= 0.2, prompt
+        assert chi2_pvalue(samples, exact) > ALPHA, prompt

@@ -16,7 +16,6 @@ from decodelab.stats import Stats
 from decodelab.treeshape import tree_depths
 
 from fakes import tiny_lm
-from stat_utils import ALPHA, chi2_pvalue
 
 PROMPTS = [
     "abcabcabcabcabcabc", "def f(x):\n    return x\n" * 2, "for i in range(10):\n    print(i)\n" * 2,
@@ -208,40 +207,7 @@ def test_propose_offsets_window_parents_and_fits_the_context():
     assert len(proposer.window.rows) == 1
 
 
-# ---- (3) sampling keeps the target distribution --------------------------------------------------
-
-def _exact_tuples(lm, ids, depth, support=3):
-    """{(t1, …, t_depth): probability} under temperature 0.9, top-k 3, by enumeration."""
-    out = {(): 1.0}
-    for _ in range(depth):
-        nxt = {}
-        for prefix, p in out.items():
-            probs = decodelab.next_token_probs(lm, ids + list(prefix), temperature=0.9, top_k=support)
-            for t in probs.nonzero().flatten().tolist():
-                nxt[prefix + (t,)] = p * float(probs[t])
-        out = nxt
-    return out
-
-
-def test_sampling_matches_the_exact_distribution():
-    """First 3 tokens over 800 seeds, with a primed pool so that step 1 verifies a 12-node tree."""
-    lm = tiny_lm("llama", seed=2)
-    with torch.no_grad():
-        lm.model.get_output_embeddings().weight.mul_(0.1)  # flatter p: ~20 cells with expected count ≥ 5
-    ids = lm.encode("x = 1\n")
-    exact = _exact_tuples(lm, ids, 3)
-    grams = []
-    for x in {t[0] for t in exact}:  # per first token: 2 likely continuations, an unlikely one, a wrong order
-        conts = sorted((t for t in exact if t[0] == x), key=exact.get, reverse=True)
-        grams += [conts[-1] + (x,), conts[1] + (x,), conts[0] + (x,), (x, conts[0][2], conts[0][1], x)]
-    samples, accepted = [], 0
-    for seed in range(800):
-        steps, stats = _drive(lm, ids, 8, seed, grams, 3, temperature=0.9, top_k=3, N=4, W=3, G=4)
-        samples.append(tuple(sum(steps, [])[:3]))
-        accepted += sum(stats.accepted)
-    assert accepted > 400  # the primed tree is really verified, and often accepted
-    assert chi2_pvalue(samples, exact) > ALPHA
-
+# ---- (3) sampling (its distribution: tests/methods/test_distribution.py, primed pool) -------------
 
 def test_sampling_end_to_end_is_reproducible():
     lm = tiny_lm("qwen2", seed=1)

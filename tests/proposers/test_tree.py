@@ -10,7 +10,7 @@ import torch
 import decodelab
 from decodelab.proposers.draft_tree import greedy_extend
 
-from fakes import MANY_PROMPTS, tiny_lm
+from fakes import MANY_PROMPTS, soft_lm, tiny_lm
 from stat_utils import ALPHA, chi2_pvalue, exact_joint
 
 PROMPTS = MANY_PROMPTS
@@ -109,18 +109,10 @@ def test_default_draft_is_auto():
         decodelab.generate(tiny_lm("llama"), "x", method="tree", max_new_tokens=3)  # no known draft
 
 
-def _soft_lm(seed, scale=0.15):
-    """A tiny model with a softened head: several likely tokens at each step."""
-    lm = tiny_lm("llama", seed=seed)
-    with torch.no_grad():
-        lm.model.get_output_embeddings().weight.mul_(scale)
-    return lm
-
-
 @pytest.mark.parametrize("draft,seeds,depth", [("self", 800, 2), ("tiny-draft", 400, 2)])
 def test_sampling_distribution_of_first_three_tokens(draft, seeds, depth):
-    lm = _soft_lm(6)
-    lm.state["drafts"] = {"tiny-draft": _soft_lm(1), "self": lm}
+    lm = soft_lm("llama", seed=6)
+    lm.state["drafts"] = {"tiny-draft": soft_lm("llama", seed=1), "self": lm}
     ids = lm.encode("hello")
     kw = {"temperature": 0.9, "top_k": 3}
     samples, accepted = [], 0

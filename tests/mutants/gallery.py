@@ -1,0 +1,95 @@
+"""The mutant gallery: small, realistic bugs that the test suite must catch (issue 16).
+
+Each mutant replaces one exact snippet of one source file. `tests/mutants/run.py` copies `src/` to a
+temporary directory, applies the mutant there (a snippet that is not found exactly once is an error:
+a stale mutant is reported, never skipped), runs the named tests against the copy with PYTHONPATH
+pointing at it, and fails unless *every* named test fails. Naming several killers per mutant keeps
+each of them honest: a test that loses its power shows up as a surviving mutant.
+
+Add a mutant with every feature that has a known-dangerous small bug (a grammar mask skipped on
+drafts, one seed shared by all rows, a diffusion step committing one extra position, …).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DIST = "tests/methods/test_distribution.py::test_sampled_distribution_matches_target"
+VERIFY = "tests/test_verify.py::test_verifier_preserves_target_distribution"
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str  # relative to the repository root
+    old: str  # must occur exactly once in the file
+    new: str
+    tests: tuple[str, ...]  # pytest node ids; each one must fail on the mutant
+    why: str = ""
+
+
+MUTANTS = [
+    Mutant(
+        "draft-q-raw-softmax",
+        "src/decodelab/proposers/draft_model.py",
+        "            qs.append(q)\n",
+        "            qs.append(torch.softmax(logits[0, : self.vocab], -1))\n",
+        ("tests/proposers/test_proposers.py::test_draft_model_q_is_the_processed_distribution_it_sampled_from",
+         f"{DIST}[speculative]", f"{DIST}[selfspec]"),
+        "the draft token is drawn from the processed q, but the raw temperature-1 softmax is recorded as q",
+    ),
+    Mutant(
+        "accept-1.2-p-over-q",
+        "src/decodelab/verify.py",
+        "    return torch.rand((), generator=gen).item() < ratio\n",
+        "    return torch.rand((), generator=gen).item() < 1.2 * ratio\n",
+        (f"{VERIFY}[_stochastic_chain]", f"{DIST}[speculative]", f"{DIST}[tree]", f"{DIST}[pld]",
+         f"{DIST}[recycling]", f"{DIST}[lookahead]"),
+        "an over-generous acceptance rule r < 1.2·p/q",
+    ),
+    Mutant(
+        "resample-from-p-not-residual",
+        "src/decodelab/verify.py",
+        "    return r / total if total > 0 else p\n",
+        "    return p\n",
+        (f"{VERIFY}[_stochastic_chain]", f"{DIST}[speculative]", f"{DIST}[tree]", f"{DIST}[selfspec]",
+         f"{DIST}[pld]", f"{DIST}[jacobi]", f"{DIST}[recycling]", f"{DIST}[lookahead]"),
+        "after a rejection the recovered token is sampled from p instead of norm(max(0, p − q))",
+    ),
+    Mutant(
+        "pld-continuation-shifted",
+        "src/decodelab/proposers/lookup.py",
+        "            cont = arr[start + n : start + n + num_tokens]\n",
+        "            cont = arr[start + n + 1 : start + n + 1 + num_tokens]\n",
+        ("tests/proposers/test_proposers.py::test_lookup_returns_the_continuation_of_the_match",
+         "tests/methods/test_tau_floors.py::test_tau_stays_above_its_floor[pld]"),
+        "prompt lookup copies the continuation one position late: still lossless, no longer fast",
+    ),
+    Mutant(
+        "top-p-drops-the-boundary-token",
+        "src/decodelab/processors/warpers.py",
+        "        sorted_remove = cumulative <= (1 - self.p)  # the tail holding at most 1 - p of the mass\n",
+        "        sorted_remove = cumulative - sorted_logits.softmax(dim=-1) <= (1 - self.p)\n",
+        ("tests/processors/test_processors.py::test_top_p[0.5]",
+         "tests/processors/test_processors.py::test_top_p[0.9]"),
+        "top-p off by one: the token that crosses the mass p is removed, so less than p is kept",
+    ),
+    Mutant(
+        "top-p-strict-at-exact-mass",
+        "src/decodelab/processors/warpers.py",
+        "        sorted_remove = cumulative <= (1 - self.p)  # the tail holding at most 1 - p of the mass\n",
+        "        sorted_remove = cumulative < (1 - self.p)\n",
+        ("tests/processors/test_processors.py::test_top_p_at_an_exact_mass_boundary[0.5]",),
+        "top-p keeps a token whose tail mass equals 1 − p exactly",
+    ),
+    Mutant(
+        "kv-rollback-keeps-a-stale-column",
+        "src/decodelab/model/hf.py",
+        "            n = len(columns)\n",
+        "            n = len(columns) + 1\n",
+        ("tests/model/test_session.py::test_truncate_rolls_back[llama]",
+         "tests/methods/test_lossless.py::test_greedy_exactness_many_prompts[llama-speculative]",
+         "tests/methods/test_lossless.py::test_greedy_exactness_many_prompts[llama-pld]"),
+        "the transformers adapter's rollback keeps one rejected position in the KV cache",
+    ),
+]
