@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -58,13 +59,12 @@ def summarise(lm, res: dict, ref: dict, labels: list[int], raster_passes: float)
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| method | params | passes / image | × fewer than raster | drafter passes | NLL / token | "
-            "classifier acc. | marginal KL vs raster |\n|---|---|---|---|---|---|---|---|\n")
+    head = ("| method | passes / image (min–max) | × fewer than raster | drafter passes | NLL / token | "
+            "classifier acc. | marginal KL vs raster |\n|---|---|---|---|---|---|---|\n")
     return head + "\n".join(
-        f"| {r['label']} | {_params(r['params'])} | {r['forward_passes']:.1f} ({r['forward_passes_range'][0]}–"
-        f"{r['forward_passes_range'][1]}) | {r['passes_vs_raster']:.2f} | {r['draft_forward_passes']:.0f} | "
-        f"{r['nll_per_token']:.3f} | {100 * r['classifier_accuracy']:.1f}% | {r['marginal_kl_vs_raster']:.3f} |"
-        for r in rows)
+        f"| {r['label']} | {r['forward_passes']:.1f} ({r['forward_passes_range'][0]}–{r['forward_passes_range'][1]}) | "
+        f"{r['passes_vs_raster']:.2f} | {r['draft_forward_passes']:.0f} | {r['nll_per_token']:.3f} | "
+        f"{100 * r['classifier_accuracy']:.1f}% | {r['marginal_kl_vs_raster']:.3f} |" for r in rows)
 
 
 def _params(params: dict) -> str:
@@ -88,8 +88,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--only", nargs="*", help="method names to run (raster always runs)")
     p.add_argument("--out", type=Path, default=Path("docs/visual"))
-    p.add_argument("--tag", default="", help="suffix of the output files (bench-<grid><tag>.json, samples-…png)")
+    p.add_argument("--tag", default="", help="suffix of the output files (bench-<grid>-<tag>.json, samples-…png)")
+    p.add_argument("--table", type=Path, help="only print the Markdown table of a saved bench-*.json")
+    argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
+    if args.table:
+        print(table(json.loads(args.table.read_text())["rows"]))
+        return
     torch.set_num_threads(1)
     from ..model import load
 
@@ -112,11 +117,11 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"model": args.model, "grid": grid, "per_class": args.per_class, "seed": args.seed, **sampling,
               "classifier_reference": reference_accuracy(), "rows": rows,
-              "command": "python -m decodelab.image.bench " + " ".join(argv or [])}
-    (args.out / f"bench-{grid}{args.tag}.json").write_text(json.dumps(report, indent=1) + "\n")
+              "command": "python -m decodelab.image.bench " + " ".join(argv)}
+    (args.out / f"bench-{grid}{'-' + args.tag if args.tag else ''}.json").write_text(json.dumps(report, indent=1) + "\n")
     picks = [i for c in range(10) for i in range(c * args.per_class, c * args.per_class + 2)]
     save_grid([(label, [res["pixels"][i] for i in picks]) for label, res in results.items()],
-              args.out / f"samples-{grid}{args.tag}.png", title=f"{args.model}: two samples per class 0–9, cfg {args.cfg_scale}")
+              args.out / f"samples-{grid}{'-' + args.tag if args.tag else ''}.png", title=f"{args.model}: two samples per class 0–9, cfg {args.cfg_scale}")
     print(table(rows))
     print(json.dumps({"classifier_reference": report["classifier_reference"]}))
 
