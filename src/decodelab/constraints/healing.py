@@ -4,10 +4,11 @@ A prompt that ends in the middle of what the tokenizer would merge ("x =" + " " 
 learned " 1" as one token, or a trailing newline before an indent) puts the model off its training
 distribution. Healing removes the prompt's last token t and constrains the first generated token to
 one whose text starts with text(t), so the model chooses the tokenization itself (Lundberg, "The
-Art of Prompt Design: Prompt Boundaries and Token Healing", guidance blog 2023; Dagan et al.,
-"Getting the most out of your tokenizer for pre-training and domain adaptation", arXiv:2402.01035,
-discuss the same boundary effect). Generated text excludes the re-covered text(t); `token_ids` are
-the model's own tokens, the first of which overlaps the prompt.
+Art of Prompt Design: Prompt Boundaries and Token Healing", guidance blog 2023, no arXiv id). It backs
+up one token only; Vieira et al., "From Language Models over Tokens to Language Models over
+Characters" (arXiv:2412.03719) treat the prompt boundary problem exactly and show where one-token
+healing falls short. Generated text excludes the re-covered text(t); `token_ids` are the model's own
+tokens, the first of which overlaps the prompt.
 
 Under a constraint the grammar is prefixed with text(t) (an llguidance grammar that references the
 user's grammar), so the grammar still constrains exactly the text after the original prompt.
