@@ -20,6 +20,15 @@ from .stats import Stats
 
 
 @dataclass
+class Candidate:
+    """One ranked alternative of a search or meta method (CONTRACT.md): new tokens, text, score."""
+
+    text: str
+    token_ids: list[int]
+    score: float
+
+
+@dataclass
 class Generation:
     text: str
     token_ids: list[int]
@@ -29,6 +38,7 @@ class Generation:
     params: dict = field(default_factory=dict)
     incomplete: bool | None = None  # constrained only: True when the grammar was not completed
     error: str | None = None  # constrained only: the grammar engine's message if it failed mid-way
+    candidates: list[Candidate] = field(default_factory=list)  # search / meta methods: ranked, best first
 
     def to_dict(self) -> dict:
         out = {"method": self.method, "params": self.params, "text": self.text,
@@ -38,6 +48,8 @@ class Generation:
             out["incomplete"] = self.incomplete
         if self.error:
             out["error"] = self.error
+        if self.candidates:
+            out["candidates"] = [vars(c) for c in self.candidates]
         return out
 
 
@@ -66,6 +78,7 @@ class Context:
         self.out: list[list[int]] = [[] for _ in prompts]
         self.generators: list[torch.Generator] | None = None  # one per row (row_generators)
         self.done: list[bool] = [False] * len(prompts)  # rows the engine has finished (EOS, stop, length)
+        self.candidates: list[list[tuple[list[int], float]]] = [[] for _ in prompts]  # search/meta: ranked
 
     def row(self, b: int) -> "RowContext":
         """Row b's narrow view: what a proposer needs of one sequence in a batch."""
@@ -278,6 +291,7 @@ def run_method(info, lm: LM, prompts: list[list[int]], params: dict, max_new_tok
         gen = Generation(_final_text(lm, row), row.tokens, row.finish or "length", row_stats, info.name, params)
         if mask is not None:
             gen.incomplete, gen.error = not row.grammar_done, row.error
+        gen.candidates = [Candidate(lm.decode(t), list(t), float(s)) for t, s in ctx.candidates[b]]
         yield Event(gen.text[row.sent:], row.unsent, b, gen)
 
 

@@ -1,0 +1,35 @@
+"""Registry entries for the search, layer-contrast and meta-generation methods of `decodelab.search`.
+
+Each method runs its search to the end, leaves the ranked alternatives in `ctx.candidates` (the
+engine turns them into `Generation.candidates`) and yields the best sequence of every row at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ..search.beam import BeamConfig, beam_search
+from .registry import Param, register
+
+
+def _emit_best(ctx, ranked: list[list[tuple[list[int], float]]]) -> Iterator[list[list[int]]]:
+    ctx.candidates = ranked
+    yield [rows[0][0] if rows else [] for rows in ranked]
+
+
+@register("beam", description="Beam search (transformers' rule) with the patience factor; composes with "
+          "every processor (temperature > 0 searches the processed distribution).", lossless=False,
+          paper="A Call for Clarity in Beam Search: How It Works and When It Stops (arXiv:2204.05424)",
+          batched=True, temperature=0.0, params={
+              "num_beams": Param(4, 1, 64, help="beams per prompt (K)"),
+              "length_penalty": Param(1.0, -10.0, 10.0, help="finished score = logp / length^length_penalty"),
+              "early_stopping": Param(False, choices=(False, True, "never"),
+                                      help="True: stop when the finished set is full; False: heuristic; "
+                                      "'never': canonical"),
+              "num_return_sequences": Param(1, 1, 64, help="ranked hypotheses kept in .candidates"),
+              "patience": Param(1.0, 0.01, 16.0, help="finished-set size = patience × num_beams (Kasai et al.)"),
+          })
+def beam(ctx) -> Iterator[list[list[int]]]:
+    cfg = BeamConfig(**{name: ctx.params[name] for name in
+                        ("num_beams", "length_penalty", "early_stopping", "num_return_sequences", "patience")})
+    return _emit_best(ctx, beam_search(ctx, cfg))

@@ -1,0 +1,142 @@
+"""`beam` equals transformers' beam search (sequences, scores, num_return_sequences, length penalty,
+early stopping), batched over ragged prompts, on tiny random models of three architectures and on
+builtin:pyco; patience=1 is classic beam; bad input is a one-line ValueError."""
+
+import pytest
+import torch
+
+import decodelab
+from decodelab.search.beam import BeamConfig, BeamState
+
+from fakes import ARCHS, PAD, tiny_lm
+
+PROMPTS = ["def f(x):", "hello world hello", "ab", "import os\nimport"]
+
+
+def _frequent_eos(lm, extra: int):
+    """Make a token the model emits often a second EOS, so beams do end early (random models rarely
+    emit <eos>): exercises the finished set, the keep = (1 + #EOS)·K rule and early stopping."""
+    lm.__dict__["eos_token_ids"] = frozenset({256, extra})
+    return lm
+
+
+def _hf_beam(lm, prompts, n, **kw):
+    """transformers' beam search over left-padded prompts → per prompt [(new tokens, score), ...]."""
+    ids = [lm.encode(p) for p in prompts]
+    width = max(len(i) for i in ids)
+    x = torch.tensor([[PAD] * (width - len(i)) + i for i in ids])
+    mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids])
+    out = lm.model.generate(x, attention_mask=mask, do_sample=False, max_new_tokens=n, pad_token_id=PAD,
+                            eos_token_id=sorted(lm.eos_token_ids), output_scores=True,
+                            return_dict_in_generate=True, **kw)
+    lengths = ((out.beam_indices + 1).bool()).sum(dim=1).tolist()
+    rows = [(out.sequences[r, width: width + lengths[r]].tolist(), float(out.sequences_scores[r]))
+            for r in range(len(lengths))]
+    k = kw.get("num_return_sequences", 1)
+    return [rows[b * k: (b + 1) * k] for b in range(len(prompts))]
+
+
+def _ours(lm, prompts, n, **kw):
+    gens = decodelab.generate_batch(lm, prompts, method="beam", max_new_tokens=n, **kw)
+    for g in gens:
+        assert g.token_ids == g.candidates[0].token_ids
+    return [[(c.token_ids, c.score) for c in g.candidates] for g in gens]
+
+
+def _assert_same(ours, theirs):
+    for mine, ref in zip(ours, theirs, strict=True):
+        assert [t for t, _ in mine] == [t for t, _ in ref]
+        assert [s for _, s in mine] == pytest.approx([s for _, s in ref], abs=1e-4)
+
+
+CASES = [dict(num_beams=2), dict(num_beams=3, num_return_sequences=3),
+         dict(num_beams=4, length_penalty=0.0, early_stopping=True, num_return_sequences=2),
+         dict(num_beams=5, length_penalty=2.0, early_stopping="never"),
+         dict(num_beams=3, length_penalty=-1.0, early_stopping=False, num_return_sequences=2)]
+
+
+# a token each seed-3 model emits often inside its beams (found by counting their 4-beam outputs)
+FREQUENT = {"llama": 85, "qwen2": 114, "gpt2": 146}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_beam_equals_transformers_batched(arch):
+    lm = _frequent_eos(tiny_lm(arch, seed=3), extra=FREQUENT[arch])
+    ended_early = 0
+    for kw in CASES:
+        ref = _hf_beam(lm, PROMPTS, 12, **kw)
+        _assert_same(_ours(lm, PROMPTS, 12, **kw), ref)
+        ended_early += sum(len(t) < 12 for row in ref for t, _ in row)
+    assert ended_early > 0  # the EOS paths were exercised
+
+
+def test_beam_equals_transformers_with_repetition_penalty():
+    lm = tiny_lm("llama", seed=5)
+    kw = dict(num_beams=3, num_return_sequences=2)
+    ours = _ours(lm, PROMPTS[:2], 10, repetition_penalty=1.3, no_repeat_ngram_size=2, **kw)
+    _assert_same(ours, _hf_beam(lm, PROMPTS[:2], 10, repetition_penalty=1.3, no_repeat_ngram_size=2, **kw))
+
+
+def test_beam_equals_transformers_on_pyco():
+    lm = decodelab.load("builtin:pyco", backend="transformers")
+    prompts = ["def add(a, b):\n", "for i in range(", "class Stack:\n    def"]
+    for kw in (dict(num_beams=2), dict(num_beams=4, num_return_sequences=2, early_stopping=True)):
+        _assert_same(_ours(lm, prompts, 16, **kw), _hf_beam(lm, prompts, 16, **kw))
+
+
+def test_rows_do_not_depend_on_the_batch():
+    lm = _frequent_eos(tiny_lm("qwen2", seed=1), extra=160)
+    together = _ours(lm, PROMPTS, 10, num_beams=3, num_return_sequences=2)
+    alone = [_ours(lm, [p], 10, num_beams=3, num_return_sequences=2)[0] for p in PROMPTS]
+    for a, b in zip(together, alone):
+        assert [t for t, _ in a] == [t for t, _ in b]
+
+
+def test_one_beam_is_greedy():
+    lm = tiny_lm("gpt2", seed=2)
+    for p in PROMPTS:
+        beam = decodelab.generate(lm, p, method="beam", num_beams=1, max_new_tokens=12)
+        assert beam.token_ids == decodelab.generate(lm, p, method="greedy", max_new_tokens=12).token_ids
+
+
+def test_patience_one_is_classic_and_larger_patience_keeps_searching():
+    lm = _frequent_eos(tiny_lm("llama", seed=3), extra=FREQUENT["llama"])
+    classic = _ours(lm, PROMPTS, 12, num_beams=3, early_stopping=True)
+    assert _ours(lm, PROMPTS, 12, num_beams=3, early_stopping=True, patience=1.0) == classic
+    patient = decodelab.generate_batch(lm, PROMPTS, method="beam", max_new_tokens=12, num_beams=3,
+                                       early_stopping=True, patience=2.0)
+    hasty = decodelab.generate_batch(lm, PROMPTS, method="beam", max_new_tokens=12, num_beams=3,
+                                     early_stopping=True)
+    assert patient[0].stats.forward_passes >= hasty[0].stats.forward_passes
+    for p, h in zip(patient, hasty):  # a larger finished set can only find a better (or equal) best score
+        assert p.candidates[0].score >= h.candidates[0].score - 1e-6
+
+
+def test_patience_stops_when_the_finished_set_reaches_patience_times_k():
+    """Kasai et al.: FCFS stops at |F| = p·k. Two beams, every candidate ends with EOS except one token."""
+    cfg = BeamConfig(num_beams=2, early_stopping=True, patience=0.5)  # |F| = 1: stop at the first finish
+    state = BeamState(1, cfg, max_new=5, pad=0, eos=[3])
+    logp = torch.log(torch.tensor([[0.1, 0.1, 0.1, 0.7]] * 2)).unsqueeze(0)  # EOS (3) best everywhere
+    _, go_on = state.step(logp, 0)
+    assert not go_on and state.ranked(0, 1)[0][0] == [3]
+    state = BeamState(1, BeamConfig(num_beams=2, early_stopping=True, patience=1.5), max_new=5, pad=0, eos=[3])
+    _, go_on = state.step(logp, 0)  # one finished of three slots: continue
+    assert go_on and int(state.fin_done.sum()) == 1
+
+
+@pytest.mark.parametrize("params, message", [
+    (dict(num_beams=2, num_return_sequences=3), "num_return_sequences"),
+    (dict(num_beams=0), "num_beams"),
+    (dict(early_stopping="sometimes"), "early_stopping"),
+    (dict(patience=0), "patience"),
+])
+def test_bad_input_is_a_clear_error(params, message):
+    lm = tiny_lm("llama")
+    with pytest.raises(ValueError, match=message):
+        decodelab.generate(lm, "a", method="beam", max_new_tokens=4, **params)
+
+
+def test_beam_rejects_constraints_rather_than_ignoring_them():
+    lm = tiny_lm("llama")
+    with pytest.raises(ValueError, match="constraint"):
+        decodelab.generate(lm, "a", method="beam", max_new_tokens=4, constraint={"regex": "[a-z]+"})
