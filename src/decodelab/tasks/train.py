@@ -41,7 +41,9 @@ def training_items() -> list[tuple[str, str]]:
             if it.prompt not in held_out]
 
 
-def build_model(kind: str, tok):
+def build_model(kind: str, tok, init_from: Path | None = None):
+    """A fresh model; `init_from` (diffusion only): an AR Llama directory whose weights initialise it,
+    with Dream's shifted logits so the AR head's next-token predictions keep their meaning."""
     torch.manual_seed(0)
     if kind == "ar":
         from transformers import LlamaConfig, LlamaForCausalLM
@@ -52,8 +54,16 @@ def build_model(kind: str, tok):
     from ..diffusion.model import DiffusionConfig, DiffusionForMaskedLM
 
     conf = DiffusionConfig(vocab_size=len(tok), mask_token_id=tok.mask_token_id, bos_token_id=tok.bos_token_id,
-                           eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **MODEL)
-    return DiffusionForMaskedLM(conf)
+                           eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                           logit_shift=init_from is not None, **MODEL)
+    model = DiffusionForMaskedLM(conf)
+    if init_from is not None:  # AR-to-diffusion adaptation (Dream 7B, arXiv:2508.15487)
+        from safetensors.torch import load_file
+
+        state = {k: v.float() for k, v in load_file(Path(init_from) / "model.safetensors").items()}
+        state.setdefault("lm_head.weight", state["model.embed_tokens.weight"])
+        model.load_state_dict(state, strict=True)
+    return model
 
 
 def make_batch(rows: list[tuple[list[int], list[int]]], kind: str, tok, rng: random.Random):
@@ -94,10 +104,12 @@ def export_checkpoint(kind: str, out: Path, dest: Path) -> Path:
     state = torch.load(out / "ckpt.pt", weights_only=False)
     model = build_model(kind, tok)
     model.load_state_dict(state["model"])
+    model.config.logit_shift = state.get("logit_shift", False)
     return export(model, tok, dest, kind, state["step"], 0, state["wall"])
 
 
-def train(kind: str, out: Path, steps: int, batch_size: int = 32, lr: float = 2e-3) -> Path:
+def train(kind: str, out: Path, steps: int, batch_size: int = 32, lr: float = 2e-3,
+          init_from: Path | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     tok = task_tokenizer.build(MAX_LEN)
     cache = out / "data.json"  # the tokenised items, so a resumed run skips generating them
@@ -105,7 +117,7 @@ def train(kind: str, out: Path, steps: int, batch_size: int = 32, lr: float = 2e
         cache.write_text(json.dumps([(tok.encode(p, add_special_tokens=False), tok.encode(a, add_special_tokens=False))
                                      for p, a in training_items()]))
     data = [tuple(row) for row in json.loads(cache.read_text())]
-    model = build_model(kind, tok)
+    model = build_model(kind, tok, init_from)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     rng, gen, step, wall = random.Random(0), torch.Generator().manual_seed(0), 0, 0.0
     ckpt = out / "ckpt.pt"
@@ -132,7 +144,8 @@ def train(kind: str, out: Path, steps: int, batch_size: int = 32, lr: float = 2e
             log.flush()
             if step % 200 == 0 or step == steps:
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "rng": rng.getstate(),
-                            "gen": gen.get_state(), "step": step, "wall": wall}, ckpt)
+                            "gen": gen.get_state(), "step": step, "wall": wall,
+                            "logit_shift": bool(getattr(model.config, "logit_shift", False))}, ckpt)
     return export(model, tok, out / "model", kind, steps, batch_size, wall)
 
 
@@ -155,6 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="diffusion only: initialise from this AR model directory (shifted logits)")
     parser.add_argument("--export-to", type=Path, default=None, help="only export the latest checkpoint here")
     args = parser.parse_args(argv)
     if args.threads:
@@ -162,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.export_to:
         print(export_checkpoint(args.kind, args.out, args.export_to))
         return
-    print(train(args.kind, args.out, args.steps, args.batch_size, args.lr))
+    print(train(args.kind, args.out, args.steps, args.batch_size, args.lr, args.init_from))
 
 
 if __name__ == "__main__":
