@@ -20,6 +20,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--max-batch", type=int, default=8, help="rows per batched generate call")
     s.add_argument("--max-queue", type=int, default=64, help="waiting requests before HTTP 429")
     s.add_argument("--max-tokens", type=int, default=None, help="largest max_tokens a request may ask (default: context)")
+    from ..cli import add_load_flags
+
+    add_load_flags(s)  # --allow-pickle / --trust-remote-code, as for generate
     s.set_defaults(func=cmd_serve)
     return s
 
@@ -74,7 +77,8 @@ def cmd_serve(args) -> None:
 def _load_into(args, app, server, failed: list) -> None:
     from .. import load
 
-    kwargs = {"device": args.device, "dtype": args.dtype}
+    kwargs = {"device": args.device, "dtype": args.dtype, "allow_pickle": args.allow_pickle,
+              "trust_remote_code": args.trust_remote_code}
     if args.backend is not None:
         kwargs["backend"] = args.backend
     try:
