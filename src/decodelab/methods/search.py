@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ..search.beam import BeamConfig, beam_search
+from ..search.contrastive import contrastive_search
 from .registry import Param, register
 
 
@@ -33,3 +34,13 @@ def beam(ctx) -> Iterator[list[list[int]]]:
     cfg = BeamConfig(**{name: ctx.params[name] for name in
                         ("num_beams", "length_penalty", "early_stopping", "num_return_sequences", "patience")})
     return _emit_best(ctx, beam_search(ctx, cfg))
+
+
+@register("contrastive", description="Contrastive search: argmax over the top-k of (1−α)·p(v) − α·max cos(h_v, "
+          "h_context) (top_k: the sampling parameter, 0 → 5).", lossless=False,
+          paper="A Contrastive Framework for Neural Text Generation (arXiv:2202.06417)",
+          batched=True, temperature=0.0, params={
+              "penalty_alpha": Param(0.6, 0.0, 1.0, help="α: weight of the degeneration penalty"),
+          })
+def contrastive(ctx) -> Iterator[list[list[int]]]:
+    return contrastive_search(ctx, ctx.params["penalty_alpha"], ctx.params["top_k"] or 5)
