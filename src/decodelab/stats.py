@@ -27,6 +27,7 @@ class Stats:
     drafted: list[int] = field(default_factory=list)  # per draft position: times a draft was offered
     accepted: list[int] = field(default_factory=list)  # per draft position: times it was accepted
     batch_size: int = 1
+    forced_tokens: int = 0  # constrained speculative methods: grammar-forced tokens fed as drafts
 
     def count_forward(self, role: str, seconds: float) -> None:
         if role == "target":

@@ -64,6 +64,11 @@ class RowConstraint:
         """How many of `tokens` the grammar accepts from the current state (nothing is committed)."""
         return self.matcher.validate_tokens(list(tokens)) if tokens else 0
 
+    def forced_tokens(self, tokens: list[int]) -> list[int]:
+        """The tokens the grammar forces after `tokens` (llguidance's canonical tokenization of the
+        forced bytes; empty when nothing is forced or `tokens` are not valid)."""
+        return self.matcher.compute_ff_tokens() if self.seek(tokens) else []
+
     def forced(self) -> bool:
         """Does the grammar force the next bytes? (Then llguidance's mask admits only its canonical
         tokenization of them, a subset of what `validate` accepts.)"""

@@ -84,7 +84,7 @@ def _single_loop(ctx, proposer) -> Iterator[list[list[int]]]:
     wants_hidden = getattr(proposer, "wants_hidden", False)
     while True:
         limit = min(ctx.remaining() - 1, ctx.lm.max_length - session.length - 1)
-        draft = _pruned(ctx, _clip(proposer.propose(ctx, limit), limit) if limit > 0 else Draft())
+        draft = _draft(ctx, proposer, limit)
         if draft.is_chain():
             out = session.forward([ctx.ids()[-1]] + draft.tokens, hidden=wants_hidden)
         else:
@@ -155,7 +155,21 @@ def _row_draft(view, proposer, session) -> Draft:
     if limit <= 0:
         session.defragment()  # holes may be what is short of room
         limit = min(view.remaining() - 1, view.lm.max_length - session.length - 1)
-    return _pruned(view, _clip(proposer.propose(view, limit), limit) if limit > 0 else Draft())
+    return _draft(view, proposer, limit)
+
+
+def _draft(ctx, proposer, limit: int) -> Draft:
+    """The proposer's draft, clipped and pruned by the row's grammar — or, where the grammar forces the
+    next tokens, those tokens (fast-forward). Under the mask a forced token is the only allowed one
+    (p = 1), so it is accepted and the output does not change; only forward passes are saved."""
+    if limit <= 0:
+        return Draft()
+    if ctx.sampler.constraint is not None:
+        forced = ctx.sampler.constraint.rows[0].forced_tokens(ctx.out[0])[:limit]
+        if forced:
+            ctx.stats.forced_tokens += len(forced)
+            return Draft.chain(forced)
+    return _pruned(ctx, _clip(proposer.propose(ctx, limit), limit))
 
 
 def _pruned(ctx, draft: Draft) -> Draft:
