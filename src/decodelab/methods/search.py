@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 from ..search.beam import BeamConfig, beam_search
 from ..search.contrastive import contrastive_search
+from ..search.dola import dola as dola_search
 from .registry import Param, register
 
 
@@ -44,3 +45,14 @@ def beam(ctx) -> Iterator[list[list[int]]]:
           })
 def contrastive(ctx) -> Iterator[list[list[int]]]:
     return contrastive_search(ctx, ctx.params["penalty_alpha"], ctx.params["top_k"] or 5)
+
+
+@register("dola", description="DoLa: contrast the final layer with the premature layer of largest JSD, on "
+          "the tokens the final layer finds plausible (APC).", lossless=False,
+          paper="DoLa: Decoding by Contrasting Layers Improves Factuality in Large Language Models (arXiv:2309.03883)",
+          batched=True, temperature=0.0, params={
+              "dola_layers": Param("high", help="'low', 'high', or comma-separated premature layer indices"),
+              "relative_top": Param(0.1, 1e-6, 1.0, help="APC α: keep tokens with q_N ≥ α·max q_N"),
+          })
+def dola(ctx) -> Iterator[list[list[int]]]:
+    return dola_search(ctx, ctx.params["dola_layers"], ctx.params["relative_top"])
