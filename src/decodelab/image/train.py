@@ -82,13 +82,14 @@ def _grid_tensors(part: str, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def train(grid: int, variant: str, out: Path, steps: int, batch_size: int = BATCH, lr: float = 2e-3,
-          seed: int = 0, eval_every: int = 100) -> dict:
+          seed: int = 0, eval_every: int = 100, init: Path | None = None) -> dict:
     torch.manual_seed(seed)
     rng = random.Random(seed)
     spec = ImageSpec(grid, grid, LEVELS, variant)
     from transformers import LlamaForCausalLM
 
-    model = LlamaForCausalLM(llama_config(spec))
+    model = LlamaForCausalLM.from_pretrained(init) if init else LlamaForCausalLM(llama_config(spec))
+    warm = json.loads((init / "training_summary.json").read_text()) if init else None
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.95))
     train_x, train_y = _grid_tensors("train", grid)
     val_x, val_y = _grid_tensors("val", grid)
@@ -117,8 +118,8 @@ def train(grid: int, variant: str, out: Path, steps: int, batch_size: int = BATC
                "lr": lr, "seed": seed, "label_dropout": LABEL_DROPOUT, "best_val_loss_nats_per_token": round(best, 4),
                "params": sum(p.numel() for p in model.parameters()),
                "command": f"python -m decodelab.image.train --grid {grid} --variant {variant} --steps {steps} "
-                          f"--batch-size {batch_size} --out {out}",
-               "hardware": "shared 2-core CPU (nice -n 10)"}
+                          f"--batch-size {batch_size} --lr {lr}{f' --init {init}' if init else ''} --out {out}",
+               "hardware": "shared 2-core CPU (nice -n 10)", "initialised_from": warm}
     save(model, spec, out, summary)
     return summary
 
@@ -137,6 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--variant", choices=("raster", "lpd", "nar"), default="raster")
     p.add_argument("--steps", type=int, default=900)
     p.add_argument("--batch-size", type=int, default=BATCH)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--init", type=Path, help="continue from this model directory's weights")
     p.add_argument("--out", type=Path)
     p.add_argument("--all", action="store_true", help="train every embedded image model into src/decodelab/builtin")
     p.add_argument("--only", nargs="*", help="with --all: only these directories (e.g. digits digits/lpd)")
@@ -149,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.out is None:
         p.error("--out is required without --all")
-    print(json.dumps(train(args.grid, args.variant, args.out, args.steps, args.batch_size)))
+    print(json.dumps(train(args.grid, args.variant, args.out, args.steps, args.batch_size, args.lr, init=args.init)))
 
 
 if __name__ == "__main__":
