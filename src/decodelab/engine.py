@@ -79,6 +79,8 @@ class Context:
         self.generators: list[torch.Generator] | None = None  # one per row (row_generators)
         self.done: list[bool] = [False] * len(prompts)  # rows the engine has finished (EOS, stop, length)
         self.candidates: list[list[tuple[list[int], float]]] = [[] for _ in prompts]  # search/meta: ranked
+        self.seed: int | list[int] | None = None  # the request's seed and stop strings (set by run_method)
+        self.stop: list[str] = []
 
     def row(self, b: int) -> "RowContext":
         """Row b's narrow view: what a proposer needs of one sequence in a batch."""
@@ -269,6 +271,7 @@ def run_method(info, lm: LM, prompts: list[list[int]], params: dict, max_new_tok
     generators = None if sampler.greedy else row_generators(seed, len(prompts))
     ctx = Context(lm, prompts, params, sampler, generators[0] if generators else None, max_new_tokens, stats)
     ctx.generators = generators
+    ctx.seed, ctx.stop = seed, stop  # meta-generation re-runs an inner method with them
     rows = [_RowState(lm, stop, len(p), mask.rows[b] if mask else None, healed[b]) for b, p in enumerate(prompts)]
     t0 = time.perf_counter()
     steps = info.run(ctx)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from ..search.beam import BeamConfig, beam_search
 from ..search.contrastive import contrastive_search
 from ..search.dola import dola as dola_search
+from ..search.meta import best_of_n, self_consistency
 from .registry import Param, register
 
 
@@ -56,3 +57,39 @@ def contrastive(ctx) -> Iterator[list[list[int]]]:
           })
 def dola(ctx) -> Iterator[list[list[int]]]:
     return dola_search(ctx, ctx.params["dola_layers"], ctx.params["relative_top"])
+
+
+class _NameOrCallable(Param):
+    """A parameter that takes one of `choices` or a Python callable (API only)."""
+
+    def check(self, name, value):
+        return value if callable(value) else super().check(name, value)
+
+
+_META = {
+    "num_samples": Param(4, 1, 256, help="candidates per prompt (N)"),
+    "inner": Param("sample", help="the decoding method that draws the candidates"),
+}
+
+
+@register("best_of_n", description="Best-of-N: N candidates from an inner method, the best by mean "
+          "log-likelihood (or sum, or a callable scorer(text, ids)); all N ranked in .candidates.",
+          lossless=False, batched=True, temperature=1.0,
+          paper="From Decoding to Meta-Generation: Inference-time Algorithms for Large Language Models "
+          "(arXiv:2406.16838)", params={
+              **_META, "scorer": _NameOrCallable("mean_logprob", choices=("mean_logprob", "sum_logprob"),
+                                                 help="candidate score"),
+          })
+def best_of_n_method(ctx) -> Iterator[list[list[int]]]:
+    p = ctx.params
+    return _emit_best(ctx, best_of_n(ctx, p["inner"], p["num_samples"], p["scorer"]))
+
+
+@register("self_consistency", description="Self-consistency: majority vote over the answers of N "
+          "candidates (extract: stripped text or a callable); the most likely majority sample is returned.",
+          lossless=False, batched=True, temperature=1.0,
+          paper="Self-Consistency Improves Chain of Thought Reasoning in Language Models (arXiv:2203.11171)",
+          params={**_META, "extract": _NameOrCallable("strip", choices=("strip",), help="answer extractor")})
+def self_consistency_method(ctx) -> Iterator[list[list[int]]]:
+    p = ctx.params
+    return _emit_best(ctx, self_consistency(ctx, p["inner"], p["num_samples"], p["extract"]))

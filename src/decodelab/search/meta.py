@@ -1,0 +1,97 @@
+"""Meta-generation over any inner method — Welleck et al., "From Decoding to Meta-Generation:
+Inference-time Algorithms for Large Language Models" (arXiv:2406.16838).
+
+Parallel meta-generators: draw N candidates per prompt with an inner method, then aggregate.
+- best-of-N: keep the candidate with the best score v(y); v = the model's mean token log-likelihood
+  of y given the prompt ("mean_logprob", raw model, no processors), its sum ("sum_logprob"), or a
+  user callable `scorer(text, token_ids) -> float`.
+- self-consistency (Wang et al., "Self-Consistency Improves Chain of Thought Reasoning in Language
+  Models", arXiv:2203.11171): majority vote over answers extracted from the candidates (default
+  extractor: the stripped text; or a callable `extract(text) -> str`), i.e. MBR with u = 1[same answer];
+  ties and the returned representative go to the higher mean log-likelihood.
+
+The N candidates of prompt b are exactly `generate_batch(lm, prompts, method=inner, n=N, seed=s)`'s
+rows b·N … b·N + N − 1 (seed s + b·N + j), so "best of these samples" is checkable sample for sample.
+Cost: the inner run's forward passes plus one scoring forward over all B·N candidates.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+import torch
+
+from ..processors import SAMPLING_DEFAULTS
+
+
+def inner_generations(ctx, inner: str, n: int) -> list[list]:
+    """Per prompt, the n Generations of the inner method (prompt-major, seeds as `generate_batch(n=n)`)."""
+    from ..api import generate_batch
+
+    if ctx.sampler.constraint is not None:
+        raise ValueError("best_of_n / self_consistency do not support constraint= yet")
+    if inner in ("best_of_n", "self_consistency"):
+        raise ValueError(f"inner method {inner!r} is itself a meta method; pick a decoding method")
+    seed = ctx.seed
+    if isinstance(seed, (list, tuple)):
+        seed = [s + j for s in seed for j in range(n)]
+    params = {k: ctx.params[k] for k in (*SAMPLING_DEFAULTS, "temperature")}
+    gens = generate_batch(ctx.lm, ctx.prompts, method=inner, n=n, seed=seed, stop=ctx.stop or None,
+                          max_new_tokens=ctx.max_new_tokens, **params)
+    shared = gens[0].stats  # forward passes are the whole inner batch's
+    ctx.stats.forward_passes += shared.forward_passes
+    ctx.stats.draft_forward_passes += shared.draft_forward_passes
+    return [gens[b * n: (b + 1) * n] for b in range(ctx.batch_size)]
+
+
+@torch.inference_mode()
+def completion_logprobs(ctx, prompts: list[list[int]], completions: list[list[int]]) -> list[list[float]]:
+    """log p(y_t | x, y_<t) of every completion token under the raw model: one batched forward."""
+    rows = [p + c for p, c in zip(prompts, completions)]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[ctx.lm.pad_token_id] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    session = ctx.lm.session(len(rows), stats=ctx.stats)
+    logp = session.forward(ids, pad_mask=mask).log_softmax(dim=-1)  # [N, W, V]
+    out = []
+    for r, c in enumerate(completions):
+        cols = torch.arange(width - len(c), width)
+        out.append(logp[r, cols - 1, ids[r, cols]].tolist())
+    return out
+
+
+def _score(name_or_fn, gen, logprobs: list[float]) -> float:
+    if callable(name_or_fn):
+        return float(name_or_fn(gen.text, gen.token_ids))
+    total = sum(logprobs)
+    return total / max(len(logprobs), 1) if name_or_fn == "mean_logprob" else total
+
+
+def best_of_n(ctx, inner: str, n: int, scorer: str | Callable) -> list[list[tuple[list[int], float]]]:
+    """Per prompt, all n candidates ranked by score (best first) as (token_ids, score)."""
+    groups = inner_generations(ctx, inner, n)
+    flat = [g for group in groups for g in group]
+    lps = (completion_logprobs(ctx, [ctx.prompts[i // n] for i in range(len(flat))], [g.token_ids for g in flat])
+           if not callable(scorer) else [[] for _ in flat])
+    ranked = []
+    for b, group in enumerate(groups):
+        scored = [(g.token_ids, _score(scorer, g, lps[b * n + j])) for j, g in enumerate(group)]
+        ranked.append(sorted(scored, key=lambda c: -c[1]))  # stable: ties keep sample order
+    return ranked
+
+
+def self_consistency(ctx, inner: str, n: int, extract: str | Callable) -> list[list[tuple[list[int], float]]]:
+    """Per prompt, candidates ranked by the vote share of their answer, then mean log-likelihood;
+    the first is the most likely sample among those giving the majority answer."""
+    groups = inner_generations(ctx, inner, n)
+    flat = [g for group in groups for g in group]
+    lps = completion_logprobs(ctx, [ctx.prompts[i // n] for i in range(len(flat))], [g.token_ids for g in flat])
+    ranked = []
+    for b, group in enumerate(groups):
+        answers = [extract(g.text) if callable(extract) else g.text.strip() for g in group]
+        votes = Counter(answers)
+        keys = [(votes[a] / n, _score("mean_logprob", g, lps[b * n + j])) for j, (a, g) in enumerate(zip(answers, group))]
+        order = sorted(range(n), key=lambda j: (-keys[j][0], -keys[j][1]))
+        ranked.append([(group[j].token_ids, keys[j][0]) for j in order])
+    return ranked

@@ -1,0 +1,84 @@
+"""Meta-generation: `best_of_n` returns the best-scoring of exactly the N samples that `n=N` sampling
+gives with the same seed, scores are the model's log-likelihood; `self_consistency` returns a sample
+with the majority answer; bad input is a clear error."""
+
+from collections import Counter
+
+import pytest
+import torch
+
+import decodelab
+
+from fakes import tiny_lm
+
+PROMPTS = ["def f(x):", "hello world"]
+
+
+def _soft_lm():
+    lm = tiny_lm("llama", seed=0)
+    with torch.no_grad():  # spread out the sharpened head so samples differ
+        lm.model.get_output_embeddings().weight.mul_(0.15)
+    return lm
+
+
+def _mean_logprob(lm, prompt_ids, completion):
+    ids = torch.tensor([prompt_ids + completion])
+    with torch.no_grad():
+        logp = lm.model(ids).logits[0].float().log_softmax(-1)
+    n = len(prompt_ids)
+    return sum(logp[n + i - 1, t].item() for i, t in enumerate(completion)) / len(completion)
+
+
+def test_best_of_n_is_the_best_of_the_same_seed_samples():
+    lm = _soft_lm()
+    samples = decodelab.generate_batch(lm, PROMPTS, method="sample", n=5, seed=11, max_new_tokens=8,
+                                       temperature=0.9, top_p=0.95)
+    best = decodelab.generate_batch(lm, PROMPTS, method="best_of_n", num_samples=5, seed=11, max_new_tokens=8,
+                                    temperature=0.9, top_p=0.95)
+    for b, (prompt, g) in enumerate(zip(PROMPTS, best)):
+        mine = samples[b * 5: (b + 1) * 5]
+        assert len({tuple(s.token_ids) for s in mine}) > 1  # the test would be vacuous otherwise
+        assert sorted(c.token_ids for c in g.candidates) == sorted(s.token_ids for s in mine)
+        ref = {tuple(s.token_ids): _mean_logprob(lm, lm.encode(prompt), s.token_ids) for s in mine}
+        for c in g.candidates:
+            assert c.score == pytest.approx(ref[tuple(c.token_ids)], abs=1e-4)
+        assert [c.score for c in g.candidates] == sorted((c.score for c in g.candidates), reverse=True)
+        assert tuple(g.token_ids) == max(ref, key=ref.get)
+
+
+def test_single_prompt_matches_generate_batch_n_and_callable_scorer():
+    lm = _soft_lm()
+    samples = decodelab.generate_batch(lm, ["a"], method="sample", n=6, seed=3, max_new_tokens=6)
+    longest = decodelab.generate(lm, "a", method="best_of_n", num_samples=6, seed=3, max_new_tokens=6,
+                                 scorer=lambda text, ids: len(text.encode()))
+    assert longest.text == max((s.text for s in samples), key=lambda t: len(t.encode()))
+    summed = decodelab.generate(lm, "a", method="best_of_n", num_samples=6, seed=3, max_new_tokens=6,
+                                scorer="sum_logprob")
+    assert sorted(c.token_ids for c in summed.candidates) == sorted(s.token_ids for s in samples)
+
+
+def test_self_consistency_returns_a_majority_answer():
+    lm = _soft_lm()
+    first_char = lambda text: text[:1]  # noqa: E731
+    samples = decodelab.generate_batch(lm, ["a"], method="sample", n=9, seed=6, max_new_tokens=3)
+    votes = Counter(first_char(s.text) for s in samples)
+    g = decodelab.generate(lm, "a", method="self_consistency", num_samples=9, seed=6, max_new_tokens=3,
+                           extract=first_char)
+    assert len(votes) > 1 and sorted(votes.values())[-1] > sorted(votes.values())[-2]  # a strict majority answer
+    top = max(votes.values())
+    assert votes[first_char(g.text)] == top
+    assert g.candidates[0].score == pytest.approx(top / 9)
+    majority = [s for s in samples if votes[first_char(s.text)] == top]  # the most likely of them is returned
+    assert g.token_ids == max(majority, key=lambda s: _mean_logprob(lm, lm.encode("a"), s.token_ids)).token_ids
+    assert [c.score for c in g.candidates] == sorted((c.score for c in g.candidates), reverse=True)
+
+
+@pytest.mark.parametrize("params, message", [
+    (dict(inner="best_of_n"), "meta method"),
+    (dict(inner="no_such_method"), "unknown method"),
+    (dict(scorer="bogus"), "scorer"),
+    (dict(num_samples=0), "num_samples"),
+])
+def test_bad_input_is_a_clear_error(params, message):
+    with pytest.raises(ValueError, match=message):
+        decodelab.generate(tiny_lm("llama"), "a", method="best_of_n", max_new_tokens=2, **params)
