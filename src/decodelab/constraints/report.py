@@ -4,7 +4,9 @@
 - awrs_checks: constraint checks AWRS makes per token on those generations, next to the vocabulary
   size a full mask covers;
 - mask_vs_validate: states where llguidance's mask and its token-validity check disagree, and how
-  many of those have bytes forced by the grammar (the case awrs handles with a full mask).
+  many of those have bytes forced by the grammar (the case awrs handles with a full mask);
+- fast_forward: grammar-forced tokens fed as drafts and target forward passes, per method, summed
+  over the cases (greedy has no fast-forward: its passes are the baseline).
 """
 
 from __future__ import annotations
@@ -82,14 +84,17 @@ def report(model: str, max_new_tokens: int) -> dict:
     import decodelab
 
     lm = decodelab.load(model)
-    validity, checks, agree = {}, [], [0, 0, 0]
+    validity, checks, agree, forward = {}, [], [0, 0, 0], {}
     for method in METHODS:
         ok = total = 0
+        forward[method] = {"forward_passes": 0, "forced_tokens": 0, "new_tokens": 0}
         for k, (constraint, prompt) in enumerate((c, p) for c in CASES for p in PROMPTS[:2]):
             g = decodelab.generate(lm, prompt, method=method, seed=k, max_new_tokens=max_new_tokens,
                                    temperature=0.0 if method == "greedy" else 0.8, constraint=constraint)
             ok += satisfied(constraint, g.text)
             total += 1
+            for key in forward[method]:
+                forward[method][key] += getattr(g.stats, key)
             if method == "sample":
                 checks += _awrs_checks(lm, prompt, constraint, g.token_ids, k)
                 agree = [a + b for a, b in zip(agree, _disagreements(lm, constraint, g.token_ids))]
@@ -97,7 +102,8 @@ def report(model: str, max_new_tokens: int) -> dict:
     return {"model": model, "max_new_tokens": max_new_tokens, "validity": validity,
             "awrs_checks_per_token": {"mean": round(sum(checks) / len(checks), 2), "max": max(checks),
                                       "tokens": len(checks), "vocab_size": lm.vocab_size},
-            "mask_vs_validate": {"states": agree[0], "disagree": agree[1], "disagree_with_forced_bytes": agree[2]}}
+            "mask_vs_validate": {"states": agree[0], "disagree": agree[1], "disagree_with_forced_bytes": agree[2]},
+            "fast_forward": forward}
 
 
 def main() -> None:
