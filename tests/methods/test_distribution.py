@@ -5,8 +5,10 @@ in `test_the_setting_is_spread_and_powerful` or in the test itself, not assumed)
 - target: a tiny Llama whose head is scaled by 0.07 (`fakes.soft_lm`). Under temperature 1, top-k 4
   the exact joint of the first 3 new tokens (`stat_utils.exact_joint`) has entropy ≥ 2.8 nats (the
   maximum is 3·ln 4 = 4.16) and ≥ 20 outcomes of probability ≥ 1 %;
-- draft: the target plus 20 % Gaussian noise (`fakes.noisy_copy`); selfspec drafts with the
-  target's first layer; pld / jacobi / recycling / lookahead propose deterministic drafts;
+- drafts: the target plus 20 % Gaussian noise (`fakes.noisy_copy`, accepted ~55 % of the time), and
+  for a second speculative run an over-confident one (10 % noise, head ×2: q > 1.2·p on likely tokens,
+  which an over-generous acceptance rule rewards); selfspec drafts with the target's first layer;
+  pld / jacobi / recycling / lookahead propose deterministic drafts;
 - the prompt is the target's own sample repeated, so prompt lookup finds continuations, and each
   test asserts that drafts were accepted *and* rejected many times;
 - N = 2,000 samples per method (seeds 0 … N − 1), first 3 of 4 new tokens, chi-square at
@@ -22,6 +24,7 @@ each one's power at N (figures in the gallery's docstring).
 """
 
 import pytest
+import torch
 
 import decodelab
 from decodelab.methods.loop import speculative_loop
@@ -34,13 +37,16 @@ N = 2000
 DEPTH = 3  # tokens compared: the first comes from prefill, the next ones from verification steps
 PARAMS = dict(temperature=1.0, top_k=4)
 TARGET = soft_lm("llama", seed=0, scale=0.07)
-TARGET.state["drafts"] = {"noisy": noisy_copy(TARGET, 0.2, seed=1)}
+TARGET.state["drafts"] = {"noisy": noisy_copy(TARGET, 0.2, seed=1), "sharp": noisy_copy(TARGET, 0.1, seed=1)}
+with torch.no_grad():
+    TARGET.state["drafts"]["sharp"].model.get_output_embeddings().weight.mul_(2.0)
 _OWN = decodelab.generate(TARGET, "ab", method="sample", seed=0, max_new_tokens=24, **PARAMS).token_ids
 PROMPT = TARGET.encode("ab") + _OWN * 2
 
-# method → (its parameters, the least accepted / rejected draft tokens over N samples)
+# "method" or "method:variant" → (its parameters, the least accepted / rejected draft tokens over N samples)
 CONFIG = {
     "speculative": (dict(draft="noisy", num_draft_tokens=2, stop_threshold=1.0), 1000, 1400),
+    "speculative:sharp": (dict(draft="sharp", num_draft_tokens=2, stop_threshold=1.0), 1400, 800),
     "tree": (dict(draft="noisy", branching=2, depth=2), 800, 1500),
     "selfspec": (dict(exit_layer=1, num_draft_tokens=2), 1000, 1200),
     "pld": ({}, 240, 900),
@@ -58,7 +64,7 @@ def exact():
 
 
 def test_every_lossless_method_has_a_distribution_test():
-    missing = sorted(set(STOCHASTIC_LOSSLESS) - set(CONFIG))
+    missing = sorted(set(STOCHASTIC_LOSSLESS) - {key.split(":")[0] for key in CONFIG})
     assert not missing, f"add {missing} to CONFIG in {__file__}: every lossless method needs a powered test"
 
 
@@ -93,9 +99,11 @@ def _lookahead_run(seed, grams, **kw):
     raise AssertionError("the loop ended early")  # pragma: no cover
 
 
-def draw(method: str, n: int, first_seed: int = 0, exact_probs: dict | None = None):
-    """n samples of the first DEPTH tokens, and the accepted / drafted draft-token counts."""
-    kw = CONFIG[method][0] if method in CONFIG else {}
+def draw(key: str, n: int, first_seed: int = 0, exact_probs: dict | None = None):
+    """n samples of the first DEPTH tokens of CONFIG[key] (or "sample"), and the accepted / drafted
+    draft-token counts."""
+    kw = CONFIG[key][0] if key in CONFIG else {}
+    method = key.split(":")[0]
     grams = _lookahead_grams(exact_probs or exact_joint(TARGET, PROMPT, DEPTH, **PARAMS)) \
         if method == "lookahead" else None
     samples, accepted, drafted = [], 0, 0
@@ -112,11 +120,11 @@ def draw(method: str, n: int, first_seed: int = 0, exact_probs: dict | None = No
     return samples, accepted, drafted
 
 
-@pytest.mark.parametrize("method", ["sample", *sorted(CONFIG)])
-def test_sampled_distribution_matches_target(method, exact):
-    samples, accepted, drafted = draw(method, N, exact_probs=exact)
-    if method != "sample":
-        least_accepted, least_rejected = CONFIG[method][1:]
+@pytest.mark.parametrize("key", ["sample", *sorted(CONFIG)])
+def test_sampled_distribution_matches_target(key, exact):
+    samples, accepted, drafted = draw(key, N, exact_probs=exact)
+    if key != "sample":
+        least_accepted, least_rejected = CONFIG[key][1:]
         assert accepted >= least_accepted, (accepted, drafted)  # the acceptance path runs
         assert drafted - accepted >= least_rejected, (accepted, drafted)  # … and the rejection path
     assert chi2_pvalue(samples, exact) > ALPHA

@@ -43,9 +43,9 @@ MUTANTS = [
         "src/decodelab/verify.py",
         "    return torch.rand((), generator=gen).item() < ratio\n",
         "    return torch.rand((), generator=gen).item() < 1.2 * ratio\n",
-        (f"{VERIFY}[_stochastic_chain]", f"{DIST}[speculative]", f"{DIST}[tree]", f"{DIST}[pld]",
+        (f"{VERIFY}[_stochastic_chain]", f"{DIST}[speculative:sharp]", f"{DIST}[tree]", f"{DIST}[pld]",
          f"{DIST}[recycling]", f"{DIST}[lookahead]"),
-        "an over-generous acceptance rule r < 1.2·p/q",
+        "an over-generous acceptance rule r < 1.2·p/q (the sharp draft's q exceeds 1.2·p on likely tokens)",
     ),
     Mutant(
         "resample-from-p-not-residual",

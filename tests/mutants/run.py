@@ -64,7 +64,8 @@ def _env(src: Path) -> dict:
 
 
 def run_tests(src: Path, tests: tuple[str, ...], timeout: int) -> tuple[set[str], str]:
-    """Run the tests against the copy at src; return the node ids reported failed (or errored)."""
+    """Run the tests against the copy at src; return the node ids reported failed (or errored).
+    A named test without parameters counts as failed when any of its parametrisations failed."""
     cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:xdist", "-p", "no:cacheprovider",
            "--tb=no", *tests]
     out = subprocess.run(cmd, cwd=ROOT, env=_env(src), capture_output=True, text=True, timeout=timeout)
@@ -90,9 +91,10 @@ def run_mutant(mutant: Mutant, timeout: int) -> dict:
         except StaleMutant as exc:
             return {"name": mutant.name, "status": "stale", "detail": str(exc), "seconds": 0.0}
         failed, log = run_tests(src, mutant.tests, timeout)
-    survivors = [t for t in mutant.tests if t not in failed]
+    killers = [t for t in mutant.tests if any(f == t or f.startswith(t + "[") for f in failed)]
+    survivors = [t for t in mutant.tests if t not in killers]
     status = "killed" if not survivors else "survived"
-    return {"name": mutant.name, "status": status, "killed_by": sorted(failed & set(mutant.tests)),
+    return {"name": mutant.name, "status": status, "killed_by": killers,
             "survived": survivors, "seconds": round(time.perf_counter() - t0, 1),
             "detail": "" if status == "killed" else log[-3000:]}
 
