@@ -33,6 +33,8 @@ def add_arguments(p) -> None:
                    help="model backend (default auto: native for Llama-family models)")
     p.add_argument("--dtype", default=None, help="float32 (default on CPU), bfloat16 or float16")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="prompts per generate_batch call (one batched forward per step; peers are skipped)")
     p.add_argument("--out", default="bench-out")
     p.add_argument("--json", action="store_true", help="end stdout with one JSON summary object")
     p.add_argument("--list", action="store_true", help="list suites and methods, then exit")
@@ -78,6 +80,8 @@ def run(args) -> None:
         raise ValueError("--repeats and --max-new-tokens must be ≥ 1")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be ≥ 1 (prompts per suite), got {args.limit}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be ≥ 1, got {args.batch_size}")
     if args.dist_seeds < 2:
         raise ValueError(f"--dist-seeds must be ≥ 2, got {args.dist_seeds}")
     names = sorted(n for n in methods() if n != "sample") if args.all else \
@@ -118,7 +122,7 @@ def benchmark(args, names: list[str], params: dict[str, dict]) -> dict:
     lm = load(args.model, device=args.device, dtype=args.dtype, backend=args.backend, **options)
     names, skipped = _draft_methods(lm, names, params, args.draft, options, args.all)
     draft = _maybe_draft(lm, args.draft, resolve_draft)
-    entries = runner.make_entries(names, params, not args.no_peers, draft is not None)
+    entries = runner.make_entries(names, params, not args.no_peers and args.batch_size == 1, draft is not None)
     temperature = params.get("*", {}).get("temperature", 0.0)
     prompts = {s.name: runner.prompt_ids(lm, s, args.max_new_tokens)[: args.limit] for s in suites}
     before, start = machine.snapshot(), machine.sample()
@@ -129,7 +133,7 @@ def benchmark(args, names: list[str], params: dict[str, dict]) -> dict:
         else "decodelab bench (API)", "model": lm.name, "suites": [s.name for s in suites],
         "suite_versions": {s.name: s.version for s in suites},
         "methods": [{"label": e.label, "method": e.method, "params": e.params, "lossless": e.lossless} for e in entries],
-        "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "temperature": temperature, "seed": args.seed,
+        "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "batch_size": args.batch_size, "temperature": temperature, "seed": args.seed,
         "skipped": skipped},
         "records": records}
     results["machine"]["load"] = load_info
@@ -179,8 +183,10 @@ def _run_all(lm, entries, prompts, args, draft) -> list[dict]:
     from rich.live import Live
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .runner import run_one
+    from .runner import run_batch, run_one
 
+    if args.batch_size > 1:
+        prompts = {suite: _batches(plist, args.batch_size) for suite, plist in prompts.items()}
     total = sum(len(p) for p in prompts.values()) * args.repeats * len(entries)
     progress = Progress(TextColumn("bench"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("{task.description}"))
@@ -189,18 +195,28 @@ def _run_all(lm, entries, prompts, args, draft) -> list[dict]:
     console = Console(stderr=True)
     first = next(iter(prompts.values()))[0]
     for e in entries:  # warm-up, not recorded
-        run_one(lm, e, first[1], min(8, first[2]), args.seed, draft)
+        if args.batch_size > 1:
+            run_batch(lm, e, first[1], min(8, first[2]), args.seed)
+        else:
+            run_one(lm, e, first[1], min(8, first[2]), args.seed, draft)
     with Live(_live_table(records, entries, progress), console=console, refresh_per_second=4) as live:
         for suite, plist in prompts.items():
             for pid, ids, n in plist:
                 for rep in range(args.repeats):
                     for e in entries:  # interleaved: A B C, A B C …
                         progress.update(task, description=f"{suite} {e.label}")
-                        rec = run_one(lm, e, ids, n, args.seed + rep, draft)
+                        rec = run_batch(lm, e, ids, n, args.seed + rep) if args.batch_size > 1 \
+                            else run_one(lm, e, ids, n, args.seed + rep, draft)
                         records.append({"suite": suite, "prompt_id": pid, "method": e.label, "repeat": rep, **rec})
                         progress.advance(task)
                 live.update(_live_table(records, entries, progress))
     return records
+
+
+def _batches(plist: list[tuple[str, list[int], int]], size: int) -> list[tuple[str, list[list[int]], int]]:
+    """Consecutive prompts grouped `size` at a time: (joined ids, rows, the group's max_new_tokens)."""
+    groups = [plist[i : i + size] for i in range(0, len(plist), size)]
+    return [("+".join(p[0] for p in g), [p[1] for p in g], min(p[2] for p in g)) for g in groups]
 
 
 def _live_table(records, entries, progress):
@@ -233,12 +249,14 @@ def _exactness(results, lm, entries, prompts, temperature, args, draft) -> None:
             a["exact"], a["mismatch"] = True, None
             ref = {r["prompt_id"]: r["token_ids"] for r in records
                    if r["suite"] == a["suite"] and r["method"] == "greedy" and r["repeat"] == 0}
+            a["mismatched_prompts"] = 0
             for r in records:
                 if r["suite"] == a["suite"] and r["method"] == a["method"] and r["repeat"] == 0:
                     pos = first_mismatch(r["token_ids"], ref[r["prompt_id"]])
                     if pos is not None:
-                        a["exact"], a["mismatch"] = False, {"prompt_id": r["prompt_id"], "position": pos}
-                        break
+                        a["mismatched_prompts"] += 1
+                        if a["exact"]:
+                            a["exact"], a["mismatch"] = False, {"prompt_id": r["prompt_id"], "position": pos}
         elif entry.method not in ("sample",) and not entry.is_peer:
             short = [ids[:64] for _, ids, _ in prompts[a["suite"]][:2]]
             a["distribution_pvalue"] = round(distribution_check(lm, entry, short, args.dist_seeds, draft), 6)

@@ -29,11 +29,13 @@ def markdown(results: dict) -> str:
     """A table per suite, readable at a glance."""
     m, c = results["machine"], results["config"]
     lines = [f"# decodelab bench — {c['model']}", "",
-             f"Machine: {m['processor']}, {m['cpu_count']} threads, {m['device']} {m['dtype']}; "
+             f"Machine: {m['processor']}, {m.get('cpu_count')} cores, {m.get('threads', m.get('cpu_count'))} torch "
+             f"threads, {m['device']} {m['dtype']}, backend {m.get('backend', 'transformers')}; "
              f"torch {m['torch']}, transformers {m['transformers']}, decodelab {m['decodelab']}.",
+             _load_line(m.get("load")),
              f"Command: `{c['command']}`", "",
              f"Protocol: {c['repeats']} repeats (median time per prompt), 1 warm-up, methods interleaved per "
-             f"prompt, prefill included, batch 1, temperature {c['temperature']}. Speedup = mean tokens/s ÷ "
+             f"prompt, prefill included, batch {c.get('batch_size', 1)}, temperature {c['temperature']}. Speedup = mean tokens/s ÷ "
              "decodelab greedy's mean tokens/s in the same run; spread = 25th–75th percentile of per-prompt "
              "speedups.", ""]
     lines += [f"Skipped {method}: {why}." for method, why in c.get("skipped", {}).items()]
@@ -104,3 +106,14 @@ def write(results: dict, out: Path) -> list[Path]:
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "report.md").write_text(markdown(results) + "\n")
     return [out / "results.json", out / "report.md", *plots(results, out)]
+
+
+def _load_line(load: dict | None) -> str:
+    """The machine's load around the run (bench/machine.py), flagged when it was busy."""
+    if not load:
+        return "Machine load: not recorded."
+    b, a = load["before"], load["after"]
+    flag = " **BUSY: timings unreliable.**" if load["busy"] else " (idle)"
+    return (f"Machine load: 1-min load average {b.get('load_avg_1m')} before, {a.get('load_avg_1m')} after; other "
+            f"processes' CPU share {b.get('others_cpu_share')} before, {load.get('during_others_cpu_share')} during, "
+            f"{a.get('others_cpu_share')} after{flag}")

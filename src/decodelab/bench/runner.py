@@ -103,6 +103,31 @@ def run_one(lm: LM, entry: Entry, ids: list[int], max_new_tokens: int, seed: int
     return rec
 
 
+def run_batch(lm: LM, entry: Entry, rows: list[list[int]], max_new_tokens: int, seed: int) -> dict:
+    """Time one batch of prompts through `generate_batch` (one batched forward per step); a raw record
+    whose token_ids is the list of rows and whose counts are the batch's."""
+    from ..api import generate_batch
+
+    _sync_reset(lm)
+    t0 = time.perf_counter()
+    gens = generate_batch(lm, rows, method=entry.method, max_new_tokens=max_new_tokens, seed=seed, **entry.params)
+    if lm.device.type == "cuda":
+        torch.cuda.synchronize(lm.device)
+    wall = time.perf_counter() - t0
+    stats, new = gens[0].stats, sum(len(g.token_ids) for g in gens)
+    return {"new_tokens": new, "wall_time_s": wall, "tokens_per_s": new / wall, "batch_size": len(rows),
+            "token_ids": [g.token_ids for g in gens], "peak_memory_mb": round(_peak_memory_mb(lm), 1),
+            "steps": stats.steps, "forward_passes": stats.forward_passes, "decode_tokens": stats.decode_tokens,
+            "draft_forward_passes": stats.draft_forward_passes, "mean_accepted": stats.mean_accepted,
+            "draft_time_s": stats.draft_time_s}
+
+
+def _sync_reset(lm: LM) -> None:
+    if lm.device.type == "cuda":
+        torch.cuda.synchronize(lm.device)
+        torch.cuda.reset_peak_memory_stats(lm.device)
+
+
 def first_mismatch(got: list[int], want: list[int]) -> int | None:
     """First differing position over the full sequences (a length difference counts)."""
     for i, (a, b) in enumerate(zip(got, want)):

@@ -41,6 +41,16 @@ def _clip(draft: Draft, limit: int) -> Draft:
     return Draft([draft.tokens[i] for i in keep], [index.get(draft.parents[i], -1) for i in keep], q)
 
 
+def _fit(draft: Draft, room: int) -> Draft:
+    """At most `room` nodes (candidates + aux): the cache columns left. Aux nodes go first; then a prefix
+    of the candidates, which is still a tree because parents precede their children."""
+    if len(draft.tokens) + len(draft.aux_tokens) <= room:
+        return draft
+    room = max(room, 0)
+    q = draft.q[:room] if draft.q is not None else None
+    return Draft(draft.tokens[:room], draft.parents[:room], q)
+
+
 def _p_at(ctx, draft: Draft, logits: torch.Tensor):
     """Lazy p(node) from the verify logits; history = context + path to the node."""
     sampler, base = ctx.sampler, ctx.ids()
@@ -84,7 +94,7 @@ def _single_loop(ctx, proposer) -> Iterator[list[list[int]]]:
     wants_hidden = getattr(proposer, "wants_hidden", False)
     while True:
         limit = min(ctx.remaining() - 1, ctx.lm.max_length - session.length - 1)
-        draft = _draft(ctx, proposer, limit)
+        draft = _fit(_draft(ctx, proposer, limit), ctx.lm.max_length - session.length - 1)
         if draft.is_chain():
             out = session.forward([ctx.ids()[-1]] + draft.tokens, hidden=wants_hidden)
         else:
@@ -155,7 +165,7 @@ def _row_draft(view, proposer, session) -> Draft:
     if limit <= 0:
         session.defragment()  # holes may be what is short of room
         limit = min(view.remaining() - 1, view.lm.max_length - session.length - 1)
-    return _draft(view, proposer, limit)
+    return _fit(_draft(view, proposer, limit), view.lm.max_length - session.length - 1)
 
 
 def _draft(ctx, proposer, limit: int) -> Draft:
