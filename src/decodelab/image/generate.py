@@ -77,8 +77,8 @@ def companion(lm, sub: str):
     if key not in lm.state:
         path = model_dir(lm) / sub
         if not (path / "config.json").exists():
-            raise ModelError(f"{lm.name}: no {sub!r} model beside it ({path}); train it with "
-                             "`python -m decodelab.image.train --all`")
+            raise ModelError(f"{lm.name}: no {sub!r} model beside it ({path}); this method needs its own "
+                             "trained model (`python -m decodelab.image.train --variant ... --out ...`)")
         from ..model import load
 
         lm.state[key] = load(str(path))
