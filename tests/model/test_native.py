@@ -184,3 +184,16 @@ def test_bfloat16_close_to_float32():
     a, b = lm32.session().forward(ids)[0], lm16.session().forward(ids)[0]
     assert lm16.dtype == torch.bfloat16
     assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.8
+
+
+def test_grown_cache_accepts_a_tree_path_outside_inference_mode():
+    """Past the first 256 columns the cache is regrown inside the forward; rolling it back (copying an
+    accepted tree path) happens outside inference mode and must still work and stay exact."""
+    lm = decodelab.load(backend="native")
+    prefix = [(7 * i) % 500 + 10 for i in range(300)]
+    s = lm.session()
+    s.forward(prefix)
+    s.forward([40, 41, 42, 43], parents=[-1, -1, 1, 2])
+    s.accept([1, 2])
+    after = s.forward([50])[0, -1]
+    torch.testing.assert_close(after, lm.session().forward(prefix + [41, 42, 50])[0, -1], atol=ATOL, rtol=0)

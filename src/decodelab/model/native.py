@@ -187,8 +187,11 @@ class NativeModel(nn.Module):
 
 
 class KVCache:
-    """Keys and values of every layer: k, v [L, B, kv_heads, capacity, D], grown by doubling."""
+    """Keys and values of every layer: k, v [L, B, kv_heads, capacity, D], grown by doubling.
 
+    Every method runs in inference mode: the tensors are inference tensors, updated in place."""
+
+    @torch.inference_mode()
     def __init__(self, model: NativeModel, batch_size: int, capacity: int = 256):
         block = model.layers[0]
         self.max_length = model.config.max_position_embeddings
@@ -201,6 +204,7 @@ class KVCache:
     def capacity(self) -> int:
         return self.k.shape[3]
 
+    @torch.inference_mode()
     def reserve(self, length: int) -> None:
         """Make room for `length` columns (copies the cache once per doubling)."""
         if length <= self.capacity:
@@ -209,12 +213,14 @@ class KVCache:
         pad = (0, 0, 0, new - self.capacity)
         self.k, self.v = F.pad(self.k, pad), F.pad(self.v, pad)
 
+    @torch.inference_mode()
     def move(self, src: torch.Tensor, dst_start: int) -> None:
         """Copy columns `src` (a [m] index) to dst_start..dst_start+m (the accepted tree path)."""
         end = dst_start + len(src)
         self.k[:, :, :, dst_start:end] = self.k.index_select(3, src)
         self.v[:, :, :, dst_start:end] = self.v.index_select(3, src)
 
+    @torch.inference_mode()
     def gather_columns(self, index: torch.Tensor) -> None:
         """Row b's column j becomes its old column index[b, j] (index [B, W], W ≤ capacity)."""
         W = index.shape[1]
@@ -222,6 +228,7 @@ class KVCache:
         for t in (self.k, self.v):  # [L, B, H, T, D] → gather per row along T
             t[:, :, :, :W] = t[:, rows, :, index].permute(2, 0, 3, 1, 4)  # [B, W, L, H, D] → [L, B, H, W, D]
 
+    @torch.inference_mode()
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep / repeat / reorder batch rows (beam search's fork and reorder)."""
         self.k, self.v = self.k.index_select(1, rows), self.v.index_select(1, rows)
