@@ -26,6 +26,10 @@ class Mutant:
     new: str
     tests: tuple[str, ...]  # pytest node ids; each one must fail on the mutant
     why: str = ""
+    more: tuple[tuple[str, str, str], ...] = ()  # further (path, old, new) edits of the same bug
+
+    def edits(self) -> list[tuple[str, str, str]]:
+        return [(self.path, self.old, self.new), *self.more]
 
 
 MUTANTS = [

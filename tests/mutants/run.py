@@ -47,15 +47,16 @@ def make_copy(workdir: Path, mutant: Mutant | None) -> Path:
 
 
 def apply(root: Path, mutant: Mutant) -> None:
-    path = root / mutant.path
-    if not path.exists():
-        raise StaleMutant(f"{mutant.name}: {mutant.path} does not exist")
-    text = path.read_text()
-    count = text.count(mutant.old)
-    if count != 1:
-        raise StaleMutant(f"{mutant.name}: snippet found {count} times in {mutant.path} (need exactly 1): "
-                          f"{mutant.old.strip()!r}")
-    path.write_text(text.replace(mutant.old, mutant.new))
+    for rel, old, new in mutant.edits():
+        path = root / rel
+        if not path.exists():
+            raise StaleMutant(f"{mutant.name}: {rel} does not exist")
+        text = path.read_text()
+        count = text.count(old)
+        if count != 1:
+            raise StaleMutant(f"{mutant.name}: snippet found {count} times in {rel} (need exactly 1): "
+                              f"{old.strip()!r}")
+        path.write_text(text.replace(old, new))
 
 
 def _env(src: Path) -> dict:
@@ -128,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         return report_power(chosen, make_copy, _env, ROOT)
     if args.baseline:
         baseline(chosen, args.timeout)
+    else:
+        with tempfile.TemporaryDirectory(prefix="mutant-import-") as tmp:
+            check_import(make_copy(Path(tmp), None))
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         results = list(pool.map(lambda m: run_mutant(m, args.timeout), chosen))
     bad = 0
