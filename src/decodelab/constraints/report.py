@@ -67,8 +67,10 @@ def _awrs_checks(lm, prompt, constraint, tokens, seed) -> list[int]:
     return out
 
 
-def _disagreements(lm, constraint, tokens) -> tuple[int, int, int]:
-    total = differ = forced = 0
+def _disagreements(lm, constraint, tokens) -> tuple[int, int, int, int, int]:
+    """(states, mask ≠ validity, of those with forced bytes, states with forced tokens, of those whose
+    mask is exactly the first forced token)."""
+    total = differ = forced = ff_states = ff_single = 0
     for row, _ in _states(lm, constraint, tokens):
         mask = set(row.allowed(lm.vocab_size).nonzero().flatten().tolist())
         valid = {t for t in range(lm.vocab_size)
@@ -77,14 +79,18 @@ def _disagreements(lm, constraint, tokens) -> tuple[int, int, int]:
         if mask != valid:
             differ += 1
             forced += row.forced()
-    return total, differ, forced
+        ff = row.matcher.compute_ff_tokens()
+        if ff:
+            ff_states += 1
+            ff_single += mask == {ff[0]}
+    return total, differ, forced, ff_states, ff_single
 
 
 def report(model: str, max_new_tokens: int) -> dict:
     import decodelab
 
     lm = decodelab.load(model)
-    validity, checks, agree, forward = {}, [], [0, 0, 0], {}
+    validity, checks, agree, forward = {}, [], [0] * 5, {}
     for method in METHODS:
         ok = total = 0
         forward[method] = {"forward_passes": 0, "forced_tokens": 0, "new_tokens": 0}
@@ -102,7 +108,8 @@ def report(model: str, max_new_tokens: int) -> dict:
     return {"model": model, "max_new_tokens": max_new_tokens, "validity": validity,
             "awrs_checks_per_token": {"mean": round(sum(checks) / len(checks), 2), "max": max(checks),
                                       "tokens": len(checks), "vocab_size": lm.vocab_size},
-            "mask_vs_validate": {"states": agree[0], "disagree": agree[1], "disagree_with_forced_bytes": agree[2]},
+            "mask_vs_validate": {"states": agree[0], "disagree": agree[1], "disagree_with_forced_bytes": agree[2],
+                                 "forced_token_states": agree[3], "mask_is_first_forced_token": agree[4]},
             "fast_forward": forward}
 
 
