@@ -140,3 +140,10 @@ def test_beam_rejects_constraints_rather_than_ignoring_them():
     lm = tiny_lm("llama")
     with pytest.raises(ValueError, match="constraint"):
         decodelab.generate(lm, "a", method="beam", max_new_tokens=4, constraint={"regex": "[a-z]+"})
+
+
+def test_native_backend_equals_transformers_backend_on_pyco():
+    native, hf = decodelab.load("builtin:pyco"), decodelab.load("builtin:pyco", backend="transformers")
+    prompts = ["def add(a, b):\n", "for i in range("]
+    ours = _ours(native, prompts, 16, num_beams=3, num_return_sequences=2)
+    _assert_same(ours, _ours(hf, prompts, 16, num_beams=3, num_return_sequences=2))

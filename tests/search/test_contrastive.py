@@ -64,3 +64,12 @@ def test_rule_on_hand_made_vectors():
     # a padded context column never counts
     masked = degeneration_penalty(h, context, torch.tensor([[False, True]]))
     assert masked[0].tolist() == pytest.approx([0.0, 2 ** -0.5, 0.0])
+
+
+def test_native_backend_equals_transformers_backend_on_pyco():
+    """The native Session (static cache, defragment after 16 steps) gives the same tokens."""
+    native, hf = decodelab.load("builtin:pyco"), decodelab.load("builtin:pyco", backend="transformers")
+    prompts = ["def add(a, b):\n", "for i in range("]
+    kw = dict(method="contrastive", max_new_tokens=20, top_k=4)
+    assert ([g.token_ids for g in decodelab.generate_batch(native, prompts, **kw)]
+            == [g.token_ids for g in decodelab.generate_batch(hf, prompts, **kw)])

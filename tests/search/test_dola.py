@@ -89,3 +89,13 @@ def test_candidate_buckets_and_errors():
     for bad in ("7", "mid", ""):
         with pytest.raises(ValueError, match="dola_layers"):
             decodelab.generate(lm, "a", method="dola", dola_layers=bad, max_new_tokens=2)
+
+
+def test_native_backend_equals_transformers_backend_on_pyco():
+    native, hf = decodelab.load("builtin:pyco"), decodelab.load("builtin:pyco", backend="transformers")
+    assert native.backend == "native"
+    prompts = ["def add(a, b):\n", "for i in range("]
+    for layers in ("high", "low"):
+        kw = dict(method="dola", max_new_tokens=12, dola_layers=layers)
+        assert ([g.token_ids for g in decodelab.generate_batch(native, prompts, **kw)]
+                == [g.token_ids for g in decodelab.generate_batch(hf, prompts, **kw)])

@@ -61,4 +61,5 @@ def contrastive_search(ctx, alpha: float, k: int) -> Iterator[list[list[int]]]:
         valid = torch.cat([valid, torch.ones(ctx.batch_size, 1, dtype=torch.bool)], dim=1)
         logits = cand_logits[rows, choice]
         if step % DEFRAG_EVERY == 0 or session.length + k > ctx.lm.max_length:
-            session.defragment()
+            with torch.inference_mode():  # the native cache is an inference tensor
+                session.defragment()
