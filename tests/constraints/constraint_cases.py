@@ -86,3 +86,42 @@ def exact_outcomes(lm, prompt: str, constraint: dict, **params) -> dict[str, flo
 
     walk([], 1.0)
     return out
+
+
+def _obj(props: dict, required=None) -> dict:
+    return {"type": "object", "properties": props, "required": list(props) if required is None else required,
+            "additionalProperties": False}
+
+
+_S = {"type": "string", "maxLength": 6}
+_I = {"type": "integer", "minimum": 0, "maximum": 999}
+# 24 more: realistic shapes (configs, records, API payloads), all bounded so a model can finish them
+# (a free "number" lets a random model write fraction digits forever).
+MORE_SCHEMAS = [
+    _obj({"host": _S, "port": {"type": "integer", "minimum": 1, "maximum": 9999}}),
+    _obj({"level": {"enum": ["debug", "info", "warn", "error"]}, "msg": _S}),
+    _obj({"user": _obj({"id": _I, "name": _S})}),
+    _obj({"items": {"type": "array", "items": _I, "minItems": 1, "maxItems": 3}}),
+    _obj({"x": {"type": "integer", "minimum": -10, "maximum": 10}, "y": {"type": "integer", "minimum": -10, "maximum": 10}}),
+    _obj({"ok": {"type": "boolean"}, "code": {"enum": [200, 404, 500]}}),
+    _obj({"date": {"type": "string", "pattern": "^20[0-9]{2}-[01][0-9]-[0-3][0-9]$"}}),
+    _obj({"email": {"type": "string", "pattern": "^[a-z]{1,5}@[a-z]{1,5}\\.(com|org)$"}}),
+    _obj({"tags": {"type": "array", "items": {"enum": ["py", "rs", "go"]}, "maxItems": 3}}),
+    _obj({"name": _S, "nick": _S}, required=["name"]),
+    _obj({"a": {"anyOf": [_I, {"type": "null"}]}}),
+    _obj({"shape": {"oneOf": [_obj({"r": _I}), _obj({"w": _I, "h": _I})]}}),
+    {"type": "array", "items": _obj({"k": _S, "v": _I}), "minItems": 1, "maxItems": 2},
+    _obj({"version": {"type": "string", "pattern": "^[0-9]\\.[0-9]{1,2}\\.[0-9]$"}}),
+    _obj({"matrix": {"type": "array", "items": {"type": "array", "items": {"enum": [0, 1]}, "minItems": 2,
+                                                                "maxItems": 2}, "minItems": 2, "maxItems": 2}}),
+    {"enum": ["red", "green", "blue"]},
+    {"type": "integer", "minimum": 10, "maximum": 99},
+    {"type": "string", "pattern": "^[A-Z][a-z]{2,5}$"},
+    _obj({"point": {"$ref": "#/$defs/p"}, "other": {"$ref": "#/$defs/p"}}) | {
+        "$defs": {"p": _obj({"x": {"type": "integer", "minimum": 0, "maximum": 9}})}},
+    _obj({"id": {"type": "string", "minLength": 2, "maxLength": 4}, "score": {"enum": [0, 0.5, 1]}}),
+    _obj({"status": {"const": "done"}, "n": _I}),
+    _obj({"path": {"type": "string", "pattern": "^/[a-z]{1,4}(/[a-z]{1,4}){0,2}$"}}),
+    _obj({"pair": {"type": "array", "prefixItems": [_S, _I], "items": False, "minItems": 2}}),
+    _obj({"meta": _obj({"a": {"type": "boolean"}, "b": {"type": "null"}})}),
+]

@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from constraint_cases import CHOICES, CONSTRAINTS, exact_outcomes, flat_lm, satisfied
+from constraint_cases import CHOICES, CONSTRAINTS, MORE_SCHEMAS, exact_outcomes, flat_lm, satisfied
 from scipy.stats import chi2, ncx2
 
 import decodelab
@@ -161,7 +161,8 @@ BAD = [({"regex": "(ab"}, "invalid regex"), ({"lark": "start: foo"}, "foo"),
        ({"json_schema": {"type": "objec"}}, "objec"), ({"json_schema": {"$ref": "#/nope"}}, "nope"),
        ({"xml": "<a/>"}, "unknown constraint key 'xml'"), ({"choice": []}, "non-empty list"),
        ({"choice": ["a", 3]}, "non-empty strings"), ({"regex": "a", "choice": ["a"]}, "exactly one"),
-       ("a|b", "must be a dict"), ({"json_schema": "{oops"}, "not valid JSON")]
+       ("a|b", "must be a dict"), ({"json_schema": "{oops"}, "not valid JSON"),
+       ({"json_schema": {"type": "array", "uniqueItems": True}}, "Unimplemented keys")]  # refused, not ignored
 
 
 @pytest.mark.parametrize("constraint, message", BAD)
@@ -203,3 +204,13 @@ def test_fast_forward_feeds_forced_tokens_and_changes_no_token(pyco):
     got = decodelab.generate(pyco, "x = ", method="jacobi", max_new_tokens=40, constraint=schema)
     assert got.token_ids == want.token_ids
     assert got.stats.forced_tokens > 0 and got.stats.forward_passes < want.stats.forward_passes
+
+
+@pytest.mark.parametrize("index", range(len(MORE_SCHEMAS)))
+def test_more_schemas_under_a_rotating_method(index):
+    """24 more schemas (30 with SCHEMAS): each one under one method and seed, rotating through all nine."""
+    schema = MORE_SCHEMAS[index]
+    method = METHODS[index % len(METHODS)]
+    g = decodelab.generate(TINY, "{", method=method, seed=index, max_new_tokens=80, temperature=0.0 if index % 2 else 0.9,
+                           constraint={"json_schema": schema}, **_needs(method), **CPU_SIZES.get(method, {}))
+    assert g.finish_reason == "stop" and satisfied({"json_schema": schema}, g.text), (method, g.text)
