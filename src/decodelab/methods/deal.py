@@ -90,17 +90,15 @@ def _batch_sampler(ctx, states: list[_State]) -> Sampler:
 
 
 def _next_scores(ctx, states: list[_State]) -> torch.Tensor:
-    """[N, V] processed log-probabilities (grammar-masked) after each state's tokens (one forward)."""
-    prompt = ctx.prompts[0]
-    width = max(len(s.tokens) for s in states)
-    pad = ctx.lm.pad_token_id
-    ids = torch.tensor([[pad] * (width - len(s.tokens)) + prompt + s.tokens for s in states])
-    pad_mask = torch.tensor([[0] * (width - len(s.tokens)) + [1] * (len(prompt) + len(s.tokens)) for s in states])
-    session = ctx.lm.session(len(states), stats=ctx.stats)
-    logits = session.forward(ids, pad_mask=None if width == min(len(s.tokens) for s in states) else pad_mask,
-                             last_only=True)[:, -1]
-    history = torch.tensor([prompt + s.tokens + [pad] * (width - len(s.tokens)) for s in states])
-    return _batch_sampler(ctx, states).process(history, logits).log_softmax(-1)
+    """[N, V] processed log-probabilities (grammar-masked) after each state's tokens (one forward).
+
+    Every state passed here has the same length: each search step and each rollout step adds one
+    token to every live state, and finished states are never passed."""
+    if len({len(s.tokens) for s in states}) != 1:
+        raise AssertionError("deal: states of different lengths in one batch")
+    ids = torch.tensor([ctx.prompts[0] + s.tokens for s in states])  # [N, L]
+    logits = ctx.lm.session(len(states), stats=ctx.stats).forward(ids, last_only=True)[:, -1]
+    return _batch_sampler(ctx, states).process(ids, logits).log_softmax(-1)
 
 
 def _finished(ctx, state: _State) -> bool:
