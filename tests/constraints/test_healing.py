@@ -59,3 +59,12 @@ def test_single_token_prompt_and_bad_flag():
     assert g.token_ids == decodelab.generate(TINY, "a", max_new_tokens=3).token_ids
     with pytest.raises(ValueError, match="token_healing must be True or False"):
         decodelab.generate(TINY, "ab", token_healing="yes")
+
+
+@pytest.mark.parametrize("constraint", [{"choice": ["yes", "no", "maybe"]}, {"lark": 'start: "(" /[0-9]/ ")"'},
+                                        {"json_schema": {"enum": [1, 22]}}, {"regex": "[xy]{2}"}])
+def test_healing_composes_with_every_constraint_kind(constraint):
+    for method in ("greedy", "pld"):
+        g = decodelab.generate(TINY, "hello wor", method=method, max_new_tokens=8, token_healing=True,
+                               constraint=constraint, seed=0, temperature=1.0)
+        assert g.finish_reason == "stop" and satisfied(constraint, g.text), (constraint, g.text)

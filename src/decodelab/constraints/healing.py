@@ -44,7 +44,8 @@ def healed_grammar(grammar: Grammar, prefix: str) -> Grammar:
     """The grammar of `prefix` followed by what `grammar` accepts."""
     if not prefix:
         return grammar
-    inner = json.loads(grammar.text)["grammars"]
+    text = grammar.text.strip()  # llguidance takes a JSON grammar set or plain Lark (lark / choice)
+    inner = json.loads(text)["grammars"] if text.startswith("{") else [{"lark_grammar": grammar.text}]
     first = {**inner[0], "name": "healed_inner"}
     head = {"lark_grammar": f"start: {json.dumps(prefix, ensure_ascii=False)} @healed_inner"}
     text = json.dumps({"grammars": [head, first, *inner[1:]]})
