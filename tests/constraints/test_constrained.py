@@ -129,6 +129,8 @@ def test_grammar_end_stops_and_length_flags_incomplete():
     short = decodelab.generate(TINY, "abc", max_new_tokens=2, constraint={"json_schema": CONSTRAINTS[0]["json_schema"]})
     assert short.finish_reason == "length" and short.incomplete is True
     assert "incomplete" not in decodelab.generate(TINY, "abc", max_new_tokens=2).to_dict()
+    cut = decodelab.generate(TINY, "abc", max_new_tokens=20, constraint={"regex": "[a-d]{10}"}, stop="bb")
+    assert cut.finish_reason == "stop" and cut.incomplete is True  # a stop string is not the grammar's end
 
 
 def test_batch_rows_match_single_runs_and_stream_carries_the_text():
