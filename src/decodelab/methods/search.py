@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ..search.beam import BeamConfig, beam_search
+from ..search.best_first import best_first_beam
 from ..search.contrastive import contrastive_search
 from ..search.dola import dola as dola_search
 from ..search.meta import best_of_n, self_consistency
@@ -93,3 +94,15 @@ def best_of_n_method(ctx) -> Iterator[list[list[int]]]:
 def self_consistency_method(ctx) -> Iterator[list[list[int]]]:
     p = ctx.params
     return _emit_best(ctx, self_consistency(ctx, p["inner"], p["num_samples"], p["extract"]))
+
+
+@register("best_first_beam", description="Best-first beam search: a priority queue by log-probability, at "
+          "most num_beams pops per length; the first complete pop is the answer (max_queue caps the queue).",
+          lossless=False, paper="Best-First Beam Search (arXiv:2007.03909)", temperature=0.0, params={
+              "num_beams": Param(4, 1, 64, help="pops allowed per hypothesis length (k)"),
+              "max_queue": Param(0, 0, 1_000_000, help="memory-reduced variant: queue size cap (0 = none)"),
+          })
+def best_first_beam_method(ctx) -> Iterator[list[list[int]]]:
+    if ctx.sampler.constraint is not None:
+        raise ValueError("best_first_beam does not support constraint= yet")
+    return _emit_best(ctx, [best_first_beam(ctx, ctx.params["num_beams"], ctx.params["max_queue"])])
