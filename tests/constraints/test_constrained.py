@@ -216,3 +216,23 @@ def test_more_schemas_under_a_rotating_method(index):
     g = decodelab.generate(TINY, "{", method=method, seed=index, max_new_tokens=80, temperature=0.0 if index % 2 else 0.9,
                            constraint={"json_schema": schema}, **_needs(method), **CPU_SIZES.get(method, {}))
     assert g.finish_reason == "stop" and satisfied({"json_schema": schema}, g.text), (method, g.text)
+
+
+def test_a_token_outside_the_grammar_stops_the_row_with_the_reason():
+    """Defence in depth: a method that emits a token the grammar rejects (a bug) ends that row with
+    `error` set and `incomplete=True`, instead of returning unconstrained text."""
+    from types import SimpleNamespace
+
+    from decodelab.constraints import compile_constraint
+    from decodelab.engine import run_method
+
+    def bad_method(ctx):
+        yield [[ord("a")]]
+        yield [[ord("z")]]
+
+    info = SimpleNamespace(name="bad", run=bad_method)
+    grammar = compile_constraint(TINY, {"regex": "a[bc]+"})
+    params = decodelab.methods()["greedy"].check_params({})
+    events = list(run_method(info, TINY, [TINY.encode("x")], params, 10, None, [], grammar))
+    g = events[-1].generation
+    assert g.finish_reason == "stop" and g.incomplete is True and "not allowed" in g.error
