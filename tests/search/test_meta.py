@@ -82,3 +82,29 @@ def test_self_consistency_returns_a_majority_answer():
 def test_bad_input_is_a_clear_error(params, message):
     with pytest.raises(ValueError, match=message):
         decodelab.generate(tiny_lm("llama"), "a", method="best_of_n", max_new_tokens=2, **params)
+
+
+def test_edit_similarity_on_hand_made_sequences():
+    from decodelab.search.meta import edit_similarity
+
+    assert edit_similarity([1, 2, 3], [1, 2, 3]) == 1.0
+    assert edit_similarity([1, 2, 3], [1, 3]) == pytest.approx(1 - 1 / 3)  # one deletion
+    assert edit_similarity([1, 2], [3, 4]) == 0.0 and edit_similarity([], []) == 1.0
+    assert edit_similarity([5, 1, 2, 3], [1, 2, 3, 5]) == pytest.approx(0.5)  # delete + insert
+
+
+def test_mbr_picks_the_candidate_with_the_highest_mean_utility():
+    from decodelab.search.meta import edit_similarity
+
+    lm = _soft_lm()
+    samples = decodelab.generate_batch(lm, ["a"], method="sample", n=5, seed=2, max_new_tokens=6)
+    g = decodelab.generate(lm, "a", method="mbr", num_samples=5, seed=2, max_new_tokens=6)
+    ids = [s.token_ids for s in samples]
+    expected = [sum(edit_similarity(y, z) for j, z in enumerate(ids) if j != i) / 4 for i, y in enumerate(ids)]
+    assert len(set(expected)) > 1
+    assert sorted(c.score for c in g.candidates) == pytest.approx(sorted(expected))
+    assert g.token_ids == ids[max(range(5), key=expected.__getitem__)]
+    same = decodelab.generate(lm, "a", method="mbr", num_samples=5, seed=2, max_new_tokens=6,
+                              utility=lambda a, b: float(a == b))  # self-consistency on whole texts
+    votes = Counter(s.text for s in samples)
+    assert votes[same.text] == max(votes.values())

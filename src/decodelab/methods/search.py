@@ -12,7 +12,7 @@ from ..search.beam import BeamConfig, beam_search
 from ..search.best_first import best_first_beam
 from ..search.contrastive import contrastive_search
 from ..search.dola import dola as dola_search
-from ..search.meta import best_of_n, self_consistency
+from ..search.meta import best_of_n, mbr, self_consistency
 from .registry import Param, register
 
 
@@ -106,3 +106,15 @@ def best_first_beam_method(ctx) -> Iterator[list[list[int]]]:
     if ctx.sampler.constraint is not None:
         raise ValueError("best_first_beam does not support constraint= yet")
     return _emit_best(ctx, [best_first_beam(ctx, ctx.params["num_beams"], ctx.params["max_queue"])])
+
+
+@register("mbr", description="Minimum Bayes risk over N candidates of an inner method: the candidate with the "
+          "highest mean utility against the others (edit similarity, chrF, or a callable u(text, text)).",
+          lossless=False, batched=True, temperature=1.0,
+          paper="From Decoding to Meta-Generation: Inference-time Algorithms for Large Language Models "
+          "(arXiv:2406.16838)", params={
+              **_META, "utility": _NameOrCallable("edit", choices=("edit", "chrf"), help="utility u(y, y')"),
+          })
+def mbr_method(ctx) -> Iterator[list[list[int]]]:
+    p = ctx.params
+    return _emit_best(ctx, mbr(ctx, p["inner"], p["num_samples"], p["utility"]))

@@ -31,7 +31,7 @@ def inner_generations(ctx, inner: str, n: int) -> list[list]:
 
     if ctx.sampler.constraint is not None:
         raise ValueError("best_of_n / self_consistency do not support constraint= yet")
-    if inner in ("best_of_n", "self_consistency"):
+    if inner in ("best_of_n", "self_consistency", "mbr"):
         raise ValueError(f"inner method {inner!r} is itself a meta method; pick a decoding method")
     seed = ctx.seed
     if isinstance(seed, (list, tuple)):
@@ -94,4 +94,38 @@ def self_consistency(ctx, inner: str, n: int, extract: str | Callable) -> list[l
         keys = [(votes[a] / n, _score("mean_logprob", g, lps[b * n + j])) for j, (a, g) in enumerate(zip(answers, group))]
         order = sorted(range(n), key=lambda j: (-keys[j][0], -keys[j][1]))
         ranked.append([(group[j].token_ids, keys[j][0]) for j in order])
+    return ranked
+
+
+def edit_similarity(a: list[int], b: list[int]) -> float:
+    """1 − Levenshtein(a, b) / max(|a|, |b|) over token ids (1.0 for two empty sequences)."""
+    if not a and not b:
+        return 1.0
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
+    return 1 - row[-1] / max(len(a), len(b))
+
+
+def _chrf(hyp: str, ref: str) -> float:
+    try:
+        from sacrebleu.metrics import CHRF
+    except ImportError:
+        raise ValueError("utility='chrf' needs sacrebleu (pip install sacrebleu); or use 'edit'") from None
+    return CHRF().sentence_score(hyp, [ref]).score / 100
+
+
+def mbr(ctx, inner: str, n: int, utility: str | Callable) -> list[list[tuple[list[int], float]]]:
+    """Minimum Bayes risk: per prompt, candidates ranked by mean utility against the other N − 1,
+    argmax_y mean_{y' ≠ y} u(y, y'); utility 'edit' (token edit similarity), 'chrf', or u(text, text)."""
+    ranked = []
+    for group in inner_generations(ctx, inner, n):
+        def u(a, b):
+            if callable(utility):
+                return float(utility(a.text, b.text))
+            return edit_similarity(a.token_ids, b.token_ids) if utility == "edit" else _chrf(a.text, b.text)
+        expected = [sum(u(y, z) for j, z in enumerate(group) if j != i) / max(n - 1, 1) for i, y in enumerate(group)]
+        ranked.append(sorted(((g.token_ids, e) for g, e in zip(group, expected)), key=lambda c: -c[1]))
     return ranked
