@@ -148,3 +148,10 @@ def test_end_of_text_fills_the_tail_with_eos():
     got = rule.select(step)
     assert got.tolist() == [[False, True, True, True, True]]  # top-1 is EOS; the tail becomes EOS
     assert step.x0[0, 2:].tolist() == [eos, eos, eos]
+
+
+def test_stream_yields_committed_text_as_it_is_fixed(tiny):
+    events = list(decodelab.stream(tiny, PROMPTS[2], method="fastdllm", max_new_tokens=12, threshold=0.5))
+    final = events[-1].generation
+    assert "".join(e.text for e in events) == final.text
+    assert sum(len(e.token_ids) for e in events) == len(final.token_ids)
