@@ -147,3 +147,14 @@ def test_native_backend_equals_transformers_backend_on_pyco():
     prompts = ["def add(a, b):\n", "for i in range("]
     ours = _ours(native, prompts, 16, num_beams=3, num_return_sequences=2)
     _assert_same(ours, _ours(hf, prompts, 16, num_beams=3, num_return_sequences=2))
+
+
+def test_candidates_reach_stream_and_json():
+    lm = tiny_lm("llama")
+    events = list(decodelab.stream(lm, "ab", method="beam", num_beams=2, num_return_sequences=2, max_new_tokens=5))
+    final = events[-1].generation
+    assert "".join(e.text for e in events) == final.text
+    out = final.to_dict()["candidates"]
+    assert [c["token_ids"] for c in out] == [c.token_ids for c in final.candidates] and len(out) == 2
+    assert out[0]["score"] >= out[1]["score"] and out[0]["text"] == lm.decode(out[0]["token_ids"])
+    assert "candidates" not in decodelab.generate(lm, "ab", max_new_tokens=3).to_dict()  # only search/meta
