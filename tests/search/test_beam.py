@@ -136,10 +136,31 @@ def test_bad_input_is_a_clear_error(params, message):
         decodelab.generate(lm, "a", method="beam", max_new_tokens=4, **params)
 
 
-def test_beam_rejects_constraints_rather_than_ignoring_them():
+def _logprob(lm, prompt, completion):
+    ids = lm.encode(prompt)
+    with torch.no_grad():
+        logp = lm.model(torch.tensor([ids + completion])).logits[0].float().log_softmax(-1)
+    return sum(logp[len(ids) + i - 1, t].item() for i, t in enumerate(completion))
+
+
+def test_beam_under_a_choice_constraint_ranks_every_choice_by_its_likelihood():
+    """K ≥ the number of choices and no length penalty: beam search enumerates the choices; each
+    hypothesis is a choice + EOS scored by the raw model's log-likelihood (the mask renormalises nothing)."""
+    lm = tiny_lm("llama", seed=2)
+    choices = ["abc", "hello", "xy"]
+    for prompt in ("a", "def f(x):"):
+        g = decodelab.generate(lm, prompt, method="beam", num_beams=3, num_return_sequences=3, length_penalty=0.0,
+                               early_stopping="never", max_new_tokens=8, constraint={"choice": choices})
+        expected = sorted(((_logprob(lm, prompt, lm.encode(c) + [256]), c) for c in choices), reverse=True)
+        assert [c.token_ids for c in g.candidates] == [lm.encode(c) + [256] for _, c in expected]
+        assert [c.score for c in g.candidates] == pytest.approx([s for s, _ in expected], rel=1e-6)
+        assert g.text == expected[0][1] and g.incomplete is False
+
+
+def test_beam_rejects_token_healing_rather_than_ignoring_it():
     lm = tiny_lm("llama")
-    with pytest.raises(ValueError, match="constraint"):
-        decodelab.generate(lm, "a", method="beam", max_new_tokens=4, constraint={"regex": "[a-z]+"})
+    with pytest.raises(ValueError, match="token_healing"):
+        decodelab.generate(lm, "hello wor", method="beam", max_new_tokens=4, token_healing=True)
 
 
 def test_native_backend_equals_transformers_backend_on_pyco():

@@ -14,12 +14,14 @@ early_stopping=True the search stops when |F| ≥ patience · K; patience=1 is t
 
 Beyond transformers (which drops warpers when do_sample=False): with temperature > 0 the scores are
 the log-probabilities of the *processed* distribution (temperature, top-k/p, min-p, …), so beam search
-keeps a nucleus or a min-p floor. Penalties apply to the log-probabilities as transformers does.
+keeps a nucleus or a min-p floor. Penalties apply to the log-probabilities as transformers does; a
+grammar constraint masks every beam with its own matcher (forked per beam), so every hypothesis obeys it.
 All K·B beams share one Session; `Session.reorder` moves the KV cache rows with the surviving beams.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +57,22 @@ def beam_log_probs(sampler, history: torch.Tensor | None, logits: torch.Tensor) 
             scores = processor(history, scores)
         return scores
     return sampler.process(history, logits.float()).log_softmax(dim=-1)
+
+
+def beam_sampler(sampler, k: int):
+    """The sampler for B·K beam rows: a grammar constraint gets one matcher per beam, forked from its
+    prompt's (each beam's matcher seeks its own history at every step, so reordering beams is free)."""
+    mask = sampler.constraint
+    if any(hasattr(p, "for_row") and p is not mask for p in sampler.logits_processors):
+        raise ValueError("beam does not support token_healing yet")
+    if mask is None:
+        return sampler
+    beams = copy.copy(mask)
+    beams.rows = [row.fork() for row in mask.rows for _ in range(k)]
+    view = copy.copy(sampler)
+    view.logits_processors = [beams if p is mask else p for p in sampler.logits_processors]
+    view.constraint = beams
+    return view
 
 
 def _gather(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -136,9 +154,8 @@ def beam_search(ctx, cfg: BeamConfig) -> list[list[tuple[list[int], float]]]:
     from ..methods.autoregressive import prefill
 
     cfg.check()
-    if ctx.sampler.constraint is not None:
-        raise ValueError("beam does not support constraint= yet (grammar state per beam is not forked)")
     batch, k, max_new = ctx.batch_size, cfg.num_beams, ctx.remaining(0)
+    sampler = beam_sampler(ctx.sampler, k)
     state = BeamState(batch, cfg, max_new, ctx.lm.pad_token_id, list(ctx.lm.eos_token_ids))
     session = ctx.session()
     logits = prefill(ctx, session).repeat_interleave(k, dim=0)  # [B·K, V]
@@ -147,7 +164,7 @@ def beam_search(ctx, cfg: BeamConfig) -> list[list[tuple[list[int], float]]]:
     offset = torch.arange(batch)[:, None] * k
     for g in range(max_new):
         history = torch.cat([prompt_ids, state.seqs.reshape(batch * k, -1)[:, :g]], dim=1)
-        logp = beam_log_probs(ctx.sampler, history, logits).reshape(batch, k, -1)
+        logp = beam_log_probs(sampler, history, logits).reshape(batch, k, -1)
         parent, go_on = state.step(logp, g)
         if not go_on:
             break
