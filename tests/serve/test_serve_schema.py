@@ -120,9 +120,6 @@ def _fuzz(client) -> None:
     run()
 
 
-@pytest.mark.xfail(strict=True, reason="decodelab processors: repetition_penalty=1e-300 makes a repeated token's "
-                   "logit +inf and temperature=3.4e38 then gives NaN probabilities (RuntimeError in sampling); "
-                   "reported in /work/notes/issue-14.md — remove this mark when it is fixed")
 def test_extreme_penalty_and_temperature(served_lm):
     from fastapi.testclient import TestClient
 

@@ -32,6 +32,8 @@ class Temperature:
         self.temperature = temperature
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.temperature > torch.finfo(scores.dtype).max:  # overflows the dtype: take the limit T → ∞
+            return torch.where(torch.isinf(scores), scores, torch.zeros_like(scores))  # (not inf / inf = NaN)
         return scores / self.temperature  # [B, V]
 
 
