@@ -73,3 +73,18 @@ def test_native_backend_equals_transformers_backend_on_pyco():
     kw = dict(method="contrastive", max_new_tokens=20, top_k=4)
     assert ([g.token_ids for g in decodelab.generate_batch(native, prompts, **kw)]
             == [g.token_ids for g in decodelab.generate_batch(hf, prompts, **kw)])
+
+
+def test_removed_candidates_are_never_chosen_and_grammars_hold():
+    p = torch.tensor([[0.0, 0.7, 0.3]])  # candidate 0 was masked out, and it has the lowest penalty
+    penalty = torch.tensor([[-1.0, 0.9, 0.9]])
+    assert contrastive_choice(p, penalty, 0.9).item() == 0  # the paper's rule alone (p may underflow to 0)
+    assert contrastive_choice(p, penalty, 0.9, removed=torch.tensor([[True, False, False]])).item() == 1
+    import re
+
+    lm = tiny_lm("llama", seed=2)
+    for prompt in ("x = ", "def f(x):", "hello"):  # without `removed`, α = 0.9 picks masked tokens here
+        for method, extra in (("contrastive", {"penalty_alpha": 0.9}), ("dola", {})):
+            g = decodelab.generate(lm, prompt, method=method, max_new_tokens=10, constraint={"regex": "[01]{1,6}"},
+                                   **extra)
+            assert re.fullmatch("[01]{1,6}", g.text) and g.incomplete is False, (method, g.text)

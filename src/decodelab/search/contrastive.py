@@ -20,13 +20,13 @@ import torch
 DEFRAG_EVERY = 16  # close the k−1 holes per step left by accept_rows this often
 
 
-def processed_probs(sampler, history: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
-    """[B, V] softmax of the processed logits: penalties (and the warpers when temperature > 0)."""
+def processed_logits(sampler, history: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
+    """[B, V] processed logits: penalties and masks (and the warpers when temperature > 0); −inf = removed."""
     if sampler.greedy:
         for processor in sampler.logits_processors:
             logits = processor(history, logits)
-        return logits.float().softmax(dim=-1)
-    return sampler.process(history, logits).float().softmax(dim=-1)
+        return logits.float()
+    return sampler.process(history, logits).float()
 
 
 def degeneration_penalty(h: torch.Tensor, context: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -35,9 +35,12 @@ def degeneration_penalty(h: torch.Tensor, context: torch.Tensor, valid: torch.Te
     return cos.masked_fill(~valid[:, None, :], float("-inf")).max(dim=-1).values
 
 
-def contrastive_choice(p: torch.Tensor, penalty: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Index of the best candidate per row: argmax (1 − α)·p − α·penalty over [B, k] → [B]."""
-    return ((1 - alpha) * p - alpha * penalty).argmax(dim=-1)
+def contrastive_choice(p: torch.Tensor, penalty: torch.Tensor, alpha: float,
+                       removed: torch.Tensor | None = None) -> torch.Tensor:
+    """Index of the best candidate per row: argmax (1 − α)·p − α·penalty over [B, k] → [B]; a candidate
+    the processors removed (`removed` [B, k]: a grammar mask, top-p) is never chosen."""
+    score = (1 - alpha) * p - alpha * penalty
+    return (score if removed is None else score.masked_fill(removed, float("-inf"))).argmax(dim=-1)
 
 
 def contrastive_search(ctx, alpha: float, k: int) -> Iterator[list[list[int]]]:
@@ -51,10 +54,12 @@ def contrastive_search(ctx, alpha: float, k: int) -> Iterator[list[list[int]]]:
     k = min(k, logits.shape[-1])
     for step in range(1, 1 << 30):
         history = ctx.history() if ctx.sampler.needs_history else None
-        top_p, top_ids = processed_probs(ctx.sampler, history, logits).topk(k)  # [B, k]
+        processed = processed_logits(ctx.sampler, history, logits)  # [B, V]
+        top_p, top_ids = processed.softmax(dim=-1).topk(k)  # [B, k]
+        removed = torch.isneginf(processed.gather(1, top_ids))
         cand_logits, cand_hidden = session.forward(top_ids, parents=[-1] * k, hidden=True)
         h = cand_hidden[-1].float()  # [B, k, d]
-        choice = contrastive_choice(top_p, degeneration_penalty(h, context, valid.to(h.device)), alpha)
+        choice = contrastive_choice(top_p, degeneration_penalty(h, context, valid.to(h.device)), alpha, removed)
         session.accept_rows([[c] for c in choice.tolist()])
         yield [[t] for t in top_ids[rows, choice].tolist()]
         context = torch.cat([context, h[rows, choice][:, None]], dim=1)
