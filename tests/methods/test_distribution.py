@@ -5,7 +5,7 @@ in `test_the_setting_is_spread_and_powerful` or in the test itself, not assumed)
 - target: a tiny Llama whose head is scaled by 0.07 (`fakes.soft_lm`). Under temperature 1, top-k 4
   the exact joint of the first 3 new tokens (`stat_utils.exact_joint`) has entropy ≥ 2.8 nats (the
   maximum is 3·ln 4 = 4.16) and ≥ 20 outcomes of probability ≥ 1 %;
-- drafts: the target plus 20 % Gaussian noise (`fakes.noisy_copy`, accepted ~55 % of the time), and
+- drafts: the target plus 20 % Gaussian noise (`fakes.noisy_copy`; ~45 % of its tokens accepted), and
   for a second speculative run an over-confident one (10 % noise, head ×2: q > 1.2·p on likely tokens,
   which an over-generous acceptance rule rewards); selfspec drafts with the target's first layer;
   pld / jacobi / recycling / lookahead propose deterministic drafts;

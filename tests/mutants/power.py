@@ -55,7 +55,7 @@ def _methods(mutant) -> list[str]:
             if "test_distribution.py" in t]
 
 
-def report_power(mutants, make_copy, env, root: Path) -> int:
+def report_power(mutants, make_copy, env, root: Path, m: int = M) -> int:
     rows = []
     for mutant in [None, *mutants]:
         methods = _methods(mutant) if mutant else ["speculative", "pld"]
@@ -64,7 +64,7 @@ def report_power(mutants, make_copy, env, root: Path) -> int:
         with tempfile.TemporaryDirectory(prefix="mutant-power-") as tmp:
             src = make_copy(Path(tmp), mutant)
             for method in methods:
-                out = subprocess.run([sys.executable, __file__, method, str(M)], cwd=root, env=env(src),
+                out = subprocess.run([sys.executable, __file__, method, str(m)], cwd=root, env=env(src),
                                      capture_output=True, text=True)
                 if out.returncode:
                     raise SystemExit(out.stderr[-3000:])

@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=int, default=900, help="seconds per mutant's test run")
     ap.add_argument("--baseline", action="store_true", help="first check the named tests pass unmutated")
     ap.add_argument("--power", action="store_true", help="estimate the distribution tests' power instead")
+    ap.add_argument("--power-samples", type=int, default=2000, help="fresh samples per estimate (--power)")
     args = ap.parse_args(argv)
     chosen = [m for m in MUTANTS if not args.only or m.name in args.only]
     unknown = set(args.only or []) - {m.name for m in MUTANTS}
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.power:
         from power import report_power
 
-        return report_power(chosen, make_copy, _env, ROOT)
+        return report_power(chosen, make_copy, _env, ROOT, args.power_samples)
     if args.baseline:
         baseline(chosen, args.timeout)
     else:
