@@ -20,7 +20,7 @@ known-dangerous bugs of issue 16 — a draft q recorded as the raw softmax inste
 distribution it was sampled from, the acceptance rule r < 1.2·p/q, and resampling from p instead of
 the residual after a rejection — are each applied to the source by the mutant gallery
 (tests/mutants/gallery.py) and killed by these tests; `python tests/mutants/run.py --power` estimates
-each one's power at N (figures in the gallery's docstring).
+each one's power at N.
 """
 
 import pytest
