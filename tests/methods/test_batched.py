@@ -117,3 +117,14 @@ def test_n_samples_per_prompt_are_prompt_major_with_row_seeds():
         assert g.token_ids == decodelab.generate(lm, prompt, method="sample", seed=10 + i, max_new_tokens=5).token_ids
     with pytest.raises(ValueError, match="seeds for"):
         decodelab.generate_batch(lm, ["ab", "xy"], seed=[1], max_new_tokens=2)
+
+
+@pytest.mark.parametrize("method", ["speculative", "pld", "tree"])
+def test_builtin_batch_rows_equal_greedy_alone(method):
+    """On the embedded model (spread-out, real code) — where a wrong batch cache shows in the argmax."""
+    lm = decodelab.load()
+    prompts = ["def fibonacci(n):", "import os\nimport sys\n\n\ndef main():", "class Stack:\n    def push(self, x):",
+               "for i in range(10):\n    print(i)\nfor j in"]
+    batch = decodelab.generate_batch(lm, prompts, method=method, max_new_tokens=40)
+    for prompt, got in zip(prompts, batch):
+        assert got.token_ids == decodelab.generate(lm, prompt, max_new_tokens=40).token_ids, (method, prompt)
