@@ -21,7 +21,7 @@ from .stats import Stats
 
 @dataclass
 class Candidate:
-    """One ranked alternative of a search or meta method (CONTRACT.md): new tokens, text, score."""
+    """One ranked alternative of a search or meta method (docs/SEARCH.md): new tokens, text, score."""
 
     text: str
     token_ids: list[int]

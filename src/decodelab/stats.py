@@ -1,4 +1,4 @@
-"""The one statistics object every method fills (see CONTRACT.md for the public fields)."""
+"""The one statistics object every method fills (its public fields: README.md, "Python API")."""
 
 from __future__ import annotations
 

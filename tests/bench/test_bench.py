@@ -13,19 +13,6 @@ from decodelab.methods import registry
 from decodelab.methods.loop import speculative_loop
 from decodelab.proposers.lookup import PromptLookup
 
-from fakes import tiny_lm
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    lm = tiny_lm("llama", seed=0)
-    lm.model.save_pretrained(d)
-    lm.tokenizer.save_pretrained(d)
-    return d
-
-
-
 
 def _broken_method(ctx):
     for step in speculative_loop(ctx, PromptLookup(3, 4)):

@@ -9,17 +9,6 @@ from decodelab.bench import machine
 from decodelab.bench.report import SCHEMA
 from decodelab.cli import main
 
-from fakes import tiny_lm
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    lm = tiny_lm("llama", seed=0)
-    lm.model.save_pretrained(d)
-    lm.tokenizer.save_pretrained(d)
-    return d
-
 
 @pytest.mark.parametrize("backend", ["native", "transformers"])
 def test_batched_bench_is_exact_and_records_load(model_dir, tmp_path, capsys, backend):

@@ -1,7 +1,7 @@
 """Constraint specifications → validated llguidance grammars, and the per-model tokenizer conversion.
 
 A constraint is one of `{"json_schema": dict}`, `{"regex": str}`, `{"lark": str}` or
-`{"choice": [str, ...]}` (CONTRACT.md). Every one is compiled and validated against the model's
+`{"choice": [str, ...]}` (docs/CONSTRAINTS.md). Every one is compiled and validated against the model's
 tokenizer before generation starts, so a bad schema / regex / grammar is a one-line `ValueError`
 carrying llguidance's own message, and an unknown key is an error, never ignored.
 

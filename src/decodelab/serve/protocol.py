@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-# Sampling parameters a request may set at the top level: name → decodelab's name (see CONTRACT.md).
+# Sampling parameters a request may set at the top level: name → decodelab's name (README.md, "Python API").
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff",
                    "repetition_penalty", "presence_penalty", "frequency_penalty", "no_repeat_ngram_size")
 

@@ -7,7 +7,7 @@ public API only (`decodelab.stream` / `decodelab.generate_batch`):
 - non-streaming rows of the same method, parameters, `max_tokens` and stop strings, from any number
   of waiting jobs, share one `generate_batch` call when the method is batched (up to `max_batch`
   rows), each row with its own seed — a row's output does not depend on the other rows in a batch
-  (CONTRACT.md: one `torch.Generator` per row);
+  (one `torch.Generator` per row, docs/ARCHITECTURE.md);
 - every other row (streamed rows; unbatched methods) runs on its own through `decodelab.stream`,
   which yields text as it is committed and is closed as soon as its client disconnects, freeing the
   row's cache.

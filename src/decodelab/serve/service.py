@@ -214,7 +214,7 @@ def _reject_logprobs(req: SamplingRequest) -> None:
 
 
 def _constraint(req: SamplingRequest) -> dict | None:
-    """`response_format` / `structured_outputs` as decodelab's `constraint=` (CONTRACT.md)."""
+    """`response_format` / `structured_outputs` as decodelab's `constraint=` (docs/CONSTRAINTS.md)."""
     rf, so = req.response_format, req.structured_outputs
     if rf is not None and so is not None:
         raise ApiError(400, "give response_format or structured_outputs, not both", "structured_outputs")
