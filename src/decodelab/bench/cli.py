@@ -7,8 +7,6 @@ import shlex
 import sys
 from pathlib import Path
 
-import torch
-
 DEFAULT_SUITES = ["code", "edit", "long"]
 
 
@@ -115,10 +113,7 @@ def benchmark(args, names: list[str], params: dict[str, dict]) -> dict:
 
     suites = [load_suite(s) for s in (args.suite or DEFAULT_SUITES)]
     options = {"allow_pickle": args.allow_pickle, "trust_remote_code": args.trust_remote_code}
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be ≥ 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    machine.set_threads(args.threads)
     lm = load(args.model, device=args.device, dtype=args.dtype, backend=args.backend, **options)
     names, skipped = _draft_methods(lm, names, params, args.draft, options, args.all)
     draft = _maybe_draft(lm, args.draft, resolve_draft)

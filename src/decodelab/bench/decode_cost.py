@@ -119,10 +119,7 @@ def run(args) -> None:
 
     if args.steps < 1 or args.repeats < 1:
         raise ValueError("--steps and --repeats must be ≥ 1")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be ≥ 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    machine.set_threads(args.threads)
     result = measure(args.model, default_configs(args.compile), args.prompt, args.steps, args.repeats, args.device)
     if machine.warning(result["load"]):
         print(machine.warning(result["load"]))

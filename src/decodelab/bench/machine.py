@@ -26,6 +26,15 @@ class CpuSample:
     own: float  # seconds of CPU this process used
 
 
+def set_threads(threads: int | None) -> None:
+    """Apply a `--threads` flag (None = torch's own choice); a value below 1 is a one-line error."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"--threads must be ≥ 1, got {threads}")
+    torch.set_num_threads(threads)
+
+
 def sample() -> CpuSample | None:
     try:
         with open("/proc/stat") as f:

@@ -82,9 +82,7 @@ def _peak_memory_mb(lm: LM) -> float:
 
 def run_one(lm: LM, entry: Entry, ids: list[int], max_new_tokens: int, seed: int, draft: LM | None) -> dict:
     """Time one generation; returns a raw record."""
-    if lm.device.type == "cuda":
-        torch.cuda.synchronize(lm.device)
-        torch.cuda.reset_peak_memory_stats(lm.device)
+    _sync_reset(lm)
     t0 = time.perf_counter()
     if entry.is_peer:
         tokens, stats = hf_generate(lm, ids, max_new_tokens, entry.method, draft, entry.params), None

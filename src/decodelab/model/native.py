@@ -317,7 +317,7 @@ class NativeSession(Session):
             tail = model.run_layers(tail, positions[:, k:], self.cache, start + k, tail_mask, 0, layer)
             x = torch.cat([x, tail], dim=1)
         x = model.run_layers(x, positions, self.cache, start, mask, layer, len(model.layers))
-        return F.linear(_rms_norm(x[:, -1:] if last_only else x, model.norm, model.eps), model.head)
+        return model.logits(x[:, -1:] if last_only else x)
 
     @torch.inference_mode()
     def exit_forward(self, token: int, layer: int) -> torch.Tensor:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 
 import torch
 
@@ -73,15 +72,10 @@ def completions(lm: LM, n: int = 3, max_new_tokens: int = 48) -> list[dict]:
 @torch.inference_mode()
 def ms_per_token(lm: LM, prompt: str, new_tokens: int = 64, repeats: int = 3) -> float:
     """Median wall time per greedy decode step at batch 1 (prefill excluded), in milliseconds."""
+    from ..bench.decode_cost import session_ms
+
     ids = lm.encode(prompt)
-    times = []
-    for _ in range(repeats + 1):  # the first run warms up
-        session = lm.session()
-        x = int(session.forward(ids, last_only=True)[0, -1].argmax())
-        t0 = time.perf_counter()
-        for _ in range(new_tokens):
-            x = int(session.forward([x], last_only=True)[0, -1].argmax())
-        times.append((time.perf_counter() - t0) / new_tokens * 1e3)
+    times = [session_ms(lm, ids, new_tokens) for _ in range(repeats + 1)]  # the first run warms up
     return statistics.median(times[1:])
 
 
