@@ -52,6 +52,10 @@ def markdown(results: dict) -> str:
                          f"{_fmt(a['mean_accepted'])} | {_fmt(a['forward_passes_per_token'])} | "
                          f"{_fmt(a['draft_time_share'])} | {_exact_cell(a)} |")
         lines.append("")
+        if any(a.get("validity") is not None for a in rows):  # a constrained suite (e.g. json)
+            from ..constraints.bench import table
+
+            lines += table(rows)
     return "\n".join(lines)
 
 

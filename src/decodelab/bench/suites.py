@@ -5,12 +5,16 @@ Built-in suites are drawn from the stdlib corpus *test* split (never trained on)
 - `edit`  (v2): a function, then the start of a near-copy of it (renamed) — copy-heavy, the
                analogue of Spec-Bench's RAG / summarisation tasks;
 - `long`  (v2): continue a file from its first lines for many tokens;
-- `quick` (v2): three short prompts of the above kinds, for smoke tests and CI.
+- `quick` (v2): three short prompts of the above kinds, for smoke tests and CI;
+- `json`  (v1): Python code continuing with a JSON document, each prompt with the JSON schema it must
+               satisfy; every method runs under that constraint (constraints/json_suite.py);
+  `json-unconstrained` (v1): the same prompts without the schemas, for the unconstrained speed-ups.
 v2 prompts end at the last non-blank character, *without* the trailing newline (v1 kept it). The byte-level BPE merges a
 newline with the next line's indentation (`"\n    "` is one token), so a prompt ending in a bare
 `"\n"` is a token boundary the model never saw in training and sends it off course (the
 prompt-boundary problem); ending before the newline lets the model emit newline + indentation itself.
-A JSONL suite has one object per line: {"prompt": str, "id"?: str, "max_new_tokens"?: int}.
+A JSONL suite has one object per line: {"prompt": str, "id"?: str, "max_new_tokens"?: int,
+"constraint"?: {"json_schema" | "regex" | "lark" | "choice": …}} (docs/CONSTRAINTS.md).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ class Prompt:
     id: str
     text: str
     max_new_tokens: int | None = None
+    constraint: dict | None = None  # every method generates under it (docs/CONSTRAINTS.md)
 
 
 @dataclass(frozen=True)
@@ -97,7 +102,16 @@ BUILTIN = {
     "long": (2, "long", "continue a file for 256 tokens", lambda: _long_prompts(6)),
     "quick": (2, "smoke", "three short prompts (code, edit, long) for CI",
               lambda: (_code_prompts(1) + _edit_prompts(1) + _long_prompts(1))),
+    "json": (1, "json", "Python code continuing with JSON, under each prompt's JSON schema", lambda: _json_prompts()),
+    "json-unconstrained": (1, "json", "the json suite's prompts without their schemas (the speed-ups to compare with)",
+                           lambda: _json_prompts(constrained=False)),
 }
+
+
+def _json_prompts(constrained: bool = True) -> list[Prompt]:
+    from ..constraints.json_suite import prompts
+
+    return prompts(constrained)
 
 
 def list_suites() -> dict[str, str]:
@@ -139,4 +153,7 @@ def _parse_line(path: Path, lineno: int, line: str) -> Prompt:
     mnt = obj.get("max_new_tokens")
     if mnt is not None and (not isinstance(mnt, int) or isinstance(mnt, bool) or mnt < 1):
         raise ValueError(f"{where}: max_new_tokens must be a positive integer")
-    return Prompt(str(obj.get("id", f"{path.stem}/{lineno}")), obj["prompt"], mnt)
+    constraint = obj.get("constraint")
+    if constraint is not None and not isinstance(constraint, dict):
+        raise ValueError(f'{where}: "constraint" must be an object such as {{"regex": "[0-9]+"}}')
+    return Prompt(str(obj.get("id", f"{path.stem}/{lineno}")), obj["prompt"], mnt, constraint)

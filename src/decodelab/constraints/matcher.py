@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from ..verify import Draft
+from . import timing
 from .spec import Grammar
 
 
@@ -67,7 +68,10 @@ class RowConstraint:
     def forced_tokens(self, tokens: list[int]) -> list[int]:
         """The tokens the grammar forces after `tokens` (llguidance's canonical tokenization of the
         forced bytes; empty when nothing is forced or `tokens` are not valid)."""
-        return self.matcher.compute_ff_tokens() if self.seek(tokens) else []
+        t0 = timing.clock()
+        forced = self.matcher.compute_ff_tokens() if self.seek(tokens) else []
+        timing.record_ff(timing.clock() - t0)
+        return forced
 
     def forced(self) -> bool:
         """Does the grammar force the next bytes? (Then llguidance's mask admits only its canonical
@@ -147,11 +151,13 @@ class GrammarMask:
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         # input_ids: [B, L]; scores: [B, V] → [B, V]
+        t0 = timing.clock()  # mask time per call (constraints/timing.py): two clock reads
         allowed = self.allowed(input_ids, scores.shape[-1]).to(scores.device)
         masked = scores.masked_fill(~allowed, -float("inf"))
         empty = ~torch.isfinite(masked).any(dim=-1, keepdim=True)  # penalties removed every allowed token
         if bool(empty.any()):
             masked = torch.where(empty & allowed, torch.zeros_like(scores), masked)
+        timing.record_mask(timing.clock() - t0, len(self.rows))
         return masked
 
 
