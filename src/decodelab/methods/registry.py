@@ -62,6 +62,7 @@ class MethodInfo:
     batched: bool = False
     temperature: float = 0.0  # default temperature
     kind: str = "causal"  # the model kind it decodes: "causal" or "diffusion" (LM.kind)
+    family: str = "decoding"  # "search" / "meta" / "layer-contrast" (docs/SEARCH.md), else "decoding"
 
     @property
     def params(self) -> dict[str, Any]:
@@ -86,10 +87,10 @@ _REGISTRY: dict[str, MethodInfo] = {}
 
 def register(name: str, *, description: str, lossless: bool, paper: str | None = None,
              params: dict[str, Param] | None = None, batched: bool = False, temperature: float = 0.0,
-             kind: str = "causal"):
+             kind: str = "causal", family: str = "decoding"):
     def wrap(fn):
         _REGISTRY[name] = MethodInfo(name, description, lossless, paper, dict(params or {}), fn,
-                                     batched, temperature, kind)
+                                     batched=batched, temperature=temperature, kind=kind, family=family)
         return fn
     return wrap
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from ..search.beam import BeamConfig, beam_search
 from ..search.best_first import best_first_beam
 from ..search.contrastive import contrastive_search
+from ..search.dba import dba_search
 from ..search.dola import dola as dola_search
 from ..search.meta import best_of_n, mbr, self_consistency
 from .registry import Param, register
@@ -24,7 +25,7 @@ def _emit_best(ctx, ranked: list[list[tuple[list[int], float]]]) -> Iterator[lis
 @register("beam", description="Beam search (transformers' rule) with the patience factor; composes with "
           "every processor (temperature > 0 searches the processed distribution).", lossless=False,
           paper="A Call for Clarity in Beam Search: How It Works and When It Stops (arXiv:2204.05424)",
-          batched=True, temperature=0.0, params={
+          batched=True, temperature=0.0, family="search", params={
               "num_beams": Param(4, 1, 64, help="beams per prompt (K)"),
               "length_penalty": Param(1.0, -10.0, 10.0, help="finished score = logp / length^length_penalty"),
               "early_stopping": Param(False, choices=(False, True, "never"),
@@ -42,7 +43,7 @@ def beam(ctx) -> Iterator[list[list[int]]]:
 @register("contrastive", description="Contrastive search: argmax over the top-k of (1−α)·p(v) − α·max cos(h_v, "
           "h_context) (top_k: the sampling parameter, 0 → 5).", lossless=False,
           paper="A Contrastive Framework for Neural Text Generation (arXiv:2202.06417)",
-          batched=True, temperature=0.0, params={
+          batched=True, temperature=0.0, family="search", params={
               "penalty_alpha": Param(0.6, 0.0, 1.0, help="α: weight of the degeneration penalty"),
           })
 def contrastive(ctx) -> Iterator[list[list[int]]]:
@@ -52,7 +53,7 @@ def contrastive(ctx) -> Iterator[list[list[int]]]:
 @register("dola", description="DoLa: contrast the final layer with the premature layer of largest JSD, on "
           "the tokens the final layer finds plausible (APC).", lossless=False,
           paper="DoLa: Decoding by Contrasting Layers Improves Factuality in Large Language Models (arXiv:2309.03883)",
-          batched=True, temperature=0.0, params={
+          batched=True, temperature=0.0, family="layer-contrast", params={
               "dola_layers": Param("high", help="'low', 'high', or comma-separated premature layer indices"),
               "relative_top": Param(0.1, 1e-6, 1.0, help="APC α: keep tokens with q_N ≥ α·max q_N"),
           })
@@ -75,7 +76,7 @@ _META = {
 
 @register("best_of_n", description="Best-of-N: N candidates from an inner method, the best by mean "
           "log-likelihood (or sum, or a callable scorer(text, ids)); all N ranked in .candidates.",
-          lossless=False, batched=True, temperature=1.0,
+          lossless=False, batched=True, temperature=1.0, family="meta",
           paper="From Decoding to Meta-Generation: Inference-time Algorithms for Large Language Models "
           "(arXiv:2406.16838)", params={
               **_META, "scorer": _NameOrCallable("mean_logprob", choices=("mean_logprob", "sum_logprob"),
@@ -88,7 +89,7 @@ def best_of_n_method(ctx) -> Iterator[list[list[int]]]:
 
 @register("self_consistency", description="Self-consistency: majority vote over the answers of N "
           "candidates (extract: stripped text or a callable); the most likely majority sample is returned.",
-          lossless=False, batched=True, temperature=1.0,
+          lossless=False, batched=True, temperature=1.0, family="meta",
           paper="Self-Consistency Improves Chain of Thought Reasoning in Language Models (arXiv:2203.11171)",
           params={**_META, "extract": _NameOrCallable("strip", choices=("strip",), help="answer extractor")})
 def self_consistency_method(ctx) -> Iterator[list[list[int]]]:
@@ -98,7 +99,7 @@ def self_consistency_method(ctx) -> Iterator[list[list[int]]]:
 
 @register("best_first_beam", description="Best-first beam search: a priority queue by log-probability, at "
           "most num_beams pops per length; the first complete pop is the answer (max_queue caps the queue).",
-          lossless=False, paper="Best-First Beam Search (arXiv:2007.03909)", temperature=0.0, params={
+          lossless=False, paper="Best-First Beam Search (arXiv:2007.03909)", temperature=0.0, family="search", params={
               "num_beams": Param(4, 1, 64, help="pops allowed per hypothesis length (k)"),
               "max_queue": Param(0, 0, 1_000_000, help="memory-reduced variant: queue size cap (0 = none)"),
           })
@@ -110,7 +111,7 @@ def best_first_beam_method(ctx) -> Iterator[list[list[int]]]:
 
 @register("mbr", description="Minimum Bayes risk over N candidates of an inner method: the candidate with the "
           "highest mean utility against the others (edit similarity, chrF, or a callable u(text, text)).",
-          lossless=False, batched=True, temperature=1.0,
+          lossless=False, batched=True, temperature=1.0, family="meta",
           paper="From Decoding to Meta-Generation: Inference-time Algorithms for Large Language Models "
           "(arXiv:2406.16838)", params={
               **_META, "utility": _NameOrCallable("edit", choices=("edit", "chrf"), help="utility u(y, y')"),
@@ -118,3 +119,29 @@ def best_first_beam_method(ctx) -> Iterator[list[list[int]]]:
 def mbr_method(ctx) -> Iterator[list[list[int]]]:
     p = ctx.params
     return _emit_best(ctx, mbr(ctx, p["inner"], p["num_samples"], p["utility"]))
+
+
+class _Phrases(Param):
+    """`constraints` of dba: a list of phrases (API), or a string — a JSON list or one phrase (CLI).
+    Required (default None): `bench --all` skips methods with a required parameter."""
+
+    def check(self, name, value):
+        if (isinstance(value, (list, tuple)) and value) or (isinstance(value, str) and value):
+            return value
+        raise ValueError(f"{name} must be a non-empty list of phrases that must appear (CLI: "
+                         f"-p {name}='[\"a\", \"b\"]'), got {value!r}")
+
+
+@register("dba", description="Lexically constrained beam search with dynamic beam allocation: the phrases in "
+          "constraints must appear; the beam is split into banks by constraint tokens met.", lossless=False,
+          paper="Fast Lexically Constrained Decoding with Dynamic Beam Allocation for Neural Machine Translation "
+          "(arXiv:1804.06609)", batched=True, temperature=0.0, family="search", params={
+              "constraints": _Phrases(None, help="phrases that must appear: a list (API) or a JSON list (CLI)"),
+              "num_beams": Param(4, 1, 64, help="beams per prompt (K), whatever the number of constraints"),
+              "length_penalty": Param(1.0, -10.0, 10.0, help="final score = logp / length^length_penalty"),
+              "num_return_sequences": Param(1, 1, 64, help="ranked hypotheses kept in .candidates"),
+          })
+def dba(ctx) -> Iterator[list[list[int]]]:
+    p = ctx.params
+    return _emit_best(ctx, dba_search(ctx, p["constraints"], p["num_beams"], p["length_penalty"],
+                                      p["num_return_sequences"]))
