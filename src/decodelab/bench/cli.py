@@ -36,6 +36,9 @@ def add_arguments(p) -> None:
     p.add_argument("--out", default="bench-out")
     p.add_argument("--json", action="store_true", help="end stdout with one JSON summary object")
     p.add_argument("--list", action="store_true", help="list suites and methods, then exit")
+    p.add_argument("--quality", action="store_true",
+                   help="quality vs cost of search/meta/sampling methods on the code suite, with a Pareto plot "
+                        "(docs/SEARCH.md; decodelab.search.compare)")
     from ..cli import add_load_flags
 
     add_load_flags(p)
@@ -74,6 +77,10 @@ def run(args) -> None:
 
     if args.list:
         return _print_list()
+    if args.quality:
+        from ..search.compare import bench_quality
+
+        return bench_quality(args)
     if args.repeats < 1 or args.max_new_tokens < 1:
         raise ValueError("--repeats and --max-new-tokens must be ≥ 1")
     if args.limit is not None and args.limit < 1:
@@ -150,8 +157,9 @@ def _draft_methods(lm, names: list[str], params: dict[str, dict], default: str, 
     shared_draft = params.get("*", {}).pop("draft", None)  # -p draft=X: for the draft methods only
     kind = getattr(lm, "kind", "causal")
     for name in names:
-        if all_methods and getattr(table[name], "kind", "causal") != kind:
-            continue  # --all means every method for this kind of model
+        if all_methods and (getattr(table[name], "kind", "causal") != kind
+                            or any(p.default is None for p in table[name].specs.values())):
+            continue  # --all means every method for this kind of model that needs no required parameter (dba)
         if name not in table or "draft" not in table[name].specs:
             kept.append(name)
             continue

@@ -1,6 +1,7 @@
-"""A small quality comparison of search / meta methods at equal width, on the `code` suite.
+"""Quality against cost of decoding methods on the `code` suite: `decodelab bench --quality`.
 
-    python -m decodelab.search.compare [--model builtin:pyco] [--max-new-tokens 48] [--limit 12]
+    decodelab bench --quality [--model builtin:pyco] [--max-new-tokens 48] [--limit 12] [--out DIR]
+    python -m decodelab.search.compare [same flags]   (the table only)
 
 Methods that look at W candidates per step (beam K=W, contrastive k=W, best-of-N N=W) are run at the
 same W — each forward pass then computes W positions per prompt, so forward passes × W is the cost —
@@ -9,7 +10,13 @@ next to the width-1 methods (greedy, DoLa, sampling), after the design of Shi et
 forward passes of the batch (all prompts together), syntax validity (`ast.parse` of the prompt + completion, cut at the end of
 the function: the first non-blank line back at column 0, and at the last complete line), mean token
 log-likelihood under the model (no processors), rep-2 (share of repeated token bigrams in a
-completion) and distinct-2 (unique bigrams / all bigrams over the method's completions).
+completion) and distinct-2 (unique bigrams / all bigrams over the method's completions), edit
+similarity of the completed function body to the held-out reference (the rest of the function in the
+test-split file the prompt comes from), and the target's perplexity of the output.
+
+Cost is counted, never timed here: forward passes of the batch and W (positions per prompt per pass),
+so cost = passes × W per prompt; wall time is recorded in the JSON for a run on an idle machine. The
+Pareto front (no other method is at most as costly and strictly better) is marked and plotted.
 """
 
 from __future__ import annotations
@@ -17,6 +24,10 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import math
+import sys
+import time
+from pathlib import Path
 
 import torch
 
@@ -24,15 +35,21 @@ from ..api import generate_batch
 from ..model import load
 
 
-def method_grid(width: int) -> list[tuple[str, str, dict]]:
-    """(label, method, params): the width-W methods at one W and the width-1 references."""
+def method_grid(width: int) -> list[tuple[str, str, dict, int]]:
+    """(label, method, params, W): deterministic then stochastic methods on a small grid, after Shi et
+    al.; W = positions each forward pass computes per prompt (beams, candidates, samples)."""
+    w = width
     return [
-        ("greedy", "greedy", {}),
-        ("dola (high)", "dola", {}),
-        ("sample T=0.8 p=0.95", "sample", {"temperature": 0.8, "top_p": 0.95}),
-        (f"beam K={width}", "beam", {"num_beams": width}),
-        (f"contrastive k={width} a=0.6", "contrastive", {"top_k": width, "penalty_alpha": 0.6}),
-        (f"best_of_n N={width} T=0.8", "best_of_n", {"num_samples": width, "temperature": 0.8, "top_p": 0.95}),
+        ("greedy", "greedy", {}, 1),
+        ("beam K=2", "beam", {"num_beams": 2}, 2),
+        (f"beam K={w}", "beam", {"num_beams": w}, w),
+        (f"contrastive k={w} a=0.6", "contrastive", {"top_k": w, "penalty_alpha": 0.6}, w),
+        ("dola (high)", "dola", {}, 1),
+        ("sample T=0.8 p=0.95", "sample", {"temperature": 0.8, "top_p": 0.95}, 1),
+        ("sample T=1 min_p=0.1", "sample", {"temperature": 1.0, "min_p": 0.1}, 1),
+        ("typical 0.95", "sample", {"temperature": 1.0, "typical_p": 0.95}, 1),
+        (f"best_of_n N={w} T=0.8", "best_of_n", {"num_samples": w, "temperature": 0.8, "top_p": 0.95}, w),
+        (f"mbr N={w} T=0.8", "mbr", {"num_samples": w, "temperature": 0.8, "top_p": 0.95}, w),
     ]
 
 
@@ -55,6 +72,27 @@ def syntax_valid(prompt: str, completion: str) -> bool:
         return False
 
 
+def reference_body(prompt: str) -> str:
+    """The held-out rest of the function a code-suite prompt starts (from its test-split file)."""
+    for f in _test_files():
+        at = f.text.find(prompt)
+        if at >= 0:
+            rest = f.text[at + len(prompt):]
+            return function_source(prompt, rest)[len(prompt):]
+    return ""
+
+
+_TEST_FILES: list = []
+
+
+def _test_files() -> list:
+    from ..training.corpus import load_split
+
+    if not _TEST_FILES:
+        _TEST_FILES.extend(load_split("test"))
+    return _TEST_FILES
+
+
 def rep2(ids: list[int]) -> float:
     grams = list(zip(ids, ids[1:]))
     return 1 - len(set(grams)) / len(grams) if grams else 0.0
@@ -68,40 +106,141 @@ def mean_logprob(lm, prompt: list[int], completion: list[int]) -> float:
     return float(sum(logp[n + i - 1, t] for i, t in enumerate(completion)) / max(len(completion), 1))
 
 
-def evaluate(lm, prompts: list[str], label: str, method: str, params: dict, max_new: int, seed: int) -> dict:
+def evaluate(lm, prompts: list[str], entry: tuple, max_new: int, seed: int) -> dict:
+    """Run one grid entry over all prompts (one batch) and score its completions."""
+    label, method, params, width = entry
+    t0 = time.perf_counter()
     gens = generate_batch(lm, prompts, method=method, max_new_tokens=max_new, seed=seed, **params)
+    wall = time.perf_counter() - t0
     grams = [g for x in gens for g in zip(x.token_ids, x.token_ids[1:])]
+    logprob = sum(mean_logprob(lm, lm.encode(p), g.token_ids) for p, g in zip(prompts, gens)) / len(gens)
+    passes = gens[0].stats.forward_passes  # of the whole batch (all prompts at once)
     return {
-        "method": label,
-        "forward_passes": gens[0].stats.forward_passes,  # of the whole batch (all prompts at once)
-        "width": params.get("num_beams") or params.get("num_samples") or (params.get("top_k") if method == "contrastive" else 1),
+        "method": label, "name": method, "params": params, "width": width, "forward_passes": passes,
+        "cost": passes * width,  # positions computed per prompt
         "syntax_valid": sum(syntax_valid(p, g.text) for p, g in zip(prompts, gens)) / len(prompts),
-        "mean_logprob": sum(mean_logprob(lm, lm.encode(p), g.token_ids) for p, g in zip(prompts, gens)) / len(gens),
+        "edit_sim": sum(body_similarity(lm, p, g.text) for p, g in zip(prompts, gens)) / len(prompts),
+        "mean_logprob": logprob, "perplexity": math.exp(-logprob),
         "rep_2": sum(rep2(g.token_ids) for g in gens) / len(gens),
         "distinct_2": len(set(grams)) / max(len(grams), 1),
+        "wall_time_s": wall,
     }
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def body_similarity(lm, prompt: str, completion: str) -> float:
+    """Token edit similarity of the completed function body to the held-out reference body."""
+    from .meta import edit_similarity
+
+    body = function_source(prompt, completion)[len(prompt):]
+    return edit_similarity(lm.encode(body), lm.encode(reference_body(prompt)))
+
+
+def pareto(rows: list[dict], metric: str) -> list[bool]:
+    """On the front: no other row costs at most as much with a strictly higher metric (or costs
+    strictly less with an equal one)."""
+    def beaten(r, o):
+        return (o["cost"] <= r["cost"] and o[metric] > r[metric]) or (o["cost"] < r["cost"] and o[metric] >= r[metric])
+    return [not any(beaten(r, o) for o in rows if o is not r) for r in rows]
+
+
+METRICS = ("syntax_valid", "edit_sim")
+
+
+def markdown(rows: list[dict]) -> str:
+    fronts = {m: pareto(rows, m) for m in METRICS}
+    out = ["| method | W | forward passes | cost (passes × W) | syntax valid | edit sim | perplexity | rep-2 "
+           "| distinct-2 | Pareto (syntax / edit) |", "|---" * 10 + "|"]
+    for i, r in enumerate(rows):
+        front = " / ".join("✓" if fronts[m][i] else "·" for m in METRICS)
+        out.append(f"| {r['method']} | {r['width']} | {r['forward_passes']} | {r['cost']} | {r['syntax_valid']:.2f} | "
+                   f"{r['edit_sim']:.3f} | {r['perplexity']:.2f} | {r['rep_2']:.3f} | {r['distinct_2']:.3f} | {front} |")
+    return "\n".join(out)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Quality against cost, one panel per metric, the Pareto front drawn as a step line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(6 * len(METRICS), 4.5))
+    for ax, metric in zip(axes, METRICS):
+        front = sorted((r["cost"], r[metric]) for r, on in zip(rows, pareto(rows, metric)) if on)
+        front.append((max(r["cost"] for r in rows), front[-1][1]))
+        ax.step([c for c, _ in front], [q for _, q in front], where="post", color="tab:red", marker="s",
+                fillstyle="none", markersize=11, label="Pareto front")
+        for r in rows:
+            ax.scatter(r["cost"], r[metric], color="tab:blue" if r["width"] == 1 else "tab:green")
+            ax.annotate(r["method"], (r["cost"], r[metric]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("cost: forward passes × positions per pass, per prompt")
+        ax.set_ylabel(metric.replace("_", " "))
+        ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_quality(lm, limit: int | None, max_new: int, seed: int, width: int, out: Path | None,
+                grid: list[tuple] | None = None) -> dict:
+    """The whole comparison (`grid` default: `method_grid(width)`): rows, machine load, and (with `out`)
+    quality.json/.md/.png written there."""
+    from ..bench import machine
     from ..bench.suites import load_suite
 
+    prompts = [p.text for p in load_suite("code").prompts[:limit]]
+    before, start = machine.snapshot(), machine.sample()
+    rows = [evaluate(lm, prompts, entry, max_new, seed) for entry in grid or method_grid(width)]
+    load_info = machine.report(before, machine.others_share(start, machine.sample()), machine.snapshot())
+    for m in METRICS:
+        for r, on in zip(rows, pareto(rows, m)):
+            r[f"pareto_{m}"] = on
+    result = {"schema": "decodelab.quality/1", "model": lm.name, "backend": lm.backend, "suite": "code",
+              "prompts": len(prompts), "max_new_tokens": max_new, "seed": seed, "width": width,
+              "machine_load": load_info, "rows": rows}
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "quality.json").write_text(json.dumps(result, indent=1))
+        (out / "quality.md").write_text(markdown(rows) + "\n")
+        plot(rows, out / "quality.png")
+    return result
+
+
+def bench_quality(args) -> None:
+    """`decodelab bench --quality`: the comparison with bench's flags (--model, --limit, --max-new-tokens,
+    --seed, --out, --json, --backend, --device, --dtype, --threads)."""
+    from ..bench import machine
+
+    if args.suite not in (None, ["code"]):
+        raise ValueError("bench --quality runs on the code suite (it needs the held-out function bodies)")
+    machine.set_threads(args.threads)
+    lm = load(args.model, device=args.device, dtype=args.dtype, backend=args.backend,
+              allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
+    result = run_quality(lm, args.limit, args.max_new_tokens, args.seed, QUALITY_WIDTH, Path(args.out))
+    print(markdown(result["rows"]))
+    print(f"wrote {args.out}/quality.json, quality.md, quality.png", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"out": str(args.out), "rows": result["rows"]}))
+
+
+QUALITY_WIDTH = 4
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(prog="python -m decodelab.search.compare", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="builtin:pyco")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--limit", type=int, default=12)
-    ap.add_argument("--width", type=int, default=4)
+    ap.add_argument("--width", type=int, default=QUALITY_WIDTH)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="also write quality.json/.md/.png here")
     args = ap.parse_args(argv)
-    lm = load(args.model)
-    prompts = [p.text for p in load_suite("code").prompts[: args.limit]]
-    rows = [evaluate(lm, prompts, *m, args.max_new_tokens, args.seed) for m in method_grid(args.width)]
-    print("| method | width W | forward passes (batch) | syntax valid | mean log-prob | rep-2 | distinct-2 |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['method']} | {r['width']} | {r['forward_passes']} | {r['syntax_valid']:.2f} | "
-              f"{r['mean_logprob']:.3f} | {r['rep_2']:.3f} | {r['distinct_2']:.3f} |")
-    print(json.dumps(rows))
-    return rows
+    result = run_quality(load(args.model), args.limit, args.max_new_tokens, args.seed, args.width,
+                         Path(args.out) if args.out else None)
+    print(markdown(result["rows"]))
+    print(json.dumps(result["rows"]))
+    return result["rows"]
 
 
 if __name__ == "__main__":
