@@ -12,7 +12,9 @@ DEFAULT_SUITES = ["code", "edit", "long"]
 
 def add_arguments(p) -> None:
     p.add_argument("--model", default=None, help="model (default builtin:pyco)")
-    p.add_argument("--suite", action="append", default=None, help="suite name or a .jsonl file (repeatable)")
+    p.add_argument("--suite", "--suites", dest="suite", action="append", default=None,
+                   help="suite name or a .jsonl file (repeatable, or comma-separated; `json` runs every method "
+                        "under each prompt's JSON schema)")
     p.add_argument("--methods", default=None, help="comma-separated methods (greedy is always the baseline)")
     p.add_argument("--all", action="store_true", help="every registered method")
     p.add_argument("-p", "--param", action="append", default=[], metavar="[METHOD.]KEY=VALUE",
@@ -118,17 +120,21 @@ def benchmark(args, names: list[str], params: dict[str, dict]) -> dict:
     from . import machine, runner
     from .suites import load_suite
 
-    suites = [load_suite(s) for s in (args.suite or DEFAULT_SUITES)]
+    suites = [load_suite(s) for arg in (args.suite or DEFAULT_SUITES) for s in arg.split(",") if s.strip()]
+    constraints = {s.name: {p.id: p.constraint for p in s.prompts if p.constraint} for s in suites}
+    if args.batch_size > 1 and any(constraints.values()):
+        raise ValueError("constrained suites (e.g. json) run at --batch-size 1: one constraint per prompt")
     options = {"allow_pickle": args.allow_pickle, "trust_remote_code": args.trust_remote_code}
     machine.set_threads(args.threads)
     lm = load(args.model, device=args.device, dtype=args.dtype, backend=args.backend, **options)
     names, skipped = _draft_methods(lm, names, params, args.draft, options, args.all)
     draft = _maybe_draft(lm, args.draft, resolve_draft)
     entries = runner.make_entries(names, params, not args.no_peers and args.batch_size == 1, draft is not None)
+    entries = _drop_refusing(lm, entries, constraints, skipped)
     temperature = params.get("*", {}).get("temperature", 0.0)
     prompts = {s.name: runner.prompt_ids(lm, s, args.max_new_tokens)[: args.limit] for s in suites}
     before, start = machine.snapshot(), machine.sample()
-    records = _run_all(lm, entries, prompts, args, draft)
+    records = _run_all(lm, entries, prompts, args, draft, constraints)
     load_info = machine.report(before, machine.others_share(start, machine.sample()), machine.snapshot())
     results = {"schema": "decodelab.bench/1", "machine": runner.machine_info(lm), "config": {
         "command": "decodelab bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["bench"]
@@ -141,8 +147,22 @@ def benchmark(args, names: list[str], params: dict[str, dict]) -> dict:
     results["machine"]["load"] = load_info
     results["machine"]["backend"] = lm.backend
     results["aggregates"] = runner.aggregate(records, entries, [s.name for s in suites])
-    _exactness(results, lm, entries, prompts, temperature, args, draft)
+    _exactness(results, lm, entries, prompts, temperature, args, draft, constraints)
     return results
+
+
+def _drop_refusing(lm, entries, constraints: dict, skipped: dict) -> list:
+    """Without the methods that refuse a constraint, when a suite is constrained (reasons in `skipped`)."""
+    first = next((c for per in constraints.values() for c in per.values()), None)
+    if first is None:
+        return entries
+    from ..constraints.bench import refusals
+
+    refused = refusals(lm, entries, first)
+    if "greedy" in refused:
+        raise ValueError(f"greedy {refused['greedy']}")
+    skipped.update(refused)
+    return [e for e in entries if e.label not in refused]
 
 
 def _draft_methods(lm, names: list[str], params: dict[str, dict], default: str, options: dict,
@@ -181,7 +201,7 @@ def _maybe_draft(lm, name, resolve):
         return None
 
 
-def _run_all(lm, entries, prompts, args, draft) -> list[dict]:
+def _run_all(lm, entries, prompts, args, draft, constraints=None) -> list[dict]:
     from rich.console import Console
     from rich.live import Live
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -196,20 +216,27 @@ def _run_all(lm, entries, prompts, args, draft) -> list[dict]:
     task = progress.add_task("", total=total)
     records: list[dict] = []
     console = Console(stderr=True)
-    first = next(iter(prompts.values()))[0]
+    first_suite, plist = next(iter(prompts.items()))
+    first = plist[0]
+    constraints = constraints or {}
     for e in entries:  # warm-up, not recorded
         if args.batch_size > 1:
             run_batch(lm, e, first[1], min(8, first[2]), args.seed)
         else:
-            run_one(lm, e, first[1], min(8, first[2]), args.seed, draft)
+            constraint = None if e.is_peer else constraints.get(first_suite, {}).get(first[0])
+            run_one(lm, e, first[1], min(8, first[2]), args.seed, draft, constraint)
     with Live(_live_table(records, entries, progress), console=console, refresh_per_second=4) as live:
         for suite, plist in prompts.items():
             for pid, ids, n in plist:
                 for rep in range(args.repeats):
+                    constraint = constraints.get(suite, {}).get(pid)
                     for e in entries:  # interleaved: A B C, A B C …
                         progress.update(task, description=f"{suite} {e.label}")
+                        if constraint and e.is_peer:  # transformers' generate has no grammar constraints
+                            progress.advance(task)
+                            continue
                         rec = run_batch(lm, e, ids, n, args.seed + rep) if args.batch_size > 1 \
-                            else run_one(lm, e, ids, n, args.seed + rep, draft)
+                            else run_one(lm, e, ids, n, args.seed + rep, draft, constraint)
                         records.append({"suite": suite, "prompt_id": pid, "method": e.label, "repeat": rep, **rec})
                         progress.advance(task)
                 live.update(_live_table(records, entries, progress))
@@ -239,7 +266,7 @@ def _live_table(records, entries, progress):
     return Group(progress, t)
 
 
-def _exactness(results, lm, entries, prompts, temperature, args, draft) -> None:
+def _exactness(results, lm, entries, prompts, temperature, args, draft, constraints=None) -> None:
     """Fill exact / mismatch / distribution_pvalue in the aggregates."""
     from .runner import ALPHA, distribution_check, first_mismatch
 
@@ -262,5 +289,7 @@ def _exactness(results, lm, entries, prompts, temperature, args, draft) -> None:
                             a["exact"], a["mismatch"] = False, {"prompt_id": r["prompt_id"], "position": pos}
         elif entry.method not in ("sample",) and not entry.is_peer:
             short = [ids[:64] for _, ids, _ in prompts[a["suite"]][:2]]
-            a["distribution_pvalue"] = round(distribution_check(lm, entry, short, args.dist_seeds, draft), 6)
+            per = (constraints or {}).get(a["suite"], {})
+            kept = [per.get(pid) for pid, _, _ in prompts[a["suite"]][:2]]
+            a["distribution_pvalue"] = round(distribution_check(lm, entry, short, args.dist_seeds, draft, kept), 6)
             a["exact"] = a["distribution_pvalue"] > ALPHA

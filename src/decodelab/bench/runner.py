@@ -15,12 +15,14 @@ import resource
 import statistics
 import time
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 
 from .. import __version__
 from ..api import _prompt_ids, generate
+from ..constraints.timing import grammar_timing
 from ..methods import methods
 from ..model import LM
 from .peers import PEERS, hf_generate
@@ -80,14 +82,18 @@ def _peak_memory_mb(lm: LM) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
 
 
-def run_one(lm: LM, entry: Entry, ids: list[int], max_new_tokens: int, seed: int, draft: LM | None) -> dict:
-    """Time one generation; returns a raw record."""
+def run_one(lm: LM, entry: Entry, ids: list[int], max_new_tokens: int, seed: int, draft: LM | None,
+            constraint: dict | None = None) -> dict:
+    """Time one generation (under `constraint` when given: constraints/bench.py); returns a raw record."""
     _sync_reset(lm)
     t0 = time.perf_counter()
     if entry.is_peer:
         tokens, stats = hf_generate(lm, ids, max_new_tokens, entry.method, draft, entry.params), None
     else:
-        g = generate(lm, ids, method=entry.method, max_new_tokens=max_new_tokens, seed=seed, **entry.params)
+        extra = {"constraint": constraint} if constraint else {}
+        with grammar_timing() if constraint else nullcontext() as timer:
+            g = generate(lm, ids, method=entry.method, max_new_tokens=max_new_tokens, seed=seed, **entry.params,
+                         **extra)
         tokens, stats = g.token_ids, g.stats
     if lm.device.type == "cuda":
         torch.cuda.synchronize(lm.device)
@@ -98,6 +104,10 @@ def run_one(lm: LM, entry: Entry, ids: list[int], max_new_tokens: int, seed: int
         rec.update(steps=stats.steps, forward_passes=stats.forward_passes, decode_tokens=stats.decode_tokens,
                    draft_forward_passes=stats.draft_forward_passes, mean_accepted=stats.mean_accepted,
                    draft_time_s=stats.draft_time_s)
+    if constraint and not entry.is_peer:
+        from ..constraints.bench import record_fields
+
+        rec.update(record_fields(lm, g, constraint, timer))
     return rec
 
 
@@ -151,24 +161,28 @@ def two_sample_pvalue(a: list, b: list) -> float:
     return float(chi2_contingency(rows).pvalue)
 
 
-def distribution_check(lm: LM, entry: Entry, prompts: list[list[int]], seeds: int, draft: LM | None) -> float:
-    """p-value that the method's first 3 sampled tokens follow `sample`'s distribution (min over prompts)."""
+def distribution_check(lm: LM, entry: Entry, prompts: list[list[int]], seeds: int, draft: LM | None,
+                       constraints: list[dict | None] | None = None) -> float:
+    """p-value that the method's first 3 sampled tokens follow `sample`'s distribution (min over prompts),
+    both under prompt i's constraint `constraints[i]` when given."""
     pvalues = []
     sample_params = dict(entry.params)
     sample_params = {k: v for k, v in sample_params.items() if k in methods()["sample"].params}
-    for ids in prompts:
-        ours = [tuple(_tokens(lm, entry, ids, 3, 10_000 + s, draft)) for s in range(seeds)]
+    for ids, constraint in zip(prompts, constraints or [None] * len(prompts)):
+        extra = {"constraint": constraint} if constraint else {}
+        ours = [tuple(_tokens(lm, entry, ids, 3, 10_000 + s, draft, extra)) for s in range(seeds)]
         ref = [tuple(generate(lm, ids, method="sample", max_new_tokens=3, seed=20_000 + s,
-                              **sample_params).token_ids) for s in range(seeds)]
+                              **sample_params, **extra).token_ids) for s in range(seeds)]
         pvalues.append(two_sample_pvalue(ours, ref))
     return min(pvalues)
 
 
-def _tokens(lm, entry, ids, n, seed, draft):
+def _tokens(lm, entry, ids, n, seed, draft, extra=None):
     if entry.is_peer:
         torch.manual_seed(seed)
         return hf_generate(lm, ids, n, entry.method, draft, entry.params)
-    return generate(lm, ids, method=entry.method, max_new_tokens=n, seed=seed, **entry.params).token_ids
+    return generate(lm, ids, method=entry.method, max_new_tokens=n, seed=seed, **entry.params,
+                    **(extra or {})).token_ids
 
 
 def prompt_ids(lm: LM, suite: Suite, max_new_tokens: int) -> list[tuple[str, list[int], int]]:
@@ -191,7 +205,8 @@ def aggregate(records: list[dict], entries: list[Entry], suites: list[str]) -> l
         per = {e.label: [r for r in records if r["suite"] == suite and r["method"] == e.label] for e in entries}
         base = _per_prompt_tps(per["greedy"])
         for e in entries:
-            out.append(_aggregate_one(suite, e, per[e.label], base))
+            if per[e.label]:  # peers have no records on constrained suites
+                out.append(_aggregate_one(suite, e, per[e.label], base))
     return out
 
 
@@ -211,7 +226,12 @@ def _aggregate_one(suite: str, e: Entry, recs: list[dict], base: dict[str, float
     steps = sum(r["steps"] for r in with_stats)
     new = sum(r["new_tokens"] for r in with_stats)
     wall = sum(r["wall_time_s"] for r in with_stats)
-    return {
+    constrained = {}
+    if any("valid" in r for r in recs):  # validity, fast-forward and mask time (constraints/bench.py)
+        from ..constraints.bench import aggregate as constrained_aggregate
+
+        constrained = constrained_aggregate(recs)
+    return {**constrained,
         "suite": suite, "method": e.label, "params": e.params, "lossless": e.lossless,
         "tokens_per_s": round(mean_tps, 3), "speedup": round(mean_tps / base_tps, 4) if base_tps else None,
         "speedup_p25": round(_quantile(ratios, 0.25), 4) if ratios else None,
