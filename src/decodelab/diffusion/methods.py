@@ -29,6 +29,8 @@ def _threshold(default: float = 0.9) -> Param:
 
 
 STEPS = Param(0, 0, 1 << 16, help="forward passes over the canvas; 0 = gen_length (one token per step)")
+CACHE = Param("none", choices=("none", "prefix", "dual"),
+              help="Fast-dLLM's approximate KV cache: refreshed at each block start (diffusion/cache.py)")
 
 
 @register("llada", description="LLaDA's reference sampler: top-k low-confidence (or random) remasking "
@@ -36,11 +38,12 @@ STEPS = Param(0, 0, 1 << 16, help="forward passes over the canvas; 0 = gen_lengt
           lossless=False, paper=LLADA, batched=True, kind="diffusion",
           params={"steps": STEPS, "block_length": _block(0),
                   "remasking": Param("low_confidence", choices=("low_confidence", "random")),
-                  "cfg_scale": Param(0.0, 0.0, 100.0, help="classifier-free guidance (2 passes per step)")})
+                  "cfg_scale": Param(0.0, 0.0, 100.0, help="classifier-free guidance (2 passes per step)"),
+                  "cache": CACHE})
 def llada(ctx) -> Iterator[list[list[int]]]:
     p = ctx.params
     rule = Schedule(p["block_length"], gen_length_of(ctx), p["steps"], p["remasking"])
-    return decode(ctx, rule, p["cfg_scale"])
+    return decode(ctx, rule, p["cfg_scale"], p["cache"])
 
 
 @register("dream", description="Dream's sampler: timestep schedule linspace(1, ε, steps + 1), commit the "
@@ -48,21 +51,23 @@ def llada(ctx) -> Iterator[list[list[int]]]:
           lossless=False, paper="Dream 7B: Diffusion Large Language Models (arXiv:2508.15487)", batched=True,
           kind="diffusion", params={"steps": STEPS, "block_length": _block(0),
                                     "alg": Param("maskgit_plus", choices=("maskgit_plus", "topk_margin", "entropy")),
-                                    "alg_temp": Param(0.0, 0.0, 100.0, help="0 = top-n; > 0 = sample positions")})
+                                    "alg_temp": Param(0.0, 0.0, 100.0, help="0 = top-n; > 0 = sample positions"),
+                                    "cache": CACHE})
 def dream(ctx) -> Iterator[list[list[int]]]:
     p = ctx.params
-    return decode(ctx, DreamSchedule(p["block_length"], gen_length_of(ctx), p["steps"], p["alg"], p["alg_temp"]))
+    return decode(ctx, DreamSchedule(p["block_length"], gen_length_of(ctx), p["steps"], p["alg"], p["alg_temp"]),
+                  cache=p["cache"])
 
 
 @register("fastdllm", description="Fast-dLLM parallel decoding: in each block commit the top-1 and every "
           "position with confidence ≥ threshold (or, with factor > 0, the factor rule).",
           lossless=False, paper=FAST, batched=True, kind="diffusion",
           params={"threshold": _threshold(), "factor": Param(0.0, 0.0, 100.0, help="> 0: use the factor rule"),
-                  "block_length": _block(32)})
+                  "block_length": _block(32), "cache": CACHE})
 def fastdllm(ctx) -> Iterator[list[list[int]]]:
     p, g = ctx.params, gen_length_of(ctx)
     rule = Factor(p["block_length"], g, p["factor"]) if p["factor"] > 0 else Threshold(p["block_length"], g, p["threshold"])
-    return decode(ctx, rule)
+    return decode(ctx, rule, cache=p["cache"])
 
 
 @register("localleap", description="LocalLeap: anchors (confidence ≥ threshold) lower the bar to "
@@ -70,22 +75,22 @@ def fastdllm(ctx) -> Iterator[list[list[int]]]:
           lossless=False, paper="Accelerating Diffusion LLM Inference via Local Determinism Propagation (LocalLeap)",
           batched=True, kind="diffusion",
           params={"threshold": _threshold(), "relaxed_threshold": Param(0.75, 0.0, 1.0),
-                  "radius": Param(4, 0, 4096), "block_length": _block(32)})
+                  "radius": Param(4, 0, 4096), "block_length": _block(32), "cache": CACHE})
 def localleap(ctx) -> Iterator[list[list[int]]]:
     p = ctx.params
     return decode(ctx, LocalLeap(p["block_length"], gen_length_of(ctx), p["threshold"], p["relaxed_threshold"],
-                                 p["radius"]))
+                                 p["radius"]), cache=p["cache"])
 
 
 @register("adablock", description="AdaBlock-dLLM: each block ends after the most confident predicted "
           "delimiter (confidence ≥ delta) in the next quarter of the canvas; threshold decoding inside.",
           lossless=False, paper="AdaBlock-dLLM: Semantic-Aware Diffusion LLM Inference via Adaptive Block Size", batched=True, kind="diffusion",
           params={"threshold": _threshold(), "delta": Param(0.3, 0.0, 1.0), "block_length": _block(32),
-                  "delimiters": Param("\n", help="characters whose tokens end a block")})
+                  "delimiters": Param("\n", help="characters whose tokens end a block"), "cache": CACHE})
 def adablock(ctx) -> Iterator[list[list[int]]]:
     p = ctx.params
     ids = delimiter_ids(ctx.lm, p["delimiters"])
-    return decode(ctx, AdaBlock(p["block_length"], gen_length_of(ctx), p["threshold"], p["delta"], ids))
+    return decode(ctx, AdaBlock(p["block_length"], gen_length_of(ctx), p["threshold"], p["delta"], ids), cache=p["cache"])
 
 
 @register("ccd", description="Beyond Confidence's buffered rule: commit the top-V positions whose argmax "
@@ -93,10 +98,24 @@ def adablock(ctx) -> Iterator[list[list[int]]]:
           lossless=False, paper="Beyond Confidence: Adaptive and Coherent Decoding for Diffusion Language Models (CCD)",
           batched=True, kind="diffusion",
           params={"steps": STEPS, "block_length": _block(0), "expand_ratio": Param(4.0, 0.0, 64.0),
-                  "warmup": Param(5, 0, 4096, help="ordinary top-b steps before the buffer is used")})
+                  "warmup": Param(5, 0, 4096, help="ordinary top-b steps before the buffer is used"),
+                  "cache": CACHE})
 def ccd(ctx) -> Iterator[list[list[int]]]:
     p = ctx.params
-    return decode(ctx, Buffered(p["block_length"], gen_length_of(ctx), p["steps"], p["expand_ratio"], p["warmup"]))
+    return decode(ctx, Buffered(p["block_length"], gen_length_of(ctx), p["steps"], p["expand_ratio"], p["warmup"]), cache=p["cache"])
+
+
+@register("sspd", description="Self-speculative decoding: one pass drafts the next draft_length stepwise "
+          "commits; one batched call verifies the chain on the canvases it implies. Output equals llada at one "
+          "token per step (temperature 0); each call evaluates up to draft_length canvases per row.",
+          lossless=False, paper="Self Speculative Decoding for Diffusion Large Language Models (arXiv:2510.04147)",
+          batched=True, kind="diffusion",
+          params={"draft_length": Param(4, 1, 256, help="k: positions drafted (and canvases verified) per call"),
+                  "block_length": _block(0)})
+def sspd(ctx) -> Iterator[list[list[int]]]:
+    from .sspd import decode_sspd
+
+    return decode_sspd(ctx, ctx.params["block_length"], ctx.params["draft_length"])
 
 
 @register("apd", description="Adaptive parallel decoding: the diffusion model drafts the next max_draft "
@@ -122,7 +141,7 @@ def apd(ctx) -> Iterator[list[list[int]]]:
           "Parallel Decoding (Learn2PD)", batched=True, kind="diffusion",
           params={"accept": Param(0.9, 0.0, 1.0, help="commit when the filter's probability ≥ this"),
                   "filter": Param("", help="filter JSON; default: learn2pd.json beside the model"),
-                  "block_length": _block(0)})
+                  "block_length": _block(0), "cache": CACHE})
 def learn2pd(ctx) -> Iterator[list[list[int]]]:
     from pathlib import Path
 
@@ -132,7 +151,7 @@ def learn2pd(ctx) -> Iterator[list[list[int]]]:
     path = Path(p["filter"]) if p["filter"] else Path(ctx.lm.model.name_or_path) / "learn2pd.json"
     spec = load_filter(path)
     eos = min(ctx.lm.eos_token_ids) if ctx.lm.eos_token_ids else None
-    return decode(ctx, Learned(p["block_length"], gen_length_of(ctx), spec["weights"], p["accept"], eos))
+    return decode(ctx, Learned(p["block_length"], gen_length_of(ctx), spec["weights"], p["accept"], eos), cache=p["cache"])
 
 
 def ar_model(lm, name: str):

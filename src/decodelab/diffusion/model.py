@@ -79,12 +79,14 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(c.hidden_size, self.kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.heads * self.head_dim, c.hidden_size, bias=False)
 
-    def forward(self, x, cos, sin, mask):  # x [B, T, D]; mask [B, 1, 1, T] bool (True = attend)
+    def forward(self, x, cos, sin, mask, kv=None):  # x [B, T, D]; mask [B, 1, 1, S] bool (True = attend)
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        if kv is not None:  # a cache's merge: the fed keys/values [B, H_kv, T, hd] → all S keys/values
+            k, v = kv(k, v)
         rep = self.heads // self.kv_heads
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=False)
@@ -110,8 +112,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.mlp = MLP(c)
 
-    def forward(self, x, cos, sin, mask):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+    def forward(self, x, cos, sin, mask, kv=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -152,8 +154,13 @@ class DiffusionForMaskedLM(PreTrainedModel):
         return self.lm_head
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, **_) -> MaskedLMOutput:
-        """input_ids [B, T]; attention_mask [B, T] (1 = real token, 0 = padding) → logits [B, T, V]."""
+                position_ids: torch.Tensor | None = None, kv_cache=None, **_) -> MaskedLMOutput:
+        """input_ids [B, T]; attention_mask [B, S] (1 = real token, 0 = padding) → logits [B, T, V].
+
+        Without `kv_cache`, S = T. With it (diffusion/cache.py), input_ids are a slice of a longer
+        sequence of S positions: `position_ids` [B, T] are required, the attention mask covers all S
+        keys, and `kv_cache.layer(i)` merges each layer's fed keys/values into the S cached ones.
+        """
         b, t = input_ids.shape
         if position_ids is None:
             position_ids = _positions(attention_mask, b, t, input_ids.device)
@@ -161,8 +168,8 @@ class DiffusionForMaskedLM(PreTrainedModel):
         x = self.model.embed_tokens(input_ids)
         head_dim = self.config.hidden_size // self.config.num_attention_heads
         cos, sin = rope(position_ids, head_dim, self.config.rope_theta, x.dtype)
-        for layer in self.model.layers:
-            x = layer(x, cos, sin, mask)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, mask, None if kv_cache is None else kv_cache.layer(i))
         logits = self.lm_head(self.model.norm(x))
         if self.config.logit_shift:  # Dream: the logits for position i come from position i - 1
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)

@@ -104,8 +104,12 @@ def row_generators(ctx) -> list[torch.Generator]:
 
 
 @torch.inference_mode()
-def forward(ctx, canvas: Canvas, cfg_scale: float = 0.0) -> torch.Tensor:
-    """Logits [B, G, V] (float64) for the canvas positions; classifier-free guidance when cfg_scale > 0."""
+def forward(ctx, canvas: Canvas, cfg_scale: float = 0.0, cache=None) -> torch.Tensor:
+    """Logits [B, G, V] (float64) for the canvas positions; classifier-free guidance when cfg_scale > 0.
+
+    With a `cache` (diffusion/cache.py, planned for this step) only its fed slice is run; canvas
+    positions outside the slice get zero logits (they are outside every row's block).
+    """
     ids, attention = canvas.ids, canvas.attention
     if cfg_scale > 0:  # LLaDA: unconditional input = the prompt re-masked
         uncond = ids.clone()
@@ -114,7 +118,10 @@ def forward(ctx, canvas: Canvas, cfg_scale: float = 0.0) -> torch.Tensor:
         ids, attention = torch.cat([ids, uncond]), torch.cat([attention, attention])
     t0 = time.perf_counter()
     kwargs = {"attention_mask": attention} if not bool(attention.all()) else {}
-    logits = ctx.lm.model(input_ids=ids, **kwargs).logits
+    if cache is None:
+        logits = ctx.lm.model(input_ids=ids, **kwargs).logits
+    else:
+        logits = _cached_logits(ctx.lm.model, ids, attention, cache, kwargs)
     for _ in range(2 if cfg_scale > 0 else 1):
         ctx.stats.count_forward("target", (time.perf_counter() - t0) / (2 if cfg_scale > 0 else 1))
     if getattr(ctx.lm, "logit_shift", False):  # Dream: position i's logits come from position i - 1
@@ -124,6 +131,18 @@ def forward(ctx, canvas: Canvas, cfg_scale: float = 0.0) -> torch.Tensor:
         cond, uncond = logits.chunk(2)
         logits = uncond + (cfg_scale + 1) * (cond - uncond)
     logits[..., ctx.lm.mask_token_id] = NEG_INF  # the mask token is never a prediction
+    return logits
+
+
+def _cached_logits(model, ids: torch.Tensor, attention: torch.Tensor, cache, kwargs: dict) -> torch.Tensor:
+    """[B, S, V]: the model run on the cache's fed slice [a, b) (zeros elsewhere)."""
+    from .model import _positions
+
+    a, b = cache.a, cache.b
+    positions = _positions(attention, *ids.shape, ids.device)[:, a:b]
+    fed = model(input_ids=ids[:, a:b], position_ids=positions, kv_cache=cache, **kwargs).logits
+    logits = fed.new_zeros(ids.shape[0], ids.shape[1], fed.shape[-1])
+    logits[:, a:b] = fed
     return logits
 
 
@@ -180,16 +199,23 @@ class _Blocks:
         return win
 
 
-def decode(ctx, rule: Rule, cfg_scale: float = 0.0) -> Iterator[list[list[int]]]:
-    """The shared loop: yields each row's newly contiguous committed tokens after every step."""
+def decode(ctx, rule: Rule, cfg_scale: float = 0.0, cache: str = "none") -> Iterator[list[list[int]]]:
+    """The shared loop: yields each row's newly contiguous committed tokens after every step.
+
+    cache: "none", or Fast-dLLM's approximate "prefix" / "dual" cache (diffusion/cache.py)."""
+    from .cache import check_cache
+
     check_sampling(ctx.params)
+    kv = check_cache(ctx.lm, cache, cfg_scale)
     gen_length = gen_length_of(ctx)
     canvas = new_canvas(ctx, gen_length, ctx.lm.mask_token_id)
     gens, blocks = row_generators(ctx), _Blocks(ctx.batch_size)
     temperature = float(ctx.params.get("temperature", 0.0))
     index = 0
     while canvas.masked.any():
-        logits = forward(ctx, canvas, cfg_scale)
+        if kv is not None:
+            kv.plan(canvas.start, canvas.masked, blocks.start, blocks.end, canvas.ids.shape[1])
+        logits = forward(ctx, canvas, cfg_scale, kv)
         x0, conf = propose(logits, temperature, rule.confidence, gens)
         x0, conf = x0.to(canvas.ids.device), conf.nan_to_num(nan=-1e300, posinf=1e300, neginf=-1e300)
         step = Step(conf.masked_fill(~canvas.masked, NEG_INF), x0, canvas.masked.clone(), index, gens, logits, canvas)

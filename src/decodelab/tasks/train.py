@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..diffusion.objective import diffusion_loss, mask_tokens
+from ..diffusion.train import resume
 from . import tokenizer as task_tokenizer
 from .generators import make, names
 
@@ -121,10 +122,8 @@ def train(kind: str, out: Path, steps: int, batch_size: int = 32, lr: float = 2e
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     rng, gen, step, wall = random.Random(0), torch.Generator().manual_seed(0), 0, 0.0
     ckpt = out / "ckpt.pt"
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
+    state = resume(ckpt, model, opt)
+    if state:
         rng.setstate(state["rng"])
         gen.set_state(state["gen"])
         step, wall = state["step"], state["wall"]
