@@ -13,6 +13,7 @@ from ..search.best_first import best_first_beam
 from ..search.contrastive import contrastive_search
 from ..search.dba import dba_search
 from ..search.dola import dola as dola_search
+from ..search.lookback import lookback as lookback_search
 from ..search.meta import best_of_n, mbr, self_consistency
 from .registry import Param, register
 
@@ -145,3 +146,14 @@ def dba(ctx) -> Iterator[list[list[int]]]:
     p = ctx.params
     return _emit_best(ctx, dba_search(ctx, p["constraints"], p["num_beams"], p["length_penalty"],
                                       p["num_return_sequences"]))
+
+
+@register("lookback", description="Look-back decoding: greedy unless the next-token distribution comes close "
+          "(KL ≤ alpha) to an earlier one; then sample among the top-k by softmax(−min KL) of their continuations.",
+          lossless=False, paper="Look-back Decoding for Open-Ended Text Generation (arXiv:2305.13477)",
+          batched=True, temperature=1.0, family="search", params={
+              "num_candidates": Param(5, 1, 64, help="k: candidates looked ahead on a repetition alarm"),
+              "alpha": Param(0.6, 0.0, 100.0, help="α: alarm when min_j KL(p_t ‖ p_j) ≤ α"),
+          })
+def lookback(ctx) -> Iterator[list[list[int]]]:
+    return lookback_search(ctx, ctx.params["num_candidates"], ctx.params["alpha"])
