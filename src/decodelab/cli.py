@@ -364,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .image.cli import add_parser as add_image_parser
 
     add_image_parser(sub)
+    from .diffusion.bench import add_parser as add_diffusion_bench_parser
+
+    add_diffusion_bench_parser(sub)
     return p
 
 
