@@ -96,8 +96,10 @@ EXAMPLES = [c[3] for c in CASES]
 
 def prompts(constrained: bool = True):
     """The suite's prompts (bench/suites.py `Prompt`s), each carrying its `{"json_schema": …}` constraint
-    (none with `constrained=False`: the `json-unconstrained` suite, same prompts and lengths)."""
+    and MAX_NEW_TOKENS (with `constrained=False`: the `json-unconstrained` suite, the same prompts without
+    constraint or length, so `--max-new-tokens` sets it — unconstrained, nothing stops at the JSON's end)."""
     from ..bench.suites import Prompt
 
-    return [Prompt(pid, text, MAX_NEW_TOKENS, {"json_schema": schema} if constrained else None)
-            for pid, text, schema, _ in CASES]
+    if not constrained:
+        return [Prompt(pid, text) for pid, text, _, _ in CASES]
+    return [Prompt(pid, text, MAX_NEW_TOKENS, {"json_schema": schema}) for pid, text, schema, _ in CASES]

@@ -10,8 +10,9 @@ any, so nothing is paid or stored when nobody measures:
         g = decodelab.generate(lm, prompt, constraint=...)
     timer.summary()  # {"mask_calls", "mask_rows", "mask_s", "mask_us_mean", "mask_us_p99", "ff_calls", "ff_s"}
 
-A "mask call" is one processor call: the mask of every row of a batch at one position (a batch of
-one: one token's mask; a speculative verify asks once per tree node). It covers seeking the row's
+A "mask call" is one processor call: the masks of the rows it is handed at one position each (at
+batch size 1, one token's mask; a speculative verify asks once per tree node; a batched loop asks
+once per batch or once per row); `mask_rows` counts the row masks. It covers seeking the row's
 matcher to the node's history, llguidance's mask computation, unpacking the bitmask and masking
 the scores. The collector is a `contextvars.ContextVar`, so concurrent generations in other threads
 (the server) are not mixed in.
