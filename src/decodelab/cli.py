@@ -272,8 +272,9 @@ def add_load_flags(p: argparse.ArgumentParser) -> None:
 
 
 def add_backend_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="auto", choices=("auto", "native", "transformers"),
-                   help="native (decodelab's Llama-family forward), transformers, or auto (native where supported)")
+    p.add_argument("--backend", default="auto", choices=("auto", "native", "transformers", "llamacpp"),
+                   help="native (decodelab's Llama-family forward), transformers, llamacpp (llama.cpp's forward, "
+                        "needs the llamacpp extra), or auto (native where supported)")
     p.add_argument("--dtype", default=None, help="float32 (default on CPU), float16 or bfloat16")
 
 

@@ -29,7 +29,7 @@ def add_arguments(p) -> None:
     p.add_argument("--no-peers", action="store_true", help="skip transformers' generate baselines")
     p.add_argument("--dist-seeds", type=int, default=200, help="seeds per prompt for the sampling exactness test")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--backend", default="auto", choices=("auto", "native", "transformers"),
+    p.add_argument("--backend", default="auto", choices=("auto", "native", "transformers", "llamacpp"),
                    help="model backend (default auto: native for Llama-family models)")
     p.add_argument("--dtype", default=None, help="float32 (default on CPU), bfloat16 or float16")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -118,6 +118,7 @@ def benchmark(args, names: list[str], params: dict[str, dict]) -> dict:
     from ..model import load
     from ..proposers.draft_model import resolve_draft
     from . import machine, runner
+    from .peers import drop_unavailable
     from .suites import load_suite
 
     suites = [load_suite(s) for arg in (args.suite or DEFAULT_SUITES) for s in arg.split(",") if s.strip()]
@@ -130,6 +131,7 @@ def benchmark(args, names: list[str], params: dict[str, dict]) -> dict:
     names, skipped = _draft_methods(lm, names, params, args.draft, options, args.all)
     draft = _maybe_draft(lm, args.draft, resolve_draft)
     entries = runner.make_entries(names, params, not args.no_peers and args.batch_size == 1, draft is not None)
+    entries = drop_unavailable(lm, entries, skipped)  # e.g. the llama.cpp peer without llama-cpp-python
     entries = _drop_refusing(lm, entries, constraints, skipped)
     temperature = params.get("*", {}).get("temperature", 0.0)
     prompts = {s.name: runner.prompt_ids(lm, s, args.max_new_tokens)[: args.limit] for s in suites}

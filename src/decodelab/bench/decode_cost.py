@@ -38,6 +38,16 @@ def default_configs(compile_too: bool) -> list[Config]:
     return configs
 
 
+def llamacpp_configs() -> list[Config]:
+    """`--backend llamacpp`: decodelab's loop over llama.cpp (model/llamacpp.py) in f32 / bf16 / q8_0 and
+    llama.cpp's own greedy loop (the bench's llamacpp:greedy peer), next to the native backend."""
+    configs = [Config("native float32", "native", "float32"), Config("native bfloat16", "native", "bfloat16")]
+    for dtype in ("float32", "bfloat16", "q8_0"):
+        configs.append(Config(f"llamacpp {dtype}", "llamacpp", dtype))
+        configs.append(Config(f"llama.cpp own greedy loop {dtype}", "llamacpp", dtype, generate=True))
+    return configs
+
+
 @torch.inference_mode()
 def session_ms(lm, ids: list[int], steps: int) -> float:
     """ms per decode step of decodelab's greedy loop over lm.session() (prefill excluded)."""
@@ -52,7 +62,12 @@ def session_ms(lm, ids: list[int], steps: int) -> float:
 
 @torch.inference_mode()
 def generate_ms(lm, ids: list[int], steps: int) -> float:
-    """ms per decode step of transformers' generate (greedy, no EOS stop), prefill subtracted."""
+    """ms per decode step of transformers' generate (greedy, no EOS stop), prefill subtracted; on the
+    llamacpp backend, of llama.cpp's own greedy loop (prefill excluded)."""
+    if lm.backend == "llamacpp":
+        from ..model.llamacpp import plain_greedy
+
+        return plain_greedy(lm.model, ids, steps + 1, timed_steps=steps) / steps * 1e3
     x = torch.tensor([ids], device=lm.device)
 
     def timed(n: int) -> float:
@@ -110,6 +125,8 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--compile", action="store_true", help="also time the native backend with torch.compile")
+    p.add_argument("--backend", default=None, choices=("llamacpp",),
+                   help="llamacpp: time llama.cpp (decodelab's loop and llama.cpp's own) next to native instead")
     p.add_argument("--prompt", default="import os\n\n\ndef main():")
     p.add_argument("--json", action="store_true", help="end stdout with one JSON object")
 
@@ -120,7 +137,8 @@ def run(args) -> None:
     if args.steps < 1 or args.repeats < 1:
         raise ValueError("--steps and --repeats must be ≥ 1")
     machine.set_threads(args.threads)
-    result = measure(args.model, default_configs(args.compile), args.prompt, args.steps, args.repeats, args.device)
+    configs = llamacpp_configs() if args.backend == "llamacpp" else default_configs(args.compile)
+    result = measure(args.model, configs, args.prompt, args.steps, args.repeats, args.device)
     if machine.warning(result["load"]):
         print(machine.warning(result["load"]))
     print(markdown(result))

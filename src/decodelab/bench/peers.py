@@ -11,13 +11,19 @@ PEERS = {
     "hf:greedy": "transformers generate, greedy",
     "hf:assisted": "transformers assisted generation (assistant_model = the same draft)",
     "hf:pld": "transformers prompt lookup (prompt_lookup_num_tokens=10)",
+    "llamacpp:greedy": "llama.cpp's own greedy loop over the same weights as GGUF (llama-cpp-python installed)",
 }
 
 
 def hf_generate(lm: LM, ids: list[int], max_new_tokens: int, peer: str, draft: LM | None = None,
                 params: dict | None = None) -> list[int]:
-    """New token ids from transformers' generate for one prompt (stopping at EOS as decodelab does)."""
+    """New token ids from transformers' generate (or llama.cpp's, for llamacpp:greedy) for one prompt
+    (stopping at EOS as decodelab does)."""
     params = params or {}
+    if peer == "llamacpp:greedy":
+        from ..model.llamacpp import plain_greedy
+
+        return plain_greedy(llamacpp_model(lm), ids, max_new_tokens, lm.eos_token_ids)
     kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=lm.pad_token_id,
                   eos_token_id=sorted(lm.eos_token_ids) or None)
     temperature = params.get("temperature", 0.0)
@@ -48,3 +54,40 @@ def transformers_model(lm: LM):
 
         lm.state["transformers_twin"] = load(lm.name, device=str(lm.device), dtype=lm.dtype, backend="transformers")
     return lm.state["transformers_twin"].model
+
+
+def llamacpp_model(lm: LM):
+    """The llama.cpp model behind `lm`: its own (backend llamacpp) or the same checkpoint converted once to
+    GGUF in the same precision (float32 → f32, bfloat16 → bf16)."""
+    if lm.backend == "llamacpp":
+        return lm.model
+    if "llamacpp_twin" not in lm.state:
+        from ..model import load
+
+        lm.state["llamacpp_twin"] = load(lm.name, dtype=lm.dtype, backend="llamacpp")
+    return lm.state["llamacpp_twin"].model
+
+
+def drop_unavailable(lm: LM, entries: list, skipped: dict) -> list:
+    """The entries without peers that cannot run here (reason in `skipped`): llamacpp:greedy needs
+    llama-cpp-python, a Llama-family model on the CPU, and greedy decoding."""
+    kept = []
+    for e in entries:
+        reason = _llamacpp_unavailable(lm, e.params) if e.method == "llamacpp:greedy" else None
+        if reason:
+            skipped[e.label] = reason
+        else:
+            kept.append(e)
+    return kept
+
+
+def _llamacpp_unavailable(lm: LM, params: dict) -> str | None:
+    from ..errors import ModelError
+
+    if params.get("temperature", 0.0) > 0:
+        return "the llama.cpp peer decodes greedily only"
+    try:
+        llamacpp_model(lm)
+    except ModelError as exc:
+        return str(exc)
+    return None

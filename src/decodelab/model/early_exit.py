@@ -28,7 +28,7 @@ _PARTS = ("embed_tokens", "layers", "norm", "rotary_emb")
 
 def num_layers(lm: LM) -> int:
     """L, the target's decoder layer count; ModelError when the model has no early-exit layout."""
-    if lm.backend == "native":
+    if lm.backend in ("native", "llamacpp"):  # llamacpp: an exit is a GGUF of the first ℓ layers
         return len(lm.model.layers)
     inner = getattr(lm.model, "model", None)
     if not isinstance(getattr(inner, "layers", None), nn.ModuleList) or not all(hasattr(inner, p) for p in _PARTS) \
@@ -45,7 +45,7 @@ def early_exit_lm(lm: LM, layer: int) -> LM:
         raise ValueError(f"exit layer must be in 1..{total}, got {layer}")
     built = lm.state.setdefault("early_exit", {})
     if layer not in built:
-        model = lm.model.truncated(layer) if lm.backend == "native" else _build(lm.model, layer)
+        model = lm.model.truncated(layer) if lm.backend in ("native", "llamacpp") else _build(lm.model, layer)
         built[layer] = LM(model, lm.tokenizer, name=f"{lm.name}[:{layer}]", backend=lm.backend)
     return built[layer]
 

@@ -75,7 +75,7 @@ def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     raise ModelError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
 
 
-BACKENDS = ("auto", "native", "transformers")
+BACKENDS = ("auto", "native", "transformers", "llamacpp")
 
 
 def load(name: str | None = None, *, device: str = "cpu", dtype: torch.dtype | str | None = None,
@@ -97,6 +97,12 @@ def load(name: str | None = None, *, device: str = "cpu", dtype: torch.dtype | s
     location, local = _resolve(name)
     if local:
         _check_local_dir(Path(location), allow_pickle)
+    if backend == "llamacpp":  # llama.cpp's forward over a converted GGUF (model/llamacpp.py)
+        from .llamacpp import load_llamacpp
+
+        if compile:
+            raise ModelError("compile=True needs the native backend (llamacpp runs llama.cpp's compiled kernels)")
+        return load_llamacpp(name, location, local, dtype, device, trust_remote_code)
     dtype = _dtype(dtype) or (torch.float32 if device == "cpu" else torch.float16)
     from ..diffusion.load import is_diffusion_dir, load_diffusion
 
@@ -192,6 +198,8 @@ class LM:
         """Size of the logits' last dimension."""
         if self.backend == "native":
             return self.model.head.shape[0]
+        if self.backend == "llamacpp":
+            return self.model.vocab_size
         return self.model.get_output_embeddings().weight.shape[0]
 
     @cached_property
@@ -230,6 +238,10 @@ class LM:
             from .native import NativeSession
 
             return NativeSession(self, batch_size, stats, role)
+        if self.backend == "llamacpp":
+            from .llamacpp import LlamaCppSession
+
+            return LlamaCppSession(self, batch_size, stats, role)
         from .hf import HFSession
 
         return HFSession(self, batch_size, stats, role)

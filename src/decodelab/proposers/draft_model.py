@@ -29,10 +29,21 @@ def resolve_draft(lm: LM, name: str, **load_options) -> LM:
         name = DRAFTS[lm.name]
     cache = lm.state.setdefault("drafts", {})
     if name not in cache:
-        draft = load(name, device=str(lm.device), dtype=lm.dtype, **load_options)
+        draft = _load_like(lm, name, load_options)
         check_vocab(lm, draft, name)
         cache[name] = draft
     return cache[name]
+
+
+def _load_like(lm: LM, name: str, load_options: dict) -> LM:
+    """The draft on the target's device and dtype; a llamacpp target's draft runs on llama.cpp too when
+    it can (same GGUF precision), else on the default backend."""
+    if lm.backend == "llamacpp":
+        try:
+            return load(name, dtype=lm.model.load_dtype, backend="llamacpp", **load_options)
+        except ModelError:
+            pass
+    return load(name, device=str(lm.device), dtype=lm.dtype, **load_options)
 
 
 def check_vocab(target: LM, draft: LM, name: str) -> None:
