@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 from ..search.beam import BeamConfig, beam_search
 from ..search.best_first import best_first_beam
+from ..search.cntp import cntp as cntp_search
 from ..search.contrastive import contrastive_search
 from ..search.dba import dba_search
 from ..search.dola import dola as dola_search
@@ -157,3 +158,16 @@ def dba(ctx) -> Iterator[list[list[int]]]:
           })
 def lookback(ctx) -> Iterator[list[list[int]]]:
     return lookback_search(ctx, ctx.params["num_candidates"], ctx.params["alpha"])
+
+
+@register("cntp", description="Cautious next token prediction: where the entropy of p is high, sample N trials "
+          "up to the next punctuation and keep the one of lowest perplexity (N grows with the entropy).",
+          lossless=False, paper="Cautious Next Token Prediction (arXiv:2507.03038)", temperature=1.0,
+          family="search", params={
+              "max_trials": Param(10, 1, 256, help="N_max: trials at the highest entropy"),
+              "entropy_low": Param(0.01, 0.0, 100.0, help="H_lo: at or below it, one trial (plain sampling)"),
+              "entropy_high": Param(1.5, 0.0, 100.0, help="H_hi: at or above it, N_max trials"),
+          })
+def cntp(ctx) -> Iterator[list[list[int]]]:
+    p = ctx.params
+    return cntp_search(ctx, p["max_trials"], p["entropy_low"], p["entropy_high"])

@@ -14,8 +14,9 @@ completion) and distinct-2 (unique bigrams / all bigrams over the method's compl
 similarity of the completed function body to the held-out reference (the rest of the function in the
 test-split file the prompt comes from), and the target's perplexity of the output.
 
-Cost is counted, never timed here: forward passes of the batch and W (positions per prompt per pass),
-so cost = passes × W per prompt; wall time is recorded in the JSON for a run on an idle machine. The
+Cost is counted, never timed here: forward passes of the batch and W (the most positions a pass
+computes per prompt), so cost = passes × W per prompt — exact for beam, contrastive and best-of-N, an
+upper bound for lookback and cntp, which widen only on alarm / uncertain steps; wall time is recorded in the JSON for a run on an idle machine. The
 Pareto front (no other method is at most as costly and strictly better) is marked and plotted.
 """
 
@@ -45,12 +46,13 @@ def method_grid(width: int) -> list[tuple[str, str, dict, int]]:
         (f"beam K={w}", "beam", {"num_beams": w}, w),
         (f"contrastive k={w} a=0.6", "contrastive", {"top_k": w, "penalty_alpha": 0.6}, w),
         ("dola (high)", "dola", {}, 1),
-        ("lookback k=5 a=0.6", "lookback", {}, 1),  # k positions only on alarm steps: counted as W=1 (see docs)
+        (f"lookback k={w} a=0.6", "lookback", {"num_candidates": w}, w),  # W only on alarm steps: cost is a bound
         ("sample T=0.8 p=0.95", "sample", {"temperature": 0.8, "top_p": 0.95}, 1),
         ("sample T=1 min_p=0.1", "sample", {"temperature": 1.0, "min_p": 0.1}, 1),
         ("typical 0.95", "sample", {"temperature": 1.0, "typical_p": 0.95}, 1),
         (f"best_of_n N={w} T=0.8", "best_of_n", {"num_samples": w, "temperature": 0.8, "top_p": 0.95}, w),
         (f"mbr N={w} T=0.8", "mbr", {"num_samples": w, "temperature": 0.8, "top_p": 0.95}, w),
+        (f"cntp N_max={w}", "cntp", {"max_trials": w}, w),  # W only on uncertain steps: cost is a bound
     ]
 
 
