@@ -14,6 +14,7 @@ from functools import cached_property
 
 import torch
 
+from .errors import UserError
 from .model import LM, Session
 from .processors import Sampler
 from .stats import Stats
@@ -64,7 +65,11 @@ class Event:
 
 
 class Context:
-    """What a method sees: the model, prompts, sampler, RNG, stats and the tokens emitted so far."""
+    """What a method sees: the model, prompts, sampler, RNG, stats and the tokens emitted so far.
+
+    Rows may join while a method runs (continuous batching): `add_row` appends one, and a method that
+    supports joining (`MethodInfo.continuous`) takes the rows added since its last look with `admit()`.
+    """
 
     def __init__(self, lm: LM, prompts: list[list[int]], params: dict, sampler: Sampler,
                  generator: torch.Generator | None, max_new_tokens: int, stats: Stats):
@@ -74,6 +79,7 @@ class Context:
         self.sampler = sampler
         self.generator = generator
         self.max_new_tokens = max_new_tokens
+        self.max_new: list[int] = [max_new_tokens] * len(prompts)  # per row (rows that join bring their own)
         self.stats = stats
         self.out: list[list[int]] = [[] for _ in prompts]
         self.generators: list[torch.Generator] | None = None  # one per row (row_generators)
@@ -81,10 +87,39 @@ class Context:
         self.candidates: list[list[tuple[list[int], float]]] = [[] for _ in prompts]  # search/meta: ranked
         self.seed: int | list[int] | None = None  # the request's seed and stop strings (set by run_method)
         self.stop: list[str] = []
+        self.open = False  # more rows may join: a method idles (yields nothing) instead of ending
+        self._pending = list(range(len(prompts)))  # rows not yet admitted by the method
+        self._views: dict[int, RowContext] = {}
+
+    def add_row(self, prompt: list[int], generator: torch.Generator | None, max_new_tokens: int) -> int:
+        """A new row joins; the method admits it between two steps. Returns its row index."""
+        b = len(self.prompts)
+        self.prompts.append(prompt)
+        self.out.append([])
+        self.max_new.append(max_new_tokens)
+        self.done.append(False)
+        self.candidates.append([])
+        if self.generators is not None:
+            self.generators.append(generator)
+        self._pending.append(b)
+        return b
+
+    def admit(self) -> list[int]:
+        """The rows added since the last call (all rows, the first time)."""
+        new, self._pending = self._pending, []
+        return new
+
+    def release(self, b: int) -> None:
+        """Row b has left the batch for good: drop what it holds (a long-running server adds rows forever)."""
+        self._views.pop(b, None)
+        if self.open:
+            self.prompts[b], self.out[b] = [], []
 
     def row(self, b: int) -> "RowContext":
-        """Row b's narrow view: what a proposer needs of one sequence in a batch."""
-        return RowContext(self, b)
+        """Row b's narrow view: what a proposer needs of one sequence in a batch (one per row)."""
+        if b not in self._views:
+            self._views[b] = RowContext(self, b)
+        return self._views[b]
 
     @property
     def batch_size(self) -> int:
@@ -95,28 +130,29 @@ class Context:
         return self.prompts[row] + self.out[row]
 
     def remaining(self, row: int = 0) -> int:
-        """Tokens this row may still emit: the lesser of max_new_tokens and the context left.
+        """Tokens this row may still emit: the lesser of its max_new_tokens and its context left."""
+        return min(self.max_new[row], self.lm.max_length - len(self.prompts[row])) - len(self.out[row])
 
-        A batch shares one left-padded cache, so the context left is that of the longest prompt.
-        """
-        width = max(len(p) for p in self.prompts)
-        return min(self.max_new_tokens, self.lm.max_length - width) - len(self.out[row])
+    def session(self, lm: LM | None = None, role: str = "target", batch_size: int | None = None) -> Session:
+        return (lm or self.lm).session(batch_size or self.batch_size, stats=self.stats, role=role)
 
-    def session(self, lm: LM | None = None, role: str = "target") -> Session:
-        return (lm or self.lm).session(self.batch_size, stats=self.stats, role=role)
+    def padded(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[R, L] left-padded prompt ids of these rows and their [R, L] pad mask (None when equal lengths)."""
+        prompts = [self.prompts[b] for b in rows]
+        width = max(len(p) for p in prompts)
+        if all(len(p) == width for p in prompts):
+            return torch.tensor(prompts, dtype=torch.long), None
+        pad = self.lm.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], dtype=torch.long)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
+        return ids, mask
 
     @cached_property
     def padded_prompts(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """[B, L] left-padded prompt ids and the [B, L] pad mask (None when all rows are equal length).
 
         Built once per generation: penalties read it through `history()` at every step."""
-        width = max(len(p) for p in self.prompts)
-        if all(len(p) == width for p in self.prompts):
-            return torch.tensor(self.prompts, dtype=torch.long), None
-        pad = self.lm.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in self.prompts], dtype=torch.long)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in self.prompts], dtype=torch.long)
-        return ids, mask
+        return self.padded(list(range(self.batch_size)))
 
     def history(self) -> torch.Tensor:
         """[B, L] padded prompt + generated ids: the input_ids processors see."""
@@ -137,7 +173,7 @@ class RowContext:
         self.parent, self.b = parent, b
         self.lm, self.params, self.stats = parent.lm, parent.params, parent.stats
         self.sampler = parent.sampler.for_row(b, len(parent.prompts[b]))  # row b's grammar state, unpadded
-        self.max_new_tokens = parent.max_new_tokens
+        self.max_new_tokens = parent.max_new[b]
         self.prompts, self.out = [parent.prompts[b]], [parent.out[b]]
         self.generator = parent.generators[b] if parent.generators else None
         self.generators = [self.generator] if self.generator is not None else None
@@ -186,7 +222,7 @@ class _IncrementalText:
 class _RowState:
     """Per-row stop detection: EOS, stop strings, length, and the end of the row's grammar."""
 
-    def __init__(self, lm: LM, stop: list[str], prompt_len: int, constraint=None, healed: str = ""):
+    def __init__(self, lm: LM, stop: list[str], constraint=None, healed: str = ""):
         self.lm, self.stop = lm, stop
         self.constraint = constraint  # the row's constraints.RowConstraint, or None
         self.skip = len(healed)  # token healing: the prompt text the first token re-covers is not output
@@ -272,7 +308,7 @@ def run_method(info, lm: LM, prompts: list[list[int]], params: dict, max_new_tok
     ctx = Context(lm, prompts, params, sampler, generators[0] if generators else None, max_new_tokens, stats)
     ctx.generators = generators
     ctx.seed, ctx.stop = seed, stop  # meta-generation re-runs an inner method with them
-    rows = [_RowState(lm, stop, len(p), mask.rows[b] if mask else None, healed[b]) for b, p in enumerate(prompts)]
+    rows = [_RowState(lm, stop, mask.rows[b] if mask else None, healed[b]) for b in range(len(prompts))]
     t0 = time.perf_counter()
     steps = info.run(ctx)
     try:
@@ -291,11 +327,106 @@ def run_method(info, lm: LM, prompts: list[list[int]], params: dict, max_new_tok
     for b, row in enumerate(rows):
         row_stats = stats if len(rows) == 1 else replace(
             stats, new_tokens=len(row.tokens), drafted=list(stats.drafted), accepted=list(stats.accepted))
-        gen = Generation(_final_text(lm, row), row.tokens, row.finish or "length", row_stats, info.name, params)
+        gen = _generation(lm, row, row_stats, info.name, params)
         if mask is not None:
             gen.incomplete, gen.error = not row.grammar_done, row.error
         gen.candidates = [Candidate(lm.decode(t), list(t), float(s)) for t, s in ctx.candidates[b]]
         yield Event(gen.text[row.sent:], row.unsent, b, gen)
+
+
+def _generation(lm: LM, row: "_RowState", stats: Stats, method: str, params: dict) -> Generation:
+    return Generation(_final_text(lm, row), row.tokens, row.finish or "length", stats, method, params)
+
+
+class Engine:
+    """Continuous batching: one method over a live batch that rows join and leave between steps.
+
+    Orca's iteration-level scheduling (Yu et al., OSDI 2022): every `step()` runs one batched target
+    forward over the rows alive now; a row added with `add()` is prefilled and merged into the batch
+    before the next step (`Session.merge`), and a finished or cancelled row leaves at once. Rows share the
+    method and its parameters; each has its own prompt, seed, `max_new_tokens` and stop strings, and its
+    tokens are those it would get alone with the same seed (tests/methods/test_engine_continuous.py).
+
+        engine = Engine(lm, "pld")
+        row = engine.add(lm.encode("def f(x):"), max_new_tokens=64, seed=0)
+        while engine.busy:
+            for event in engine.step():   # event.row, event.text; event.generation when the row ends
+                ...
+    """
+
+    def __init__(self, lm: LM, method: str = "greedy", **params):
+        from .methods import get
+
+        self.info = get(method)
+        if not self.info.continuous:
+            users = ", ".join(sorted(n for n, m in _methods().items() if m.continuous))
+            raise UserError(f"method {method!r} cannot take rows into a running batch; continuous methods: {users}")
+        self.lm, self.params = lm, self.info.check_params(params)
+        self.stats = Stats()
+        sampler = Sampler(self.params, prompt_len=0)
+        self.ctx = Context(lm, [], self.params, sampler, None, 0, self.stats)
+        self.ctx.open = True
+        self.ctx.generators = None if sampler.greedy else []
+        self.rows: dict[int, _RowState] = {}
+        self._started: dict[int, tuple[float, int]] = {}  # row → (time added, batch forward passes then)
+        self._steps = self.info.run(self.ctx)
+
+    @property
+    def busy(self) -> bool:
+        """Some row is still generating."""
+        return bool(self.rows)
+
+    def add(self, prompt: str | list[int], *, max_new_tokens: int = 64, seed: int | None = None,
+            stop: str | list[str] | None = None) -> int:
+        """A new row (text or token ids); it joins the batch at the next step. Returns its row id."""
+        from .inputs import check_common, check_seed, prompt_ids
+
+        stop = check_common(max_new_tokens, stop)
+        check_seed(seed)
+        ids = prompt_ids(self.lm, prompt)
+        greedy = self.ctx.generators is None
+        generator = None if greedy else row_generators(seed, 1)[0]
+        b = self.ctx.add_row(ids, generator, max_new_tokens)
+        self.rows[b] = _RowState(self.lm, stop)
+        self._started[b] = (time.perf_counter(), self.stats.forward_passes)
+        return b
+
+    def cancel(self, b: int) -> None:
+        """Row b leaves the batch before its next step (a client went away); no event follows."""
+        if self.rows.pop(b, None) is not None:
+            self.ctx.done[b] = True
+            self._started.pop(b, None)
+
+    def step(self) -> list[Event]:
+        """One step over the live batch: new text per row, and a last event with its Generation."""
+        if not self.rows:
+            return []
+        emitted = next(self._steps)
+        running = sum(1 for b, toks in enumerate(emitted) if toks and b in self.rows and self.rows[b].tokens)
+        before = sum(len(r.tokens) for r in self.rows.values())
+        events = list(_absorb(self.ctx, self.rows, emitted))
+        if running:
+            self.stats.record_step((sum(len(r.tokens) for r in self.rows.values()) - before) / running)
+        for b in [b for b, row in self.rows.items() if row.finish]:
+            events.append(self._finish(b))
+        return events
+
+    def _finish(self, b: int) -> Event:
+        row = self.rows.pop(b)
+        t0, passes = self._started.pop(b)
+        stats = Stats(new_tokens=len(row.tokens), forward_passes=self.stats.forward_passes - passes,
+                      wall_time_s=time.perf_counter() - t0, batch_size=len(self.rows) + 1)
+        gen = _generation(self.lm, row, stats, self.info.name, self.params)
+        return Event(gen.text[row.sent:], row.unsent, b, gen)
+
+    def close(self) -> None:
+        self._steps.close()
+
+
+def _methods():
+    from .methods import methods
+
+    return methods()
 
 
 def row_generators(seed: int | list[int] | None, n: int) -> list[torch.Generator]:
@@ -307,9 +438,11 @@ def row_generators(seed: int | list[int] | None, n: int) -> list[torch.Generator
     return [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
 
 
-def _absorb(ctx: Context, rows: list[_RowState], emitted: list[list[int]]) -> Iterator[Event]:
-    for b, (row, tokens) in enumerate(zip(rows, emitted)):
-        if row.finish:
+def _absorb(ctx: Context, rows, emitted: list[list[int]]) -> Iterator[Event]:
+    """Row b's emitted tokens into its _RowState (rows: a list, or the Engine's dict of live rows)."""
+    for b, tokens in enumerate(emitted):
+        row = rows.get(b) if isinstance(rows, dict) else rows[b] if b < len(rows) else None
+        if row is None or row.finish or not tokens:
             continue
         kept = row.add(tokens, ctx.remaining(b))
         if row.finish:

@@ -149,6 +149,36 @@ def test_left_padded_batch_equals_rows_alone(pair):
             torch.testing.assert_close(second[b], alone[-1], atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("running_longer", [True, False])
+def test_merge_rows_join_a_running_batch(pair, running_longer):
+    """Rows prefilled apart and merged into a running batch (continuous batching) — with holes in the
+    running rows from a ragged accept — decode exactly as each row alone, on both backends."""
+    native, _ = pair
+    first = [[11, 12, 13, 14, 15, 16, 17], [21, 22, 23]]
+    joining = [[31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42][: 12 if not running_longer else 4], [51, 52]]
+    for lm in pair:
+        s = lm.session(batch_size=2)
+        s.forward(torch.tensor([first[0], [0] * 4 + first[1]]), pad_mask=torch.tensor([[1] * 7, [0] * 4 + [1] * 3]))
+        s.forward(torch.tensor([[60, 61, 62], [70, 71, 72]]))
+        s.accept_rows([[0, 1, 2], [0]])  # row 1 keeps one of three: two holes
+        late = lm.session(batch_size=2)
+        w = max(map(len, joining))
+        late.forward(torch.tensor([[0] * (w - len(p)) + p for p in joining]),
+                     pad_mask=torch.tensor([[0] * (w - len(p)) + [1] * len(p) for p in joining]))
+        s.merge(late)
+        assert s.batch_size == 4 and len(s.tokens) == 4
+        out = s.forward(torch.tensor([[80], [81], [82], [83]]))[:, -1]
+        histories = [first[0] + [60, 61, 62, 80], first[1] + [70, 81], joining[0] + [82], joining[1] + [83]]
+        for b, h in enumerate(histories):
+            alone = native.session().forward(h)[0, -1]
+            torch.testing.assert_close(out[b], alone, atol=ATOL, rtol=0)
+        s.defragment()
+        out = s.forward(torch.tensor([[90], [91], [92], [93]]))[:, -1]
+        for b, h in enumerate(histories):
+            alone = native.session().forward(h + [90 + b])[0, -1]
+            torch.testing.assert_close(out[b], alone, atol=ATOL, rtol=0)
+
+
 def test_hidden_states_match(pair):
     a, b = _both(pair, lambda s: s.forward([1, 2, 3, 4], hidden=True)[1])
     assert len(a) == len(b)

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import __version__
-from ..api import _prompt_ids, generate
+from .. import __version__, inputs
+from ..api import generate
 from ..constraints.timing import grammar_timing
 from ..methods import methods
 from ..model import LM
@@ -194,7 +194,7 @@ def prompt_ids(lm: LM, suite: Suite, max_new_tokens: int) -> list[tuple[str, lis
         if room < 8:
             raise ValueError(f"max_new_tokens={n} leaves no room for a prompt in a {lm.max_length}-token context")
         ids = lm.encode(p.text)[-room:]
-        out.append((p.id, _prompt_ids(lm, ids), n))
+        out.append((p.id, inputs.prompt_ids(lm, ids), n))
     return out
 
 

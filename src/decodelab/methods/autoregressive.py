@@ -10,39 +10,102 @@ from collections.abc import Iterator
 from .registry import register
 
 
-def prefill(ctx, session) -> "torch.Tensor":  # noqa: F821
-    """Run every prompt through `session`; return the last position's logits [B, V]."""
-    ids, mask = ctx.padded_prompts
+def prefill(ctx, session, rows: list[int] | None = None) -> "torch.Tensor":  # noqa: F821
+    """Run the prompts of `rows` (default: all) through `session`; return the last position's logits [R, V]."""
+    ids, mask = ctx.padded(rows if rows is not None else list(range(ctx.batch_size)))
     return session.forward(ids, pad_mask=mask, last_only=True)[:, -1]
 
 
-def sample_rows(ctx, probs: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
-    """[B, V] → [B] tokens, each row drawn with its own generator (argmax when greedy)."""
-    if ctx.generators is None or len(ctx.generators) == 1:
+def admit(ctx, session, rows: list[int]):
+    """Prefill the rows that joined since the last step (continuous batching) and merge them into the batch.
+
+    Returns (session, rows, logits of the new rows [R_new, V] or None); `rows` lists the ctx row each
+    session row holds. New rows are prefilled on their own session, then appended (`Session.merge`)."""
+    new = ctx.admit()
+    if not new:
+        return session, rows, None
+    joined = ctx.session(batch_size=len(new))
+    logits = prefill(ctx, joined, new)
+    if session is None or not rows:
+        return joined, list(new), logits
+    session.defragment()
+    session.merge(joined)
+    return session, rows + new, logits
+
+
+def retire(ctx, session, rows: list[int], *per_row):
+    """Drop finished rows from the batch (`Session.reorder`); per-row lists/tensors follow the same rows."""
+    keep = [i for i, b in enumerate(rows) if not ctx.done[b]]
+    for b in rows:
+        if ctx.done[b]:
+            ctx.release(b)
+    if len(keep) == len(rows):
+        return session, rows, *per_row
+    if not keep:
+        return None, [], *[None for _ in per_row]
+    session.reorder(keep)
+    picked = [x[keep] if hasattr(x, "index_select") else [x[i] for i in keep] for x in per_row]
+    return session, [rows[i] for i in keep], *picked
+
+
+def row_probs(ctx, rows: list[int], logits: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
+    """[R, V] processed distributions of these rows: in one call when no processor reads a row's history
+    or state, else each row through its own view (its unpadded history, its prompt length, its grammar)."""
+    import torch
+
+    sampler = ctx.sampler
+    if not sampler.needs_history and sampler.constraint is None and len(sampler.logits_processors) == 0:
+        return sampler.probs(None, logits)
+    return torch.cat([ctx.row(b).sampler.probs(torch.tensor([ctx.ids(b)]), logits[i : i + 1])
+                      for i, b in enumerate(rows)])
+
+
+def sample_rows(ctx, probs: "torch.Tensor", rows: list[int] | None = None) -> "torch.Tensor":  # noqa: F821
+    """[R, V] → [R] tokens, each row drawn with its own generator (argmax when greedy)."""
+    rows = rows if rows is not None else list(range(probs.shape[0]))
+    if ctx.generators is None:
         return ctx.sampler.sample(probs, ctx.generator)
     import torch
 
-    return torch.cat([ctx.sampler.sample(probs[b : b + 1], g) for b, g in enumerate(ctx.generators)])
+    return torch.cat([ctx.sampler.sample(probs[i : i + 1], ctx.generators[b]) for i, b in enumerate(rows)])
 
 
 def autoregressive(ctx) -> Iterator[list[list[int]]]:
-    session = ctx.session()
-    logits = prefill(ctx, session)  # [B, V]
+    """One token per live row per step; rows join (prefilled apart, then merged) and leave between steps."""
+    import torch
+
+    session, rows, logits = None, [], None
     while True:
-        history = ctx.history() if ctx.sampler.needs_history else None
-        token = sample_rows(ctx, ctx.sampler.probs(history, logits))  # [B]
-        yield [[t] for t in token.tolist()]
-        logits = session.forward(token[:, None])[:, -1]
+        session, rows, joined = admit(ctx, session, rows)
+        if joined is not None:
+            logits = joined if logits is None else torch.cat([logits, joined])
+        if not rows:
+            if not ctx.open:
+                return
+            yield []
+            continue
+        tokens = sample_rows(ctx, row_probs(ctx, rows, logits), rows)  # [R]
+        emitted = [[] for _ in ctx.prompts]
+        for b, t in zip(rows, tokens.tolist()):
+            emitted[b] = [t]
+        yield emitted
+        session, rows, tokens = retire(ctx, session, rows, tokens)
+        if not rows:
+            logits = None
+            continue
+        if session.length >= ctx.lm.max_length:
+            session.defragment()  # rows that left may have held the widest columns
+        logits = session.forward(tokens[:, None])[:, -1]
 
 
 @register("greedy", description="Greedy decoding: the argmax token at every step.", lossless=True,
-          batched=True, temperature=0.0)
+          batched=True, continuous=True, temperature=0.0)
 def greedy(ctx) -> Iterator[list[list[int]]]:
     return autoregressive(ctx)
 
 
 @register("sample", description="Ancestral sampling from the processed next-token distribution "
           "(temperature, top-k/p, min-p, typical, ε/η, penalties).", lossless=True, batched=True,
-          temperature=1.0)
+          continuous=True, temperature=1.0)
 def sample(ctx) -> Iterator[list[list[int]]]:
     return autoregressive(ctx)

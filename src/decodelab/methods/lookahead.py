@@ -19,7 +19,7 @@ from .registry import Param, register
                 "(arXiv:2402.02057)",
           params={"N": Param(4, 3, 16, help="n-gram size (window levels + 1)"),
                   "W": Param(5, 1, 64, help="window width: n-grams collected per step"),
-                  "G": Param(5, 1, 64, help="n-grams kept per first token (LRU)")}, batched=True)
+                  "G": Param(5, 1, 64, help="n-grams kept per first token (LRU)")}, batched=True, continuous=True)
 def lookahead(ctx):
     p = ctx.params
     return speculative_loop(ctx, lambda c: Lookahead(c.prompts[0], p["N"], p["W"], p["G"]))

@@ -16,7 +16,7 @@ import torch
 from ..constraints import prune
 from ..treeshape import tree_depths
 from ..verify import Draft, Verdict, verify
-from .autoregressive import prefill
+from .autoregressive import admit, prefill, retire, row_probs, sample_rows
 
 
 class Proposer(Protocol):
@@ -80,7 +80,7 @@ def speculative_loop(ctx, make_proposer) -> Iterator[list[list[int]]]:
         if ctx.batch_size != 1:
             raise ValueError("a proposer instance drafts for one row; pass a factory for a batch")
         return _single_loop(ctx, make_proposer)
-    if ctx.batch_size != 1:
+    if ctx.batch_size != 1 or ctx.open:
         return batched_loop(ctx, make_proposer)
     return _single_loop(ctx, make_proposer(ctx))
 
@@ -116,44 +116,54 @@ def batched_loop(ctx, make_proposer) -> Iterator[list[list[int]]]:
     drafts are padded to one width (a chain is extended, a tree gets detached nodes) and verified in one
     forward with per-row tree masks; each row is verified by the one verifier with its own randomness
     and accepts its own path (`Session.accept_rows`: rejected columns become holes, closed by
-    `defragment`). Finished rows leave the batch (`Session.reorder`). With the same seed a row draws
-    the same tokens as it would alone (row b uses seed s + b).
+    `defragment`). Finished rows leave the batch (`Session.reorder`); rows that join between steps
+    (continuous batching) are prefilled apart, emit their first token, and merge into the batch. With
+    the same seed a row draws the same tokens as it would alone (row b uses seed s + b).
     """
-    B, pad = ctx.batch_size, ctx.lm.pad_token_id
-    session = ctx.session()
-    views = [ctx.row(b) for b in range(B)]
-    logits = prefill(ctx, session)  # [B, V]
-    first = [int(views[b].sampler.sample(views[b].sampler.probs(torch.tensor([ctx.prompts[b]]), logits[b : b + 1]),
-                                         views[b].generator)) for b in range(B)]
-    yield [[t] for t in first]
-    proposers = [make_proposer(v) for v in views]
-    wants_hidden = any(getattr(p, "wants_hidden", False) for p in proposers)
-    active = list(range(B))  # the batch rows the session's rows hold, in order
+    session, rows, proposers, wants_hidden = None, [], {}, False
     while True:
-        keep = [i for i, b in enumerate(active) if not ctx.done[b]]
-        if not keep:
-            return
-        if len(keep) < len(active):  # finished rows leave the batch
-            session.reorder(keep)
-            active = [active[i] for i in keep]
-        drafts = [_row_draft(views[b], proposers[b], session) for b in active]
-        ids, parents, chain = _pack([views[b].ids()[-1] for b in active], drafts, pad)
-        out = session.forward(ids, parents=None if chain else parents, hidden=wants_hidden)
-        logits, hidden = (out[0], out[1]) if wants_hidden else (out, None)
-        nodes, emitted = [], [[] for _ in range(B)]
-        for i, (b, draft) in enumerate(zip(active, drafts)):
-            view = views[b]
-            row_logits = logits[i, : 1 + len(draft) + len(draft.aux_tokens)]
-            verdict = verify(draft, _p_at(view, draft, row_logits), view.generator, ctx.sampler.greedy)
-            nodes.append([0] + [1 + j for j in verdict.path])
-            emitted[b] = verdict.tokens
-            extra = {"hidden": tuple(h[i : i + 1] for h in hidden)} if hidden is not None else {}
-            proposers[b].observe(view, draft, verdict, row_logits, **extra)
-            ctx.stats.record_drafts(draft.depth(), len(verdict.path))
-        session.accept_rows(nodes)
-        if session.length - max(int(m.sum()) for m in session.pad_mask) > HOLES_BEFORE_DEFRAGMENT:
-            session.defragment()
-        yield emitted
+        session, rows, logits = admit(ctx, session, rows)
+        if logits is not None:  # new rows: their first token (the pending one), then their proposers
+            joined = rows[len(rows) - logits.shape[0]:]
+            first = sample_rows(ctx, row_probs(ctx, joined, logits), joined).tolist()
+            for b in joined:
+                proposers[b] = make_proposer(ctx.row(b))
+            wants_hidden = any(getattr(p, "wants_hidden", False) for p in proposers.values())
+            emitted = [[] for _ in ctx.prompts]
+            for b, t in zip(joined, first):
+                emitted[b] = [t]
+            yield emitted
+        session, rows = retire(ctx, session, rows)
+        for b in [b for b in proposers if ctx.done[b]]:
+            del proposers[b]
+        if not rows:
+            if not ctx.open:
+                return
+            yield []
+            continue
+        yield _step(ctx, session, rows, proposers, wants_hidden)
+
+
+def _step(ctx, session, rows: list[int], proposers: dict, wants_hidden: bool) -> list[list[int]]:
+    """One draft → batched verify → per-row accept step over the live rows; the tokens each row emits."""
+    views = [ctx.row(b) for b in rows]
+    drafts = [_row_draft(v, proposers[b], session) for b, v in zip(rows, views)]
+    ids, parents, chain = _pack([v.ids()[-1] for v in views], drafts, ctx.lm.pad_token_id)
+    out = session.forward(ids, parents=None if chain else parents, hidden=wants_hidden)
+    logits, hidden = (out[0], out[1]) if wants_hidden else (out, None)
+    nodes, emitted = [], [[] for _ in ctx.prompts]
+    for i, (b, view, draft) in enumerate(zip(rows, views, drafts)):
+        row_logits = logits[i, : 1 + len(draft) + len(draft.aux_tokens)]
+        verdict = verify(draft, _p_at(view, draft, row_logits), view.generator, ctx.sampler.greedy)
+        nodes.append([0] + [1 + j for j in verdict.path])
+        emitted[b] = verdict.tokens
+        extra = {"hidden": tuple(h[i : i + 1] for h in hidden)} if hidden is not None else {}
+        proposers[b].observe(view, draft, verdict, row_logits, **extra)
+        ctx.stats.record_drafts(draft.depth(), len(verdict.path))
+    session.accept_rows(nodes)
+    if session.length - max(int(m.sum()) for m in session.pad_mask) > HOLES_BEFORE_DEFRAGMENT:
+        session.defragment()
+    return emitted
 
 
 HOLES_BEFORE_DEFRAGMENT = 16  # wasted cache columns tolerated before the holes are closed

@@ -62,6 +62,7 @@ class MethodInfo:
     batched: bool = False
     temperature: float = 0.0  # default temperature
     kind: str = "causal"  # the model kind it decodes: "causal" or "diffusion" (LM.kind)
+    continuous: bool = False  # rows may join a running batch between steps (decodelab.Engine)
     family: str = "decoding"  # "search" / "meta" / "layer-contrast" (docs/SEARCH.md), else "decoding"
 
     @property
@@ -87,10 +88,11 @@ _REGISTRY: dict[str, MethodInfo] = {}
 
 def register(name: str, *, description: str, lossless: bool, paper: str | None = None,
              params: dict[str, Param] | None = None, batched: bool = False, temperature: float = 0.0,
-             kind: str = "causal", family: str = "decoding"):
+             kind: str = "causal", family: str = "decoding", continuous: bool = False):
     def wrap(fn):
         _REGISTRY[name] = MethodInfo(name, description, lossless, paper, dict(params or {}), fn,
-                                     batched=batched, temperature=temperature, kind=kind, family=family)
+                                     batched=batched, temperature=temperature, kind=kind, family=family,
+                                     continuous=continuous)
         return fn
     return wrap
 

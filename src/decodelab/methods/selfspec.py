@@ -19,6 +19,6 @@ from .registry import Param, register
                 "Self-Speculative Decoding (arXiv:2504.05598)",
           params={"exit_layer": Param(0, 0, 1024, help="draft with the first ℓ layers; 0 = chosen online by DEL"),
                   "num_draft_tokens": Param(6, 1, 64, help="maximum draft length (the fixed length when "
-                                            "exit_layer > 0)")}, batched=True)
+                                            "exit_layer > 0)")}, batched=True, continuous=True)
 def selfspec(ctx):
     return speculative_loop(ctx, lambda c: SelfDraft(c, c.params["exit_layer"], c.params["num_draft_tokens"]))

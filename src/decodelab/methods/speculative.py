@@ -18,7 +18,7 @@ from .registry import Param, register
           params={"draft": Param("auto", help="draft model: builtin name, directory or Hub id"),
                   "num_draft_tokens": Param(6, 1, 64, help="maximum draft length"),
                   "stop_threshold": Param(0.8, 0.0, 1.0, help="stop drafting when the draft's estimate of "
-                                          "P(some draft rejected) exceeds this; 1 = fixed length")}, batched=True)
+                                          "P(some draft rejected) exceeds this; 1 = fixed length")}, batched=True, continuous=True)
 def speculative(ctx):
     draft = resolve_draft(ctx.lm, ctx.params["draft"])
     p = ctx.params

@@ -21,7 +21,7 @@ from .registry import Param, register
                   "branching": Param(3, 1, 16, help="children of the pending token (the draft's top-b)"),
                   "depth": Param(5, 1, 32, help="tokens per branch: each child extended greedily"),
                   "ngram_stage": Param(True, choices=(True, False),
-                                       help="let prompt lookup speculate for the draft (staged speculation)")}, batched=True)
+                                       help="let prompt lookup speculate for the draft (staged speculation)")}, batched=True, continuous=True)
 def tree(ctx):
     draft = resolve_draft(ctx.lm, ctx.params["draft"])
     p = ctx.params

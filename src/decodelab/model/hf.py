@@ -90,3 +90,15 @@ class HFSession(Session):
         for layer in self._layers():  # keys [B, H, T, D] → per-row gather along T
             layer.keys = layer.keys[rows, :, index].permute(0, 2, 1, 3).contiguous()
             layer.values = layer.values[rows, :, index].permute(0, 2, 1, 3).contiguous()
+
+    def _merge(self, other: "HFSession", shift: int, other_shift: int) -> None:
+        mine, theirs = list(self._layers()), list(other._layers())
+        if len(mine) != len(theirs):
+            raise ModelError("merge(): the two caches hold different layers")
+        for a, b in zip(mine, theirs):  # [B, H, T, D]: left-pad along T, concatenate along B
+            a.keys = torch.cat([_pad_left(a.keys, shift), _pad_left(b.keys, other_shift)])
+            a.values = torch.cat([_pad_left(a.values, shift), _pad_left(b.values, other_shift)])
+
+
+def _pad_left(t: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.nn.functional.pad(t, (0, 0, n, 0)) if n else t

@@ -229,6 +229,19 @@ class KVCache:
             t[:, :, :, :W] = t[:, rows, :, index].permute(2, 0, 3, 1, 4)  # [B, W, L, H, D] → [L, B, H, W, D]
 
     @torch.inference_mode()
+    def merge(self, other: "KVCache", length: int, shift: int, other_length: int, other_shift: int) -> None:
+        """Rows of `other` after ours; columns 0..length of each side move right by its shift."""
+        width = max(length + shift, other_length + other_shift)
+        capacity = min(max(self.capacity, other.capacity, width), self.max_length)
+        B, B2 = self.k.shape[1], other.k.shape[1]
+        shape = (self.k.shape[0], B + B2, self.k.shape[2], capacity, self.k.shape[4])
+        k, v = self.k.new_zeros(shape), self.v.new_zeros(shape)
+        for new, old, o in ((k, self.k, other.k), (v, self.v, other.v)):
+            new[:, :B, :, shift : shift + length] = old[:, :, :, :length]
+            new[:, B:, :, other_shift : other_shift + other_length] = o[:, :, :, :other_length]
+        self.k, self.v = k, v
+
+    @torch.inference_mode()
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep / repeat / reorder batch rows (beam search's fork and reorder)."""
         self.k, self.v = self.k.index_select(1, rows), self.v.index_select(1, rows)
@@ -294,6 +307,10 @@ class NativeSession(Session):
         if n == 1 and mask is None and not hidden and self.lm.state.get("compiled") is not None:
             step = self.lm.state["compiled"]  # the one decode-step shape torch.compile specialises on
         return step(ids, positions, self.cache, start, mask, last_only=last_only, hidden=hidden)
+
+    def _merge(self, other: "NativeSession", shift: int, other_shift: int) -> None:
+        self.cache.merge(other.cache, self.length, shift, other.length, other_shift)
+        self._drafted = Drafted()
 
     def _mask(self, start: int, n: int, parents: list[int] | None) -> torch.Tensor | None:
         """[B or 1, 1, n, start + n] bool, or None when every new token may see every column."""

@@ -217,6 +217,30 @@ class Session:
             self.pad_mask = self.pad_mask[rows]
         self.batch_size = len(rows)
 
+    def merge(self, other: "Session") -> None:
+        """Append `other`'s rows to this batch (continuous batching: prefilled new rows join a running one).
+
+        Rows stay aligned on their last column: the shorter side gets left pads, which attention skips
+        and positions do not count, so every row decodes exactly as it would alone."""
+        if type(other) is not type(self) or other.lm is not self.lm:
+            raise ValueError("merge() joins sessions of one model and backend")
+        width = max(self.length, other.length)
+        if width > self.lm.max_length:
+            raise ModelError(f"context too long: {width} tokens > model maximum {self.lm.max_length}")
+        shift, other_shift = width - self.length, width - other.length
+        self._merge(other, shift, other_shift)
+        pad = self.lm.pad_token_id
+        masks = [_left_padded(s.pad_mask, s.batch_size, s.length, k) for s, k in ((self, shift), (other, other_shift))]
+        self.tokens = [[pad] * shift + row for row in self.tokens] + [[pad] * other_shift + row for row in other.tokens]
+        self.pad_mask = torch.cat(masks, dim=0) if (shift or other_shift or self.pad_mask is not None
+                                                    or other.pad_mask is not None) else None
+        self.batch_size += other.batch_size
+        self._last = (self.length, 0)
+
+    def _merge(self, other: "Session", shift: int, other_shift: int) -> None:
+        """Backend hook: concatenate other's cache rows after ours, each side moved right by its shift."""
+        raise NotImplementedError
+
     def fork(self, row: int, copies: int) -> None:
         """Replace the batch with `copies` copies of one row (n samples / beams from one prompt)."""
         self.reorder([row] * copies)
@@ -230,6 +254,12 @@ class Session:
             k += 1
         self.truncate(k)
         return context[k:]
+
+
+def _left_padded(mask: torch.Tensor | None, batch_size: int, length: int, shift: int) -> torch.Tensor:
+    """[B, shift + length] pad mask: `shift` pad columns, then the rows' own mask (all real when None)."""
+    own = mask if mask is not None else torch.ones(batch_size, length, dtype=torch.long)
+    return torch.cat([torch.zeros(batch_size, shift, dtype=torch.long), own], dim=1)
 
 
 def _per_row(parents, batch_size: int) -> list[list[int]] | None:
