@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from ..search.adaptive import adaptive_best_of_k
 from ..search.beam import BeamConfig, beam_search
 from ..search.best_first import best_first_beam
 from ..search.cntp import cntp as cntp_search
@@ -171,3 +172,22 @@ def lookback(ctx) -> Iterator[list[list[int]]]:
 def cntp(ctx) -> Iterator[list[list[int]]]:
     p = ctx.params
     return cntp_search(ctx, p["max_trials"], p["entropy_low"], p["entropy_high"])
+
+
+@register("adaptive_best_of_k", description="Input-adaptive best-of-k: a total of budget × B samples split across "
+          "the batch's prompts by predicted marginal reward p(1−p)^(k−1); each prompt's best by the scorer.",
+          lossless=False, batched=True, temperature=1.0, family="meta",
+          paper="Learning How Hard to Think: Input-Adaptive Allocation of LM Computation (arXiv:2410.04707)",
+          params={
+              "inner": Param("sample", help="the decoding method that draws the candidates"),
+              "budget": Param(4.0, 1.0, 256.0, help="average samples per prompt (total = budget × prompts)"),
+              "max_samples": Param(16, 1, 256, help="at most this many samples for one prompt"),
+              "predictor": _NameOrCallable("confidence", choices=("confidence",),
+                                           help="p̂(prompt): 'confidence' = exp(−entropy of the next token), "
+                                           "or a callable(text) -> [0, 1]"),
+              "scorer": _NameOrCallable("mean_logprob", choices=("mean_logprob", "sum_logprob"), help="candidate score"),
+          })
+def adaptive_best_of_k_method(ctx) -> Iterator[list[list[int]]]:
+    p = ctx.params
+    return _emit_best(ctx, adaptive_best_of_k(ctx, p["inner"], p["budget"], p["max_samples"], p["predictor"],
+                                              p["scorer"]))

@@ -27,22 +27,32 @@ from ..processors import SAMPLING_DEFAULTS
 
 def inner_generations(ctx, inner: str, n: int) -> list[list]:
     """Per prompt, the n Generations of the inner method (prompt-major, seeds as `generate_batch(n=n)`)."""
-    from ..api import generate_batch
-
-    if ctx.sampler.constraint is not None:
-        raise ValueError("best_of_n / self_consistency do not support constraint= yet")
-    if inner in ("best_of_n", "self_consistency", "mbr"):
-        raise ValueError(f"inner method {inner!r} is itself a meta method; pick a decoding method")
     seed = ctx.seed
     if isinstance(seed, (list, tuple)):
         seed = [s + j for s in seed for j in range(n)]
+    gens = run_inner(ctx, inner, ctx.prompts, n, seed)
+    return [gens[b * n: (b + 1) * n] for b in range(ctx.batch_size)]
+
+
+def run_inner(ctx, inner: str, prompts: list[list[int]], n: int, seed) -> list:
+    """`generate_batch(prompts, method=inner, n=n, seed=seed)` with the request's sampling parameters,
+    stop strings and length; its forward passes are added to ctx.stats."""
+    from ..api import generate_batch
+
+    if ctx.sampler.constraint is not None:
+        raise ValueError("the meta methods (best_of_n, self_consistency, mbr, …) do not support constraint= yet")
+    if inner in META_METHODS:
+        raise ValueError(f"inner method {inner!r} is itself a meta method; pick a decoding method")
     params = {k: ctx.params[k] for k in (*SAMPLING_DEFAULTS, "temperature")}
-    gens = generate_batch(ctx.lm, ctx.prompts, method=inner, n=n, seed=seed, stop=ctx.stop or None,
+    gens = generate_batch(ctx.lm, prompts, method=inner, n=n, seed=seed, stop=ctx.stop or None,
                           max_new_tokens=ctx.max_new_tokens, **params)
     shared = gens[0].stats  # forward passes are the whole inner batch's
     ctx.stats.forward_passes += shared.forward_passes
     ctx.stats.draft_forward_passes += shared.draft_forward_passes
-    return [gens[b * n: (b + 1) * n] for b in range(ctx.batch_size)]
+    return gens
+
+
+META_METHODS = ("best_of_n", "self_consistency", "mbr", "adaptive_best_of_k")
 
 
 @torch.inference_mode()
