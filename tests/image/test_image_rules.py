@@ -93,11 +93,11 @@ def test_nar_takes_2n_minus_1_passes_and_sees_exactly_earlier_diagonals():
 
     model = ImageModel(lm)
     base = torch.randint(8, (1, 64), generator=torch.Generator().manual_seed(1))
-    probs = nar_step_logits(model, torch.tensor([2]), base)[0, d == 5]
+    probs = nar_step_logits(model, torch.tensor([2]), base, 5)[0, d == 5]
     for diag, expect_change in ((4, True), (5, False), (9, False)):
         other = base.clone()
         other[0, d == diag] = (other[0, d == diag] + 1) % 8
-        diff = (nar_step_logits(model, torch.tensor([2]), other)[0, d == 5] - probs).abs().max().item()
+        diff = (nar_step_logits(model, torch.tensor([2]), other, 5)[0, d == 5] - probs).abs().max().item()
         assert (diff > 1e-5) == expect_change, diag
 
 

@@ -86,8 +86,13 @@ def companion(lm, sub: str):
 
 
 def generate_images(lm, labels: list[int], *, method: str = "raster", seeds: list[int] | int | None = None,
-                    cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0, **params) -> list[ImageGeneration]:
-    """One image per label, decoded together; row i uses seed `seeds + i` (or `seeds[i]`)."""
+                    cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0, kv_cache: bool = True,
+                    **params) -> list[ImageGeneration]:
+    """One image per label, decoded together; row i uses seed `seeds + i` (or `seeds[i]`).
+
+    kv_cache: feed only new tokens through the slot cache (cache.py) instead of recomputing the
+    sequence every pass; same tokens for raster, SJD, NAR and LPD; ZipAR's cached states are frozen
+    when fed, as in its released code. MuLo-SD always recomputes."""
     lm = as_image_lm(lm)
     info = image_methods().get(method)
     if info is None:
@@ -96,10 +101,12 @@ def generate_images(lm, labels: list[int], *, method: str = "raster", seeds: lis
     if not labels:
         raise ValueError("labels must not be empty")
     sampling = {k: spec.check(k, v) for (k, spec), v in zip(SAMPLING.items(), (cfg_scale, temperature, top_k))}
+    if not isinstance(kv_cache, bool):
+        raise ValueError(f"kv_cache must be True or False, got {kv_cache!r}")
     own = info.check_params(params)
     seeds = _seeds(seeds, len(labels))
     target = lm if info.variant == "raster" else companion(lm, info.variant)
-    model = ImageModel(target, Processing(**sampling))
+    model = ImageModel(target, Processing(**sampling), kv_cache=kv_cache)
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     extra = {"lm": lm} if method == "mulo" else {}
     start = time.perf_counter()
@@ -107,7 +114,8 @@ def generate_images(lm, labels: list[int], *, method: str = "raster", seeds: lis
     wall = time.perf_counter() - start
     spec = image_spec(target)
     return [ImageGeneration(pixels_from_tokens(t.reshape(spec.height, spec.width).numpy(), spec.levels),
-                            t.tolist(), label, method, {**s, "seed": seed, "wall_time_s": wall / len(labels)})
+                            t.tolist(), label, method,
+                            {**s, "seed": seed, "kv_cache": kv_cache, "wall_time_s": wall / len(labels)})
             for t, s, label, seed in zip(tokens, stats, labels, seeds)]
 
 
@@ -124,7 +132,7 @@ def _seeds(seeds, n: int) -> list[int]:
 
 
 def generate_image(lm, label: int, *, method: str = "raster", seed: int | None = None, cfg_scale: float = 1.0,
-                   temperature: float = 1.0, top_k: int = 0, **params) -> ImageGeneration:
+                   temperature: float = 1.0, top_k: int = 0, kv_cache: bool = True, **params) -> ImageGeneration:
     """One class-conditional image: `.pixels` (H, W) on the 0–16 scale, `.token_ids`, `.stats`."""
     return generate_images(lm, [label], method=method, seeds=seed, cfg_scale=cfg_scale,
-                           temperature=temperature, top_k=top_k, **params)[0]
+                           temperature=temperature, top_k=top_k, kv_cache=kv_cache, **params)[0]

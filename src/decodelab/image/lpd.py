@@ -71,6 +71,26 @@ def lpd_order(height: int, width: int, steps: int, rho: int, gen: torch.Generato
     return groups
 
 
+def _query_probs(model: ImageModel, labels, tokens, attend, gid, k: int) -> torch.Tensor:
+    """Probabilities [B, N, K] read from the position queries, right at group k's positions.
+    Cached: feeds group k-1's tokens (the class token for k = 0) and group k's queries only — a
+    context token sees no later group, so its cached state never goes stale."""
+    b, n = tokens.shape
+    ids, positions = layouts.lpd_inputs(tokens, model.spec.mask_id)
+    if not model.kv_cache:
+        return model.probs(labels, ids, positions, attend)[:, n + 1:]
+    fed = [torch.cat([torch.tensor([0]) if k == 0 else torch.nonzero(g == k - 1).flatten() + 1,
+                      torch.nonzero(g == k).flatten() + n + 1]) for g in gid]
+    slots = torch.stack(fed)  # [B, |g_{k-1}| + |g_k|]: the same group sizes in every row
+    rows = torch.arange(b)[:, None]
+    mask = torch.cat([attend[rows, slots], torch.zeros(*slots.shape, 1, dtype=torch.bool)], dim=-1)
+    probs = model.gray_probs(*model.cached_forward(labels, ids.gather(1, slots), slots, slots <= n, mask,
+                                                   positions.gather(1, slots)))
+    out = probs.new_zeros(b, 2 * n + 1, model.spec.levels)
+    out[rows, slots] = probs
+    return out[:, n + 1:]
+
+
 @register("lpd", description="LPD: locality-aware order, groups decoded in parallel via position queries",
           exact=False, paper="Locality-aware Parallel Decoding for Efficient Autoregressive Image Generation "
           "(arXiv 2507.01957)", variant="lpd",
@@ -92,8 +112,8 @@ def lpd(model: ImageModel, labels: torch.Tensor, gens: list[torch.Generator], st
     tokens = torch.zeros(len(labels), n, dtype=torch.long)
     attend = layouts.lpd_mask(gid)
     for k in range(steps):
-        ids, positions = layouts.lpd_inputs(tokens, spec.mask_id)
-        probs = model.probs(labels, ids, positions, attend)[:, n + 1:]  # the position queries
-        drawn = sample(probs.reshape(-1, spec.levels), [g for g in gens for _ in range(n)]).view(len(labels), n)
-        tokens = torch.where(gid == k, drawn, tokens)
+        probs = _query_probs(model, labels, tokens, attend, gid, k)
+        for row, (groups, gen) in enumerate(zip(orders, gens)):
+            group = torch.tensor(groups[k])
+            tokens[row, group] = sample(probs[row, group], [gen] * len(group))
     return tokens, [_stats(steps, steps=steps, order=[g for g in groups]) for groups in orders]

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..methods.registry import Param
+from .cache import window_probs
 from .model import ImageModel
 
 
@@ -70,10 +71,8 @@ def _stats(passes: int, **extra) -> dict:
 def raster(model: ImageModel, labels: torch.Tensor, gens: list[torch.Generator]) -> tuple[torch.Tensor, list[dict]]:
     b, n = len(labels), model.spec.n
     tokens = torch.zeros(b, n, dtype=torch.long)
-    known = torch.zeros(b, n, dtype=torch.bool)
     for p in range(n):
-        tokens[:, p] = sample(model.raster_probs(labels, tokens, known, upto=p + 1)[:, p], gens)
-        known[:, p] = True
+        tokens[:, p] = sample(window_probs(model, labels, tokens, [p] * b, [p + 1] * b)[:, p], gens)
     return tokens, [_stats(n) for _ in range(b)]
 
 
@@ -153,11 +152,11 @@ def sjd(model: ImageModel, labels: torch.Tensor, gens: list[torch.Generator], wi
         live = [i for i, r in enumerate(rows) if r.accepted < n]
         for i in live:
             initialise_drafts(rows[i], min(rows[i].accepted + window - 1, n), init, gens[i])
-        tokens = torch.stack([rows[i].tokens for i in live])
-        ends = [min(rows[i].accepted + window, n) for i in live]
-        probs = model.raster_probs(labels[live], tokens, torch.ones_like(tokens, dtype=torch.bool), upto=max(ends))
-        for i, p, end in zip(live, probs, ends):
-            row = rows[i]
+        starts = [r.accepted if r.accepted < n else 0 for r in rows]  # finished rows feed nothing
+        ends = [min(r.accepted + window, n) if r.accepted < n else 0 for r in rows]
+        probs = window_probs(model, labels, torch.stack([r.tokens for r in rows]), starts, ends)
+        for i in live:
+            row, p, end = rows[i], probs[i], ends[i]
             new = verify_window(row, p, gens[i])
             row.dist[row.accepted:end] = p[row.accepted:end]
             row.passes += 1

@@ -6,11 +6,12 @@ come from slot p whatever order the tokens are decoded in. Vocabulary: gray leve
 class tokens, a null class (label dropout 0.1 in training ⇒ classifier-free guidance), and a
 `<mask>` token (LPD's position queries).
 
-Every forward pass recomputes the whole (≤ 257-token) sequence under an explicit boolean
-attention mask instead of keeping a KV cache: the methods decode tokens out of raster order
-(ZipAR, NAR, LPD, MuLo-SD) and the toy is small, so the mask *is* the method. One call of
-`ImageModel.forward` is one forward pass (NFE) whatever the batch; classifier-free guidance
-doubles the batch inside that pass, as in LlamaGen.
+Two ways to run a pass. `raster_probs` recomputes the whole (≤ 257-token) sequence under an
+explicit boolean attention mask (the reference path, and what MuLo-SD uses). With
+`kv_cache=True` the methods that support it (raster, SJD, ZipAR, NAR, LPD) feed only new tokens
+through a slot-indexed KV cache (cache.py) under the same visibility rules. One call of either is
+one forward pass (NFE) whatever the batch; classifier-free guidance doubles the batch inside that
+pass, as in LlamaGen.
 
 The directory is a standard Hugging Face Llama directory (config.json, model.safetensors,
 tokenizer.json); `config.json` carries `decodelab_kind = "image"` and an `image` block
@@ -143,11 +144,49 @@ class Processing:
 class ImageModel:
     """An image LM plus processing; counts its forward passes."""
 
-    def __init__(self, lm, processing: Processing | None = None):
+    def __init__(self, lm, processing: Processing | None = None, kv_cache: bool = False):
         self.lm = lm
         self.spec = image_spec(lm)
         self.processing = processing or Processing()
         self.forward_passes = 0
+        self.kv_cache = kv_cache
+        self._cache = None
+
+    def cache(self, batch: int):
+        """The slot cache of this decoding run (one per batch; created on first use)."""
+        if self._cache is None:
+            from .cache import SlotCache
+
+            slots = {"raster": self.spec.n, "nar": self.spec.n + 1, "lpd": 2 * self.spec.n + 1}[self.spec.variant]
+            self._cache = SlotCache(self.lm.model, batch * (2 if self.guided else 1), slots)
+        return self._cache
+
+    def cached_forward(self, labels: torch.Tensor, ids: torch.Tensor, slots: torch.Tensor, visible: torch.Tensor,
+                       attend: torch.Tensor | None = None,
+                       positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Feed ids at `slots` [B, n] (-1 = padding; position ids default to the slots) through the
+        slot cache → (cond, uncond-or-None) logits [B, n, V]. Slot 0 holds the class token (the null
+        class in the guidance rows)."""
+        self.forward_passes += 1
+        cache = self.cache(len(labels))
+        cond = torch.where(slots == 0, (labels + self.spec.levels)[:, None], ids)
+        if not self.guided:
+            return cache.forward(self.lm.model, cond, slots, visible, attend, positions).float(), None
+        null = torch.where(slots == 0, self.spec.null_id, ids)
+        twice = [None if t is None else torch.cat([t, t]) for t in (slots, visible, attend, positions)]
+        both = cache.forward(self.lm.model, torch.cat([cond, null]), *twice).float()
+        cond, uncond = both.chunk(2)
+        return cond, uncond
+
+    def cached_probs(self, labels: torch.Tensor, ids: torch.Tensor, slots: torch.Tensor,
+                     visible: torch.Tensor) -> torch.Tensor:
+        """Gray-level distributions [B, n, K] at the fed slots (raster layout: slot p predicts x_p)."""
+        return self.gray_probs(*self.cached_forward(labels, ids, slots, visible))
+
+    def gray_probs(self, cond: torch.Tensor, uncond: torch.Tensor | None) -> torch.Tensor:
+        """(cond, uncond-or-None) logits [..., V] → gray-level distributions [..., K] after processing."""
+        k = self.spec.levels
+        return self.processing.probs(cond[..., :k], None if uncond is None else uncond[..., :k])
 
     @property
     def guided(self) -> bool:
@@ -177,9 +216,7 @@ class ImageModel:
     def probs(self, labels: torch.Tensor, ids: torch.Tensor, positions: torch.Tensor,
               attend: torch.Tensor) -> torch.Tensor:
         """Gray-level distributions [B, T, K] after guidance, temperature and top-k."""
-        k = self.spec.levels
-        cond, uncond = self.guided_forward(labels, ids, positions, attend)
-        return self.processing.probs(cond[..., :k], None if uncond is None else uncond[..., :k])
+        return self.gray_probs(*self.guided_forward(labels, ids, positions, attend))
 
     def raster_probs(self, labels: torch.Tensor, tokens: torch.Tensor, known: torch.Tensor,
                      upto: int | None = None) -> torch.Tensor:

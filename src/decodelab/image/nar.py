@@ -19,14 +19,25 @@ from .methods import _stats, register, sample
 from .model import ImageModel
 
 
-def nar_step_logits(model: ImageModel, labels: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """tokens [B, N] (undecoded = placeholders) → guided, processed probs of every position [B, N, K]."""
+def nar_step_logits(model: ImageModel, labels: torch.Tensor, tokens: torch.Tensor, d: int) -> torch.Tensor:
+    """tokens [B, N] (undecoded = placeholders) → guided, processed probs [B, N, K], right on
+    diagonal d. Cached: feeds only diagonal d-1 (the class token for d = 0) — its tokens see no
+    later diagonal, so their cached states never go stale."""
     spec = model.spec
     b, n = tokens.shape
     ids = torch.cat([tokens.new_zeros(b, 1), tokens], dim=1)
-    positions = torch.arange(n + 1).expand(b, -1)
-    attend = layouts.nar_mask(spec.height, spec.width).expand(b, -1, -1)
-    cond, uncond = model.guided_forward(labels, ids, positions, attend)
+    mask = layouts.nar_mask(spec.height, spec.width)
+    if model.kv_cache:
+        dist = torch.cat([torch.tensor([-1]), layouts.diagonals(spec.height, spec.width)])
+        fed = torch.nonzero(dist == d - 1).flatten()
+        slots = fed.expand(b, -1)
+        attend = torch.cat([mask[fed], torch.zeros(len(fed), 1, dtype=torch.bool)], dim=1).expand(b, -1, -1)
+        outs = model.cached_forward(labels, ids[:, fed], slots, torch.ones_like(slots, dtype=torch.bool), attend)
+        cond, uncond = (None if out is None else out.new_zeros(b, n + 1, out.shape[-1]).index_copy(1, fed, out)
+                        for out in outs)
+    else:
+        positions = torch.arange(n + 1).expand(b, -1)
+        cond, uncond = model.guided_forward(labels, ids, positions, mask.expand(b, -1, -1))
 
     def combine(out):
         return layouts.nar_logits(out, spec.levels, spec.vertical_offset, spec.height, spec.width)
@@ -43,7 +54,7 @@ def nar(model: ImageModel, labels: torch.Tensor, gens: list[torch.Generator]) ->
     tokens = torch.zeros(len(labels), spec.n, dtype=torch.long)
     steps = int(dist.max()) + 1
     for d in range(steps):
-        probs = nar_step_logits(model, labels, tokens)
+        probs = nar_step_logits(model, labels, tokens, d)
         for p in torch.nonzero(dist == d).flatten().tolist():
             tokens[:, p] = sample(probs[:, p], gens)
     return tokens, [_stats(steps, steps=steps) for _ in range(len(labels))]

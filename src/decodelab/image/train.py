@@ -76,6 +76,34 @@ def _nar_loss(model, spec, tokens, cls) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, spec.levels), tokens.reshape(-1))
 
 
+def _initial_model(spec: ImageSpec, init: Path | None):
+    """A fresh model, or `init`'s weights. A raster checkpoint can seed another variant of the same
+    grid (e.g. NAR on 16×16 from builtin:digits16): every tensor of the same shape is copied; the
+    rows a variant adds to the embedding / output head (NAR's vertical head) start as copies of
+    the horizontal head's gray-level rows."""
+    from transformers import LlamaForCausalLM
+
+    if init is None:
+        return LlamaForCausalLM(llama_config(spec))
+    source = LlamaForCausalLM.from_pretrained(init)
+    if source.config.vocab_size == spec.vocab_size:
+        source.config.image = llama_config(spec).image  # the variant it is trained as from now on
+        return source
+    model = LlamaForCausalLM(llama_config(spec))
+    state = model.state_dict()
+    for name, tensor in source.state_dict().items():
+        if name in state and state[name].shape == tensor.shape:
+            state[name] = tensor
+        elif name in state and state[name].shape[1:] == tensor.shape[1:]:  # embedding / head rows
+            rows = min(len(tensor), len(state[name]))
+            state[name][:rows] = tensor[:rows]
+            extra = len(state[name]) - rows
+            if name == "lm_head.weight" and extra > 0:
+                state[name][rows:] = tensor[:extra]
+    model.load_state_dict(state)
+    return model
+
+
 def _grid_tensors(part: str, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
     tokens, labels = token_grids(part, grid)
     return torch.from_numpy(tokens).reshape(len(labels), -1), torch.from_numpy(labels)
@@ -86,9 +114,7 @@ def train(grid: int, variant: str, out: Path, steps: int, batch_size: int = BATC
     torch.manual_seed(seed)
     rng = random.Random(seed)
     spec = ImageSpec(grid, grid, LEVELS, variant)
-    from transformers import LlamaForCausalLM
-
-    model = LlamaForCausalLM.from_pretrained(init) if init else LlamaForCausalLM(llama_config(spec))
+    model = _initial_model(spec, init)
     warm = json.loads((init / "training_summary.json").read_text()) if init else None
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.95))
     train_x, train_y = _grid_tensors("train", grid)

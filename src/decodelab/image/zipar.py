@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from ..methods.registry import Param
+from .cache import frontier_probs
 from .methods import _stats, register, sample, uniform
 from .model import ImageModel
 
@@ -70,7 +71,7 @@ def zipar(model: ImageModel, labels: torch.Tensor, gens: list[torch.Generator], 
         for row in tokens:
             zipar_placeholders(row, counts, ready, w)
         positions = [i * w + counts[i] for i in ready]
-        probs = model.raster_probs(labels, tokens, known, upto=max(positions) + 1)
+        probs = frontier_probs(model, labels, tokens, known, [positions] * b)
         for p in positions:
             tokens[:, p] = sample(probs[:, p], gens)
             known[:, p] = True
@@ -125,8 +126,8 @@ def adaptive_zipar(model: ImageModel, labels, gens, s_min: int) -> tuple[torch.T
             starting = [i for i, act in plan if act in ("start", "recheck")]
             settled_counts = [state.settled(i) for i in range(h)]
             zipar_placeholders(tokens[img], [0 if i in starting else c for i, c in enumerate(settled_counts)], starting, w)
-        positions = [i * w + rows[img].counts[i] * (act == "next") for img, plan in enumerate(plans) for i, act in plan]
-        probs = model.raster_probs(labels, tokens, known, upto=max(positions) + 1)
+        queries = [[i * w + state.counts[i] * (act == "next") for i, act in plan] for state, plan in zip(rows, plans)]
+        probs = frontier_probs(model, labels, tokens, known, queries)
         for img, (state, plan) in enumerate(zip(rows, plans)):
             state.passes += bool(plan)
             aboves = [state.settled(i - 1) if i else w for i, _ in plan]  # the context p was computed with
