@@ -7,8 +7,8 @@
 - `tasks`: every task of `decodelab.tasks` (seed 0, held out of training; tasks/train.py). The diffusion
   samplers on `builtin:tasks-diffusion` and, on the same-size `builtin:tasks-ar`, greedy and the lossless
   AR methods. Accuracy is exact (`text.strip() == answer`).
-- `code`: the bench `code` suite's prompts (bench/suites.py; the corpus's test split) on
-  `builtin:pyco-diffusion`: syntax validity (prompt + the completion's complete lines is valid Python
+- `code`: the bench `code` suite's prompts (bench/suites.py; the corpus's test split; the model sees
+  each prompt's last 192 tokens) on `builtin:pyco-diffusion`: syntax validity (prompt + the completion's complete lines is valid Python
   so far, by `codeop`: complete or incomplete, not an error) and agreement with the one-token-per-step
   output (`llada`, steps = gen_length, the first configuration): the share of items whose tokens are
   identical, and the share of equal positions.
@@ -62,6 +62,7 @@ CODE_CONFIGS = [
     (CODE_DIFF, "sspd", {"draft_length": 4}),
 ]
 SUITES = ("tasks", "code")
+CODE_PROMPT_TOKENS = 192  # the model sees the prompt's last tokens (pyco-diffusion trained on 256-token windows)
 
 
 @dataclass
@@ -130,7 +131,8 @@ def run_config(lm, method: str, params: dict, items, suite: str, model: str) -> 
 
     row = Row(model, method, params)
     for prompt, answer, max_new in items:
-        g = generate(lm, prompt, method=method, max_new_tokens=max_new, **params)
+        shown = prompt if suite == "tasks" else lm.encode(prompt)[-CODE_PROMPT_TOKENS:]
+        g = generate(lm, shown, method=method, max_new_tokens=max_new, **params)
         ok = g.text.strip() == answer if suite == "tasks" else valid_python_prefix(prompt, g.text)
         row.n, row.score, row.passes = row.n + 1, row.score + ok, row.passes + g.stats.forward_passes
         row.draft_passes += g.stats.draft_forward_passes

@@ -11,6 +11,10 @@ a bias — fitted on the model's own one-token-per-step (LLaDA) trajectories ove
 items. It is stored as JSON next to the model (`learn2pd.json`), so it loads offline:
 
     python -m decodelab.diffusion.learn2pd --model builtin:tasks-diffusion --n 20 --out FILE.json
+    python -m decodelab.diffusion.learn2pd --model builtin:pyco-diffusion --prompts code --n 24 --out FILE.json
+
+(`--prompts code`: the first 48 tokens of `n` files of the code corpus's *valid* split,
+training/corpus.py — not the test split the benchmark suites draw from.)
 
 At decoding time (`method="learn2pd"`) a step commits every candidate whose predicted probability
 is ≥ `accept` (plus the top-1); once a row commits `<|eos|>`, every masked position after it is set
@@ -129,19 +133,26 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description="Fit the Learn2PD filter on a diffusion model's trajectories")
     parser.add_argument("--model", default="builtin:tasks-diffusion")
-    parser.add_argument("--n", type=int, default=20, help="items per task (training seed 2000)")
+    parser.add_argument("--n", type=int, default=20, help="items per task (training seed 2000) or code files")
+    parser.add_argument("--prompts", choices=("tasks", "code"), default="tasks")
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     lm = load(args.model)
-    prompts = [lm.encode(it.prompt) for t in names() for it in make(t, args.n, seed=2000)]
+    if args.prompts == "code":
+        from ..training.corpus import load_split
+
+        prompts = [lm.encode(f.text)[:48] for f in load_split("valid")[: args.n]]
+    else:
+        prompts = [lm.encode(it.prompt) for t in names() for it in make(t, args.n, seed=2000)]
     x, y = collect(lm, prompts, args.max_new_tokens)
     weights = fit(x, y)
     predicted = (x @ torch.tensor(weights, dtype=x.dtype) > 0).double()
     accuracy = float((predicted == y).double().mean())
     spec = {"features": list(FEATURES), "weights": weights, "positions": len(y),
             "positive_share": round(float(y.mean()), 4), "train_accuracy": round(accuracy, 4),
-            "command": f"python -m decodelab.diffusion.learn2pd --model {args.model} --n {args.n} --out FILE"}
+            "command": f"python -m decodelab.diffusion.learn2pd --model {args.model} --prompts {args.prompts} "
+                       f"--n {args.n} --max-new-tokens {args.max_new_tokens} --out FILE"}
     args.out.write_text(json.dumps(spec, indent=2) + "\n")
     print(json.dumps(spec))
 
