@@ -76,6 +76,9 @@ def test_grammar_timer_records_one_mask_per_token_only_while_active(lm):
     with grammar_timing() as timer:  # pld asks the grammar for forced tokens once per step
         g = decodelab.generate(lm, "x", method="pld", max_new_tokens=6, constraint={"choice": ["abcdefgh"]})
     assert timer.ff_s and g.stats.forced_tokens > 0
+    with grammar_timing() as timer:  # awrs checks tokens one by one instead of masking
+        g = decodelab.generate(lm, "x", method="awrs", temperature=1.0, seed=0, max_new_tokens=4, constraint=constraint)
+    assert len(timer.check_s) >= len(g.token_ids) and timer.summary()["check_calls"] == len(timer.check_s)
 
 
 def test_bench_json_suite_on_pyco(tmp_path, capsys):
@@ -98,6 +101,8 @@ def test_bench_json_suite_on_pyco(tmp_path, capsys):
     assert agg["pld"]["exact"] is True  # constrained pld == constrained greedy, token for token
     greedy = [r for r in results["records"] if r["method"] == "greedy"]
     assert agg["greedy"]["mask_calls_per_token"] == 1.0 and agg["greedy"]["forced_tokens"] == 0
+    assert agg["greedy"]["checks_per_token"] == 0 and agg["pld"]["checks_per_token"] > 0  # pld prunes drafts
+    assert agg["greedy"]["grammar_ms_per_token"] >= agg["greedy"]["mask_ms_per_token"] > 0
     assert sum(len(r["mask_us"]) for r in greedy) == sum(r["new_tokens"] for r in greedy)
     assert agg["pld"]["forced_tokens"] > 0  # JSON keys are forced: fast-forwarded as drafts
     assert agg["pld"]["forward_passes_per_token"] < 1.0

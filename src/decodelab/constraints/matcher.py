@@ -63,7 +63,10 @@ class RowConstraint:
 
     def validate(self, tokens: list[int]) -> int:
         """How many of `tokens` the grammar accepts from the current state (nothing is committed)."""
-        return self.matcher.validate_tokens(list(tokens)) if tokens else 0
+        t0 = timing.clock()
+        n = self.matcher.validate_tokens(list(tokens)) if tokens else 0
+        timing.record_check(timing.clock() - t0)
+        return n
 
     def forced_tokens(self, tokens: list[int]) -> list[int]:
         """The tokens the grammar forces after `tokens` (llguidance's canonical tokenization of the
@@ -80,9 +83,12 @@ class RowConstraint:
 
     def allowed(self, vocab_size: int) -> torch.Tensor:
         """[V] bool: the mask of the current state."""
+        t0 = timing.clock()
         bitmask = torch.full((1, (vocab_size + 31) // 32), -1, dtype=torch.int32)
         self.fill(bitmask, 0)
-        return unpack(bitmask, vocab_size)[0]
+        allowed = unpack(bitmask, vocab_size)[0]
+        timing.record_mask(timing.clock() - t0, 1)
+        return allowed
 
     @property
     def stopped(self) -> bool:

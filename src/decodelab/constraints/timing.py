@@ -2,13 +2,14 @@
 
 The issue's cost question is how long computing the grammar mask takes per token next to a forward
 pass (llguidance reports ~50 µs of one core per mask on a 128k vocabulary; JSONSchemaBench,
-arXiv:2501.10868). `GrammarMask` (matcher.py) and `RowConstraint.forced_tokens` time themselves with
+arXiv:2501.10868). `GrammarMask` and `RowConstraint.allowed` (full masks), `RowConstraint.validate`
+(token checks: AWRS, draft pruning) and `RowConstraint.forced_tokens` (matcher.py) time themselves with
 two `perf_counter` calls and hand the duration to the collector that is active in this context, if
 any, so nothing is paid or stored when nobody measures:
 
     with grammar_timing() as timer:
         g = decodelab.generate(lm, prompt, constraint=...)
-    timer.summary()  # {"mask_calls", "mask_rows", "mask_s", "mask_us_mean", "mask_us_p99", "ff_calls", "ff_s"}
+    timer.summary()  # mask_calls, mask_rows, mask_s, mask_us_mean, mask_us_p99, ff_calls, ff_s, check_calls, check_s
 
 A "mask call" is one processor call: the masks of the rows it is handed at one position each (at
 batch size 1, one token's mask; a speculative verify asks once per tree node; a batched loop asks
@@ -37,13 +38,15 @@ class GrammarTimer:
     mask_s: list[float] = field(default_factory=list)  # one entry per GrammarMask call
     mask_rows: int = 0  # row masks computed (a call covers the batch's rows)
     ff_s: list[float] = field(default_factory=list)  # one entry per fast-forward query
+    check_s: list[float] = field(default_factory=list)  # one entry per validate_tokens call (AWRS, pruning)
 
     def summary(self) -> dict:
         calls = sorted(self.mask_s)
         return {"mask_calls": len(calls), "mask_rows": self.mask_rows, "mask_s": round(sum(calls), 6),
                 "mask_us_mean": round(1e6 * sum(calls) / len(calls), 2) if calls else None,
                 "mask_us_p99": round(1e6 * percentile(calls, 0.99), 2) if calls else None,
-                "ff_calls": len(self.ff_s), "ff_s": round(sum(self.ff_s), 6)}
+                "ff_calls": len(self.ff_s), "ff_s": round(sum(self.ff_s), 6),
+                "check_calls": len(self.check_s), "check_s": round(sum(self.check_s), 6)}
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -75,3 +78,9 @@ def record_ff(seconds: float) -> None:
     timer = _ACTIVE.get()
     if timer is not None:
         timer.ff_s.append(seconds)
+
+
+def record_check(seconds: float) -> None:
+    timer = _ACTIVE.get()
+    if timer is not None:
+        timer.check_s.append(seconds)
