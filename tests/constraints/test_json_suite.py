@@ -82,24 +82,28 @@ def test_grammar_timer_records_one_mask_per_token_only_while_active(lm):
 
 
 def test_bench_json_suite_on_pyco(tmp_path, capsys):
-    out = tmp_path / "out"
-    rc = main(["bench", "--suites", "json", "--methods", "greedy,pld,mbr", "--limit", "2", "--repeats", "1",
+    out, free = tmp_path / "out", tmp_path / "free.jsonl"
+    free.write_text('{"prompt": "def f(x):", "max_new_tokens": 4}\n')  # an unconstrained suite in the same run
+    rc = main(["bench", "--suites", f"json,{free}", "--methods", "greedy,pld,mbr", "--limit", "2", "--repeats", "1",
                "--out", str(out), "--json"])
     cap = capsys.readouterr()
     assert rc in (0, None), cap.err
     results = json.loads((out / "results.json").read_text())
     jsonschema.validate(results, SCHEMA)
     assert "mbr" in results["config"]["skipped"] and "constraint" in results["config"]["skipped"]["mbr"]
-    assert {r["method"] for r in results["records"]} == {"greedy", "pld"}  # no transformers peer: unconstrained
+    by_suite = {s: {r["method"] for r in results["records"] if r["suite"] == s} for s in ("json", "free")}
+    assert by_suite["json"] == {"greedy", "pld"} and by_suite["free"] > {"greedy", "pld", "hf:greedy"}  # peers
+    assert all("valid" not in r for r in results["records"] if r["suite"] == "free")
     lm = decodelab.load("builtin:pyco")
     schemas = {c[0]: {"json_schema": c[2]} for c in CASES}
-    for r in results["records"]:
+    for r in (r for r in results["records"] if r["suite"] == "json"):
         assert r["valid"] == validity.satisfied(schemas[r["prompt_id"]], r["text"])
         assert r["text"] == lm.decode(r["token_ids"])
-    agg = {a["method"]: a for a in results["aggregates"]}
+    agg = {a["method"]: a for a in results["aggregates"] if a["suite"] == "json"}
+    assert not any("validity" in a for a in results["aggregates"] if a["suite"] == "free")
     assert agg["greedy"]["validity"] == 1.0 and agg["greedy"]["valid_outputs"] == "2/2"  # pyco writes valid JSON
     assert agg["pld"]["exact"] is True  # constrained pld == constrained greedy, token for token
-    greedy = [r for r in results["records"] if r["method"] == "greedy"]
+    greedy = [r for r in results["records"] if r["method"] == "greedy" and r["suite"] == "json"]
     assert agg["greedy"]["mask_calls_per_token"] == 1.0 and agg["greedy"]["forced_tokens"] == 0
     assert agg["greedy"]["checks_per_token"] == 0 and agg["pld"]["checks_per_token"] > 0  # pld prunes drafts
     assert agg["greedy"]["grammar_ms_per_token"] >= agg["greedy"]["mask_ms_per_token"] > 0

@@ -72,7 +72,7 @@ def plots(results: dict, out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(min(12, 3 + 0.8 * len(methods)), 4.5))
     width = 0.8 / len(suites)
     for i, s in enumerate(suites):
-        ys = [table[(s, m)]["speedup"] or 0 for m in methods]
+        ys = [(table.get((s, m)) or {}).get("speedup") or 0 for m in methods]  # peers skip constrained suites
         ax.bar([j + i * width for j in range(len(methods))], ys, width, label=s)
     ax.axhline(1.0, color="black", lw=0.8, ls="--")
     ax.set_xticks([j + width * (len(suites) - 1) / 2 for j in range(len(methods))], methods, rotation=30, ha="right")
