@@ -88,6 +88,7 @@ class Context:
         self.seed: int | list[int] | None = None  # the request's seed and stop strings (set by run_method)
         self.stop: list[str] = []
         self.open = False  # more rows may join: a method idles (yields nothing) instead of ending
+        self.row_stats: dict[int, Stats] | None = None  # per-row draft counts (the Engine's rows)
         self._pending = list(range(len(prompts)))  # rows not yet admitted by the method
         self._views: dict[int, RowContext] = {}
 
@@ -368,7 +369,8 @@ class Engine:
         self.ctx.open = True
         self.ctx.generators = None if sampler.greedy else []
         self.rows: dict[int, _RowState] = {}
-        self._started: dict[int, tuple[float, int]] = {}  # row → (time added, batch forward passes then)
+        self._started: dict[int, tuple] = {}  # row → (time added, batch target and draft forward passes then)
+        self.ctx.row_stats = {}
         self._steps = self.info.run(self.ctx)
 
     @property
@@ -388,7 +390,8 @@ class Engine:
         generator = None if greedy else row_generators(seed, 1)[0]
         b = self.ctx.add_row(ids, generator, max_new_tokens)
         self.rows[b] = _RowState(self.lm, stop)
-        self._started[b] = (time.perf_counter(), self.stats.forward_passes)
+        self.ctx.row_stats[b] = Stats()
+        self._started[b] = (time.perf_counter(), self.stats.forward_passes, self.stats.draft_forward_passes)
         return b
 
     def cancel(self, b: int) -> None:
@@ -396,26 +399,31 @@ class Engine:
         if self.rows.pop(b, None) is not None:
             self.ctx.done[b] = True
             self._started.pop(b, None)
+            self.ctx.row_stats.pop(b, None)
 
     def step(self) -> list[Event]:
         """One step over the live batch: new text per row, and a last event with its Generation."""
         if not self.rows:
             return []
         emitted = next(self._steps)
-        running = sum(1 for b, toks in enumerate(emitted) if toks and b in self.rows and self.rows[b].tokens)
-        before = sum(len(r.tokens) for r in self.rows.values())
+        before = {b: len(r.tokens) for b, r in self.rows.items()}
         events = list(_absorb(self.ctx, self.rows, emitted))
-        if running:
-            self.stats.record_step((sum(len(r.tokens) for r in self.rows.values()) - before) / running)
+        grown = {b: len(self.rows[b].tokens) - n for b, n in before.items() if n and b < len(emitted) and emitted[b]}
+        for b, n in grown.items():  # a decoding step of a row already running (its first token is prefill's)
+            self.ctx.row_stats[b].record_step(n)
+        if grown:
+            self.stats.record_step(sum(grown.values()) / len(grown))
         for b in [b for b, row in self.rows.items() if row.finish]:
             events.append(self._finish(b))
         return events
 
     def _finish(self, b: int) -> Event:
         row = self.rows.pop(b)
-        t0, passes = self._started.pop(b)
-        stats = Stats(new_tokens=len(row.tokens), forward_passes=self.stats.forward_passes - passes,
-                      wall_time_s=time.perf_counter() - t0, batch_size=len(self.rows) + 1)
+        t0, passes, draft_passes = self._started.pop(b)
+        stats = self.ctx.row_stats.pop(b)  # its steps and drafts; forward passes are the batch's in its lifetime
+        stats.new_tokens, stats.forward_passes = len(row.tokens), self.stats.forward_passes - passes
+        stats.draft_forward_passes = self.stats.draft_forward_passes - draft_passes
+        stats.wall_time_s, stats.batch_size = time.perf_counter() - t0, len(self.rows) + 1
         gen = _generation(self.lm, row, stats, self.info.name, self.params)
         return Event(gen.text[row.sent:], row.unsent, b, gen)
 

@@ -99,3 +99,42 @@ def test_cancelled_row_stops_at_the_next_step(served_lm):
     scheduler.stop()
     assert len(events) == 1 and events[0].generation is None
     assert sum(len(e.token_ids) for e in events) < 200
+
+
+def test_continuous_rows_join_a_running_batch_and_leave_first(served_lm):
+    """The server's scheduler: a short request that arrives while a long one runs joins its batch between
+    two steps and finishes first; both equal generate() alone (greedy, and sampled with the row's seed)."""
+    from decodelab.serve.scheduler import ContinuousScheduler
+
+    scheduler = ContinuousScheduler(served_lm, max_batch=8)
+    scheduler.start()
+    for method, params in (("greedy", {}), ("sample", {"temperature": 2.0})):
+        long, short, order = [], [], []
+
+        def note(events, name):
+            def emit(event):
+                events.append(event)
+                if event.generation is not None:
+                    order.append(name)
+            return emit
+        greedy = method == "greedy"
+        long_job = _job(served_lm, ["def f(x):"], long, stream=True, greedy=greedy, params=params,
+                        max_new_tokens=48, method=method)
+        long_job.emit = note(long, "long")
+        scheduler.submit(long_job)
+        deadline = time.monotonic() + 60
+        while not long:  # the long row is generating
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        short_job = _job(served_lm, ["hello world"], short, greedy=greedy, params=params, max_new_tokens=3,
+                         method=method)
+        short_job.emit = note(short, "short")
+        scheduler.submit(short_job)
+        _drain(scheduler)
+        assert order == ["short", "long"]
+        assert _finals(short)[0].stats.batch_size == 2  # it ran beside the long row
+        for events, prompt, n in ((long, "def f(x):", 48), (short, "hello world", 3)):
+            ref = decodelab.generate(served_lm, prompt, method=method, max_new_tokens=n, seed=5, **params)
+            assert _finals(events)[0].token_ids == ref.token_ids
+            assert "".join(e.text for e in events) == ref.text
+    scheduler.stop()

@@ -160,6 +160,8 @@ def _step(ctx, session, rows: list[int], proposers: dict, wants_hidden: bool) ->
         extra = {"hidden": tuple(h[i : i + 1] for h in hidden)} if hidden is not None else {}
         proposers[b].observe(view, draft, verdict, row_logits, **extra)
         ctx.stats.record_drafts(draft.depth(), len(verdict.path))
+        if ctx.row_stats is not None:
+            ctx.row_stats[b].record_drafts(draft.depth(), len(verdict.path))
     session.accept_rows(nodes)
     if session.length - max(int(m.sum()) for m in session.pad_mask) > HOLES_BEFORE_DEFRAGMENT:
         session.defragment()

@@ -12,10 +12,12 @@ public API only (`decodelab.stream` / `decodelab.generate_batch`):
   which yields text as it is committed and is closed as soon as its client disconnects, freeing the
   row's cache.
 
-This is request-level batching, not continuous batching: a batch is formed when the worker becomes
-free and runs to its end. `Scheduler` is the interface a continuous-batching engine (requests joining
-and leaving the running batch between steps, cf. Orca, OSDI 2022, and vLLM's PagedAttention,
-arXiv:2309.06180) replaces: `submit`, `waiting`, `running`, `start`, `stop`, and the same events.
+`BatchingScheduler` is request-level batching: a batch is formed when the worker becomes free and runs
+to its end. `ContinuousScheduler` (the server's default) is continuous batching (Orca, Yu et al., OSDI
+2022): rows of every request whose method takes joining rows (`MethodInfo.continuous`: greedy, sample,
+every speculative method) join a running `decodelab.Engine` between two steps and leave it as soon as
+they finish or their client goes away; streamed and non-streamed rows share the batch. Both implement
+`Scheduler`: `submit`, `waiting`, `running`, `start`, `stop`, and the same events.
 """
 
 from __future__ import annotations
@@ -228,3 +230,120 @@ class BatchingScheduler:
             return
         for (job, row), gen in zip(pairs, gens):
             self._emit(job, RowEvent(row.index, gen.text, gen.token_ids, gen))
+
+
+class ContinuousScheduler(BatchingScheduler):
+    """Continuous batching: one `decodelab.Engine` per (method, parameters), stepped in turn by the worker.
+
+    Between two steps the worker admits waiting requests in arrival order while the live rows stay within
+    `max_batch` (the oldest waits rather than being overtaken), cancels the rows of clients that went away,
+    and runs a request that cannot join an engine (a search method, a grammar constraint) on its own. A
+    failing engine fails only its own rows; the worker goes on.
+    """
+
+    def __init__(self, lm, *, max_batch: int = 8, max_queue: int = 64, observer=None):
+        super().__init__(lm, max_batch=max_batch, max_queue=max_queue, observer=observer)
+        self._engines: dict[tuple, object] = {}
+        self._owners: dict[tuple, tuple[Job, Row]] = {}  # (engine key, engine row) → the job's row
+
+    @property
+    def running(self) -> int:
+        return len({id(job) for job, _ in list(self._owners.values())}) + self._running
+
+    def _continuous_key(self, job: Job) -> tuple | None:
+        from ..methods import methods
+
+        info = methods().get(job.method)
+        if info is None or not info.continuous or "constraint" in job.params or "token_healing" in job.params:
+            return None
+        return job.method, json.dumps(job.params, sort_keys=True)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._owners and not self._stopping:
+                    self._cond.wait()
+                if self._stopping and not self._owners:
+                    return
+                alone = None if self._stopping else self._admit()  # stopping: finish the rows in flight
+            if alone is not None:
+                self._running = 1
+                try:
+                    self._run([alone])
+                finally:
+                    self._running = 0
+            self._cancel_gone()
+            for key in list(self._engines):
+                self._step(key)
+
+    def _admit(self) -> Job | None:
+        """Move waiting jobs into engines (caller holds the lock); return a job that must run alone."""
+        live = len(self._owners)
+        while self._queue:
+            job = self._queue[0]
+            key = self._continuous_key(job)
+            if key is None:
+                if self._owners:  # runs alone once the batch drains (the order of arrival is kept)
+                    return None
+                self._queue.popleft()
+                job.started = time.perf_counter()
+                return job
+            if live + len(job.rows) > self.max_batch and live > 0:
+                return None
+            self._queue.popleft()
+            job.started = time.perf_counter()
+            if job.cancelled.is_set():
+                continue
+            try:
+                engine = self._engines.get(key)
+                if engine is None:
+                    from ..engine import Engine
+
+                    engine = self._engines[key] = Engine(self.lm, job.method, **job.params)
+                for row in job.rows:
+                    b = engine.add(row.prompt, max_new_tokens=job.max_new_tokens, seed=row.seed, stop=job.stop)
+                    self._owners[(key, b)] = (job, row)
+                live += len(job.rows)
+            except Exception as exc:  # noqa: BLE001 - this request's input; the others go on
+                self._fail(key, job, exc)
+        return None
+
+    def _fail(self, key: tuple, job: Job, exc: Exception) -> None:
+        engine = self._engines.get(key)
+        for (k, b), (owner, row) in list(self._owners.items()):
+            if owner is job:
+                del self._owners[(k, b)]
+                if engine is not None:
+                    engine.cancel(b)
+        for row in job.rows:
+            self._emit(job, RowEvent(row.index, error=exc))
+
+    def _cancel_gone(self) -> None:
+        for (key, b), (job, _) in list(self._owners.items()):
+            if job.cancelled.is_set():
+                self._engines[key].cancel(b)
+                del self._owners[(key, b)]
+
+    def _step(self, key: tuple) -> None:
+        engine = self._engines[key]
+        if not engine.busy:
+            engine.close()
+            del self._engines[key]
+            return
+        try:
+            events = engine.step()
+        except Exception as exc:  # noqa: BLE001 - a bug or a model error fails this engine's rows only
+            del self._engines[key]
+            for (k, b), (job, row) in list(self._owners.items()):
+                if k == key:
+                    del self._owners[(k, b)]
+                    self._emit(job, RowEvent(row.index, error=exc))
+            return
+        for event in events:
+            owner = self._owners.get((key, event.row))
+            if owner is None:
+                continue
+            job, row = owner
+            if event.generation is not None:
+                del self._owners[(key, event.row)]
+            self._emit(job, RowEvent(row.index, event.text, event.token_ids, event.generation))

@@ -20,7 +20,7 @@ from ..methods import methods
 from .errors import ApiError
 from .metrics import Metrics
 from .protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
-from .scheduler import BatchingScheduler, Job, Row, RowEvent
+from .scheduler import ContinuousScheduler, Job, Row, RowEvent
 
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions (capped by the server's limit)
 MAX_CHOICES = 64  # prompts × n in one request
@@ -42,7 +42,7 @@ class Server:
         self.max_batch, self.max_queue = max_batch, max_queue
         self.limits = limits or Limits()
         self.created = int(time.time())
-        self.scheduler: BatchingScheduler | None = None
+        self.scheduler: ContinuousScheduler | None = None
         self.metrics: Metrics | None = None
         self._lock = threading.Lock()
         if lm is not None:
@@ -52,7 +52,7 @@ class Server:
         with self._lock:
             self.model_name = self.model_name or lm.name
             self.metrics = Metrics(self.model_name)
-            self.scheduler = BatchingScheduler(lm, max_batch=self.max_batch, max_queue=self.max_queue,
+            self.scheduler = ContinuousScheduler(lm, max_batch=self.max_batch, max_queue=self.max_queue,
                                                observer=self.metrics)
             self.metrics.track(self.scheduler)
             self.scheduler.start()
