@@ -111,7 +111,7 @@ def test_continuous_rows_join_a_running_batch_and_leave_first(served_lm):
     for method, params in (("greedy", {}), ("sample", {"temperature": 2.0})):
         long, short, order = [], [], []
 
-        def note(events, name):
+        def note(events, name, order=order):
             def emit(event):
                 events.append(event)
                 if event.generation is not None:

@@ -310,7 +310,7 @@ class ContinuousScheduler(BatchingScheduler):
 
     def _fail(self, key: tuple, job: Job, exc: Exception) -> None:
         engine = self._engines.get(key)
-        for (k, b), (owner, row) in list(self._owners.items()):
+        for (k, b), (owner, _) in list(self._owners.items()):
             if owner is job:
                 del self._owners[(k, b)]
                 if engine is not None:
