@@ -271,13 +271,13 @@ def _wait_ready(target: Target, timeout: float, proc, log: Path | None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
+            target.stop()
             tail = log.read_text().strip().splitlines()[-1:] if log else []
             raise ValueError(f"the server exited with status {proc.returncode}: {' '.join(tail) or 'no output'}")
         if _health(target) == 200:
             return
         time.sleep(0.2)
-    if target.stop:
-        target.stop()
+    target.stop()
     raise ValueError(f"the server was not healthy within {timeout:g} s (--startup-timeout)")
 
 
@@ -463,24 +463,30 @@ def write(results: dict, out: Path) -> None:
     (out / "report.md").write_text(markdown(results) + "\n")
 
 
+def _cell(d: dict | None) -> str:
+    """mean / p50 / p99 in ms."""
+    return "—" if d is None else " / ".join(f"{1e3 * d[k]:.1f}" for k in ("mean", "p50", "p99"))
+
+
 def markdown(results: dict) -> str:
     c, m = results["config"], results["machine"]
-    ms = lambda d, k: "—" if d is None else f"{1e3 * d[k]:.1f}"  # noqa: E731
+    gpu = f", {m['gpu']}" if "gpu" in m else ""
     lines = [f"# decodelab serve benchmark — {c['model'] or 'builtin:pyco'}, method {c['method']}", "",
-             f"Machine: {m['processor']}, {m['cpu_count']} cores, {m['device']}{', ' + m['gpu'] if 'gpu' in m else ''}; "
-             f"torch {m['torch']}, decodelab {m['decodelab']}.", f"Command: `{c['command']}`", "",
+             f"Machine: {m['processor']}, {m['cpu_count']} cores, {m['device']}{gpu}; torch {m['torch']}, "
+             f"decodelab {m['decodelab']}.", f"Command: `{c['command']}`", "",
              f"Each level: C clients × {c['requests']} {'streamed ' if c['stream'] else ''}requests of {c['max_tokens']} "
              f"tokens at most (temperature {c['temperature']}), server --max-batch {c['max_batch']}. Throughput = "
              "output tokens ÷ the level's wall time. Latencies in ms: mean / p50 / p99.", "",
-             "| C | done | failed | tok/s | req/s | TTFT | TPOT | ITL | end-to-end | machine |",
-             "|---:|---:|---:|---:|---:|---|---|---|---|---|"]
+             "| C | done | failed | tok/s | × C=1 | req/s | TTFT | TPOT | ITL | end-to-end | machine |",
+             "|---:|---:|---:|---:|---:|---:|---|---|---|---|---|"]
+    one = next((lv["throughput_tok_s"] for lv in results["levels"] if lv["concurrency"] == 1), None)
     for lv in results["levels"]:
-        cell = lambda d: "—" if d is None else f"{ms(d, 'mean')} / {ms(d, 'p50')} / {ms(d, 'p99')}"  # noqa: E731
         busy = "busy" if lv["load"] and lv["load"]["busy"] else "idle"
+        ratio = f"{lv['throughput_tok_s'] / one:.2f}×" if one else "—"
         lines.append(f"| {lv['concurrency']} | {lv['completed']}/{lv['planned']} | {lv['failed']} | "
-                     f"{lv['throughput_tok_s']:.1f} | {lv['requests_per_s']:.2f} | {cell(lv['ttft_s'])} | "
-                     f"{cell(lv['tpot_s'])} | {cell(lv['itl_s'])} | {cell(lv['e2e_s'])} | {busy} |")
-    if b := results.get("baseline"):
+                     f"{lv['throughput_tok_s']:.1f} | {ratio} | {lv['requests_per_s']:.2f} | {_cell(lv['ttft_s'])} | "
+                     f"{_cell(lv['tpot_s'])} | {_cell(lv['itl_s'])} | {_cell(lv['e2e_s'])} | {busy} |")
+    if (b := results.get("baseline")) and b["s_per_token"]:
         lines += ["", f"In-process baseline (the c = 1 requests through `decodelab.generate`): "
                       f"{1e3 * b['s_per_token']:.2f} ms/token vs {1e3 * b['http_s_per_token_c1']:.2f} over HTTP "
                       f"(overhead {b['http_overhead']:+.1%}); same text {b['same_text']}."]
