@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -120,7 +121,7 @@ def resume(ckpt: Path, model, opt) -> dict | None:
 
 
 def train(out: Path, steps: int, seq_len: int, batch_size: int, lr: float, init_from: str | None,
-          ckpt_every: int = 25, eval_every: int = 100, stop_after: int | None = None) -> Path:
+          ckpt_every: int = 25, eval_every: int = 100, stop_after: int | None = None, command: str = "") -> Path:
     cfg = TrainConfig.load("pyco")
     cfg.steps, cfg.seq_len, cfg.batch_size, cfg.lr, cfg.fim_rate, cfg.warmup = steps, seq_len, batch_size, lr, 0.0, 50
     out.mkdir(parents=True, exist_ok=True)
@@ -159,7 +160,8 @@ def train(out: Path, steps: int, seq_len: int, batch_size: int, lr: float, init_
             log.flush()
             if step % ckpt_every == 0 or step == end:
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
-                            "step": step, "wall": wall, "config": model.config.to_dict(), "init_from": init_from}, ckpt)
+                            "step": step, "wall": wall, "config": model.config.to_dict(), "init_from": init_from,
+                            "command": command}, ckpt)
     return export(out, out / "model")
 
 
@@ -176,7 +178,8 @@ def export(out: Path, dest: Path) -> Path:
     summary = {"steps": state["step"], "wall_time_s": round(state["wall"], 1), "init_from": init,
                "params": sum(p.numel() for p in model.parameters()),
                "device": "cpu (shared 2-core, nice 10, 1 thread)", "torch": torch.__version__,
-               "command": "python -m decodelab.diffusion.train --out RUN" + (f" --init-from {init}" if init else "")}
+               "command": state.get("command") or "python -m decodelab.diffusion.train --out RUN"
+               + (f" --init-from {init}" if init else "")}
     (dest / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return dest
 
@@ -198,7 +201,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.export_to:
         print(export(args.out, args.export_to))
         return
-    print(train(args.out, args.steps, args.seq_len, args.batch_size, args.lr, args.init_from, stop_after=args.stop_after))
+    command = "python -m decodelab.diffusion.train " + " ".join(argv if argv is not None else sys.argv[1:])
+    print(train(args.out, args.steps, args.seq_len, args.batch_size, args.lr, args.init_from,
+                stop_after=args.stop_after, command=command))
 
 
 if __name__ == "__main__":
