@@ -2,7 +2,10 @@
 
 `compile_constraint` validates a constraint against a model's tokenizer; `GrammarMask` is the logits
 processor the `Sampler` runs (one `RowConstraint` per row); `prune` cuts drafts at the first token the
-grammar rejects; `HealingMask` and `heal` implement token healing. See docs/CONSTRAINTS.md.
+grammar rejects; `HealingMask` and `heal` implement token healing. Around them: timing.py (cheap
+timers for mask / check / fast-forward time), validity.py (does a text satisfy a constraint),
+json_suite.py + bench.py (the `json` bench suite), fastforward.py (plain decoding that feeds forced
+tokens). See docs/CONSTRAINTS.md.
 """
 
 from decodelab.constraints.healing import HealingMask, heal, row_processors
