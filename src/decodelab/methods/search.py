@@ -15,6 +15,7 @@ from ..search.cntp import cntp as cntp_search
 from ..search.contrastive import contrastive_search
 from ..search.dba import dba_search
 from ..search.dola import dola as dola_search
+from ..search.infill import self_infill as self_infill_search
 from ..search.lookback import lookback as lookback_search
 from ..search.meta import best_of_n, mbr, self_consistency
 from .registry import Param, register
@@ -191,3 +192,16 @@ def adaptive_best_of_k_method(ctx) -> Iterator[list[list[int]]]:
     p = ctx.params
     return _emit_best(ctx, adaptive_best_of_k(ctx, p["inner"], p["budget"], p["max_samples"], p["predictor"],
                                               p["scorer"]))
+
+
+@register("self_infill", description="Self-infilling code generation (needs a fill-in-the-middle model): where the "
+          "model is unsure, write the suffix from a forced 'return', then infill the middle; then loop.",
+          lossless=False, paper="Self-Infilling Code Generation (arXiv:2311.17972)", temperature=0.0,
+          family="search", params={
+              "infill_threshold": Param(0.25, 0.0, 1.0, help="τ: interrupt when max p < τ (once, before a suffix)"),
+              "suffix_prompt": Param("return", help="text forced at the start of the suffix's first line"),
+              "max_iters": Param(1, 0, 8, help="looping rounds: suffix left to right, then re-infill the middle"),
+          })
+def self_infill(ctx) -> Iterator[list[list[int]]]:
+    p = ctx.params
+    return self_infill_search(ctx, p["infill_threshold"], p["suffix_prompt"], p["max_iters"])
