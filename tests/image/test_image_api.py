@@ -74,3 +74,25 @@ def test_tiny_model_round_trips_through_a_directory(tmp_path):
     assert loaded.kind == "image" and loaded.backend == "transformers"
     assert generate_image(loaded, 2, seed=0).token_ids == generate_image(lm, 2, seed=0).token_ids
     torch.testing.assert_close(loaded.model.lm_head.weight, lm.model.lm_head.weight)
+
+
+def test_image_methods_are_in_the_main_registry_with_their_kind():
+    table = decodelab.methods()
+    image = {n: m for n, m in table.items() if m.kind == "image"}
+    assert set(image) == set(decodelab.image_methods()) == {"raster", "sjd", "zipar", "nar", "lpd", "mulo"}
+    assert {n for n, m in image.items() if m.lossless} == {"raster", "sjd"}  # exact vs raster: tested here
+    assert all(set(decodelab.image_methods()[n].specs) | {"cfg_scale", "temperature", "top_k"} == set(m.params)
+               for n, m in image.items())
+    assert table["sjd"].check_params({"window": 4})["window"] == 4
+    with pytest.raises(ValueError, match="top_p"):
+        table["sjd"].check_params({"top_p": 0.5})
+    assert table["greedy"].kind == "causal" and "top_p" in table["greedy"].params  # text methods unchanged
+
+
+def test_api_checks_the_model_kind(digits):
+    with pytest.raises(ValueError, match="decodes causal models"):
+        decodelab.generate(digits, [1, 2], method="greedy")
+    with pytest.raises(ValueError, match="generate_image"):
+        decodelab.generate(digits, [1, 2], method="sjd")
+    with pytest.raises(ValueError, match="decodes image models"):
+        decodelab.generate(decodelab.load("builtin:pyco"), "x", method="zipar")

@@ -17,7 +17,7 @@ from decodelab.model.native import from_transformers
 
 from fakes import EOS, tiny_lm
 
-LOSSLESS = sorted(n for n, m in decodelab.methods().items() if m.lossless)
+LOSSLESS = sorted(n for n, m in decodelab.methods().items() if m.lossless and m.kind == "causal")
 PROMPTS = ["def f(x):\n    return x + 1\n\ndef g(x):\n    return", "abcabcabcab", "x",
            "the cat sat on the mat. the cat sat on the", "1, 2, 3, 4, 5, 6, 7, "]
 

@@ -13,7 +13,7 @@ import decodelab
 
 from fakes import EOS, tiny_lm
 
-LOSSLESS = sorted(n for n, m in decodelab.methods().items() if m.lossless and n not in ("greedy", "sample"))
+LOSSLESS = sorted(n for n, m in decodelab.methods().items() if m.lossless and m.kind == "causal" and n not in ("greedy", "sample"))
 PROMPTS = [
     "def f(x):\n    return x + 1\n\ndef g(x):\n    return",
     "abcabcabcabcabcab",

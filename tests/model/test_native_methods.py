@@ -20,7 +20,7 @@ from decodelab.model.native import from_transformers
 
 from fakes import tiny_lm
 
-LOSSLESS = sorted(n for n, m in decodelab.methods().items() if m.lossless and n != "greedy")
+LOSSLESS = sorted(n for n, m in decodelab.methods().items() if m.lossless and m.kind == "causal" and n != "greedy")
 PROMPTS = ["def f(x):\n    return x + 1\n\ndef g(x):\n    return", "abcabcabcabcabcab", "x",
            "the cat sat on the mat. the cat sat on the", "1, 2, 3, 4, 5, 6, 7, "]
 

@@ -17,13 +17,9 @@ import numpy as np
 import torch
 
 from ..errors import ModelError
-from ..methods.registry import Param
 from .data import NUM_CLASSES, pixels_from_tokens
+from .methods import SAMPLING
 from .model import ImageModel, Processing, image_spec
-
-SAMPLING = {"cfg_scale": Param(1.0, 0.0, 20.0, help="classifier-free guidance scale (1 = off)"),
-            "temperature": Param(1.0, 0.0, 10.0, help="0 = greedy"),
-            "top_k": Param(0, 0, 1 << 16, help="0 = off")}
 
 
 @dataclass

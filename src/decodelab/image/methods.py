@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..methods.registry import Param
+from ..methods.registry import register as main_register
 from .cache import window_probs
 from .model import ImageModel
 
@@ -45,13 +46,29 @@ class ImageMethod:
 
 
 IMAGE_METHODS: dict[str, ImageMethod] = {}
+SAMPLING = {"cfg_scale": Param(1.0, 0.0, 20.0, help="classifier-free guidance scale (1 = off)"),
+            "temperature": Param(1.0, 0.0, 10.0, help="0 = greedy"),
+            "top_k": Param(0, 0, 1 << 16, help="0 = off")}
 
 
 def register(name: str, *, description: str, exact: bool, paper: str | None, variant: str = "raster", **specs: Param):
+    """Register an image method here (what generate_image runs) and, with kind="image", in the main
+    registry (`decodelab.methods()`: listing, CLI, model-kind checks); `lossless` = `exact`."""
     def wrap(fn):
         IMAGE_METHODS[name] = ImageMethod(name, description, exact, paper, variant, specs, fn)
+        main_register(name, description=description, lossless=exact, paper=paper, params={**specs, **SAMPLING},
+                      temperature=1.0, kind="image")(_through_generate_image(name))
         return fn
     return wrap
+
+
+def _through_generate_image(name: str):
+    """The main registry's entry point: image methods decode labels, not prompts."""
+    def run(ctx):
+        raise ValueError(f"{name!r} is an image method: use decodelab.generate_image(lm, label, method={name!r}) "
+                         f"or `decodelab image --label L --method {name}`")
+        yield  # a generator, like every registered method
+    return run
 
 
 def sample(probs: torch.Tensor, gens: list[torch.Generator]) -> torch.Tensor:

@@ -61,13 +61,16 @@ class MethodInfo:
     run: Callable[..., Iterator[list[list[int]]]] = field(repr=False)
     batched: bool = False
     temperature: float = 0.0  # default temperature
-    kind: str = "causal"  # the model kind it decodes: "causal" or "diffusion" (LM.kind)
+    kind: str = "causal"  # the model kind it decodes: "causal", "diffusion" or "image" (LM.kind)
     continuous: bool = False  # rows may join a running batch between steps (decodelab.Engine)
     family: str = "decoding"  # "search" / "meta" / "layer-contrast" (docs/SEARCH.md), else "decoding"
 
     @property
     def params(self) -> dict[str, Any]:
-        """Name → default: the method's own parameters, then the sampling parameters."""
+        """Name → default: the method's own parameters, then the sampling parameters (an image
+        method's specs already hold its own: cfg_scale, temperature, top_k — image/methods.py)."""
+        if self.kind == "image":
+            return {k: p.default for k, p in self.specs.items()}
         return {**{k: p.default for k, p in self.specs.items()},
                 **SAMPLING_DEFAULTS, "temperature": self.temperature}
 
@@ -77,6 +80,8 @@ class MethodInfo:
         if unknown:
             raise ValueError(f"unknown parameter {unknown[0]!r} for method {self.name!r}; "
                              f"allowed: {', '.join(sorted(self.params))}")
+        if self.kind == "image":
+            return {name: spec.check(name, params.get(name, spec.default)) for name, spec in self.specs.items()}
         merged = check_sampling_params({"temperature": self.temperature, **params})
         for name, spec in self.specs.items():
             merged[name] = spec.check(name, params.get(name, spec.default))
