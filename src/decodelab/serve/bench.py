@@ -310,11 +310,13 @@ def url_target(url: str, api_key: str | None) -> Target:
 # ---- in-process baseline ----
 
 def baseline(lm, args, prompts: list[str], n: int, responses: list[dict]) -> dict:
-    """The same first `n` requests through `decodelab.generate`, one after the other; the HTTP overhead
-    per token is c = 1's end-to-end time per token over this one, minus 1."""
+    """The same first `n` requests through `decodelab.generate`, one after the other (after one warm-up
+    call, as the server had its warm-up request); the HTTP overhead per token is c = 1's end-to-end time
+    per token over this one, minus 1."""
     from .. import generate
 
     params = {"temperature": args.temperature, **args.method_params}
+    generate(lm, prompts[0], method=args.method, max_new_tokens=args.max_tokens, seed=args.seed, **params)  # warm-up
     t0, tokens, same = clock(), 0, 0
     texts = {r["index"]: r["text"] for r in responses if r["ok"]}
     for i in range(n):
