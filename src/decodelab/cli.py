@@ -18,7 +18,7 @@ def _typed(value: str, default):
             return True
         if value.lower() in ("0", "false", "no"):
             return False
-        raise ValueError(f"expected true/false, got {value!r}")
+        return value  # a non-bool choice (beam's early_stopping="never"): the method's Param names the allowed values
     if isinstance(default, int):
         try:
             return int(value)

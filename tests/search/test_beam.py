@@ -179,3 +179,15 @@ def test_candidates_reach_stream_and_json():
     assert [c["token_ids"] for c in out] == [c.token_ids for c in final.candidates] and len(out) == 2
     assert out[0]["score"] >= out[1]["score"] and out[0]["text"] == lm.decode(out[0]["token_ids"])
     assert "candidates" not in decodelab.generate(lm, "ab", max_new_tokens=3).to_dict()  # only search/meta
+
+
+def test_cli_params_reach_every_early_stopping_value():
+    """`-p early_stopping=never` from the command line (the CLI types -p values by the default, a bool)."""
+    from decodelab.cli import parse_params
+    from decodelab.methods import methods
+
+    info = methods()["beam"]
+    for text, value in (("never", "never"), ("true", True), ("False", False)):
+        assert info.check_params(parse_params([f"early_stopping={text}"], info.params))["early_stopping"] == value
+    with pytest.raises(ValueError, match="early_stopping must be one of"):
+        info.check_params(parse_params(["early_stopping=maybe"], info.params))
