@@ -14,7 +14,8 @@ the right size: the model's own token strings where it has them), and the tensor
 Norm weights and biases stay float32; q8_0 keeps a matrix whose rows are not a multiple of 32 in f32.
 `layers=ℓ` writes only the first ℓ decoder layers (+ final norm + head): an exact early exit of the
 model, the draft of self-speculative decoding (LayerSkip, arXiv:2404.16710) on the llamacpp backend.
-Files are cached under `cache_dir()` keyed by the source files (path, size, mtime), dtype and ℓ.
+Files are cached under `cache_dir()` keyed by the source files (path, size, mtime), dtype and ℓ; a file
+whose source directory is gone is deleted at the next conversion.
 """
 
 from __future__ import annotations
@@ -59,13 +60,23 @@ def gguf_path(path: Path, dtype: str, layers: int | None = None) -> Path:
     out = cache_dir() / f"{path.name}-{_key(path, dtype, layers)}-{dtype}.gguf"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
+        _prune(out.parent)
         tmp = out.with_suffix(f".tmp{os.getpid()}")
         try:
             write_gguf(path, tmp, dtype, layers)
             tmp.replace(out)  # atomic: a concurrent reader never sees half a file
+            out.with_suffix(".source").write_text(str(path.resolve()))
         finally:
             tmp.unlink(missing_ok=True)
     return out
+
+
+def _prune(folder: Path) -> None:
+    """Drop converted files whose source directory is gone (e.g. a test's temporary model)."""
+    for source in folder.glob("*.source"):
+        if not Path(source.read_text().strip()).exists():
+            source.with_suffix(".gguf").unlink(missing_ok=True)
+            source.unlink(missing_ok=True)
 
 
 def _key(path: Path, dtype: str, layers: int | None) -> str:

@@ -165,9 +165,9 @@ class LlamaCppModel(nn.Module):
         p.n_ubatch = min(512, cells)
         p.n_seq_max = MAX_SEQ
         p.kv_unified = True  # one cell store shared by all sequences: tree nodes and forks share cells
-        p.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        if self.gguf_dtype == "f32":
-            p.type_k = p.type_v = C.GGML_TYPE_F32  # llama.cpp's default KV cache is f16
+        if self.gguf_dtype == "f32":  # float32 end to end: llama.cpp's defaults (f16 KV cache, CPU flash
+            p.type_k = p.type_v = C.GGML_TYPE_F32  # attention in f16) move logits by ~1e-3 relative
+            p.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_DISABLED
         p.no_perf = True
         threads = torch.get_num_threads()
         p.n_threads = p.n_threads_batch = threads
@@ -187,6 +187,7 @@ class LlamaCppModel(nn.Module):
             p.n_seq_max, p.no_perf = 1, True
             if self.gguf_dtype == "f32":
                 p.type_k = p.type_v = C.GGML_TYPE_F32
+                p.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_DISABLED
             ctx = C.llama_init_from_model(self._ptr, p)
             if not ctx:
                 raise ModelError(f"llama.cpp cannot create a context{_last_log()}")
