@@ -31,14 +31,16 @@ CONFIGS = {
     8: [("raster", {}), ("raster (2nd run)", {}), ("sjd", {"window": 16}), ("sjd", {"window": 16, "init": "sample_horizon"}),
         ("zipar", {"window": 4}), ("zipar", {"window": 2}), ("zipar", {"min_window": 2}), ("nar", {}),
         ("lpd", {"steps": 8}), ("lpd", {"steps": 16}), ("mulo", {"tau": 0.3}), ("mulo", {"tau": 0.1, "radius": 0})],
-    16: [("raster", {}), ("raster (2nd run)", {}), ("sjd", {"window": 16}), ("zipar", {"window": 8}),
-         ("zipar", {"window": 4}), ("zipar", {"min_window": 4}), ("mulo", {"tau": 0.3}),
+    16: [("raster", {}), ("raster (2nd run)", {}), ("sjd", {"window": 16}), ("sjd", {"window": 16, "init": "sample_horizon"}),
+         ("zipar", {"window": 8}), ("zipar", {"window": 6}), ("zipar", {"window": 4}), ("zipar", {"min_window": 4}),
+         ("nar", {}), ("lpd", {"steps": 20}), ("lpd", {"steps": 32}), ("mulo", {"tau": 0.3}),
          ("mulo", {"tau": 0.1, "radius": 0})],
 }
 
 
-def run_config(lm, method: str, params: dict, labels: list[int], seed: int, sampling: dict) -> dict:
-    gens = generate_images(lm, labels, method=method.split(" ")[0], seeds=seed, **sampling, **params)
+def run_config(lm, method: str, params: dict, labels: list[int], seed: int, sampling: dict,
+               kv_cache: bool = True) -> dict:
+    gens = generate_images(lm, labels, method=method.split(" ")[0], seeds=seed, kv_cache=kv_cache, **sampling, **params)
     tokens = np.array([g.token_ids for g in gens])
     return {"method": method.split(" ")[0], "params": params, "tokens": tokens,
             "pixels": np.stack([g.pixels for g in gens]),
@@ -87,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cfg-scale", type=float, default=1.0)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--only", nargs="*", help="method names to run (raster always runs)")
+    p.add_argument("--no-kv-cache", action="store_true", help="recompute the sequence every pass (image/cache.py)")
     p.add_argument("--out", type=Path, default=Path("docs/visual"))
     p.add_argument("--tag", default="", help="suffix of the output files (bench-<grid>-<tag>.json, samples-…png)")
     p.add_argument("--table", type=Path, help="only print the Markdown table of a saved bench-*.json")
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         seed = args.seed + (10_000 if "2nd" in name else 0)
         label = f"{name} {_params(params)}".strip() if params else name
-        results[label] = run_config(lm, name, params, labels, seed, sampling)
+        results[label] = run_config(lm, name, params, labels, seed, sampling, not args.no_kv_cache)
         print(f"# done {label}", flush=True)
     raster_passes = float(np.mean(results["raster"]["forward_passes"]))
     for label, res in results.items():
@@ -116,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append({"label": label, **summarise(lm, res, ref, labels, raster_passes)})
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"model": args.model, "grid": grid, "per_class": args.per_class, "seed": args.seed, **sampling,
+              "kv_cache": not args.no_kv_cache,
               "classifier_reference": reference_accuracy(), "rows": rows,
               "command": "python -m decodelab.image.bench " + " ".join(argv)}
     (args.out / f"bench-{grid}{'-' + args.tag if args.tag else ''}.json").write_text(json.dumps(report, indent=1) + "\n")
