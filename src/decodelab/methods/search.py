@@ -18,6 +18,7 @@ from ..search.dola import dola as dola_search
 from ..search.infill import self_infill as self_infill_search
 from ..search.lookback import lookback as lookback_search
 from ..search.meta import best_of_n, mbr, self_consistency
+from ..search.phi import phi_decoding
 from .registry import Param, register
 
 
@@ -205,3 +206,17 @@ def adaptive_best_of_k_method(ctx) -> Iterator[list[list[int]]]:
 def self_infill(ctx) -> Iterator[list[list[int]]]:
     p = ctx.params
     return self_infill_search(ctx, p["infill_threshold"], p["suffix_prompt"], p["max_iters"])
+
+
+@register("phi", description="φ-Decoding: step-level beam search (steps end at a newline) choosing steps by "
+          "foresight rollouts — advantage and cluster agreement — with in-width and in-depth pruning.",
+          lossless=False, temperature=0.6, family="search",
+          paper="φ-Decoding: Adaptive Foresight Sampling for Balanced Inference-Time Exploration and "
+          "Exploitation (arXiv:2503.13288)", params={
+              "num_beams": Param(4, 1, 64, help="M: step beams"),
+              "num_rollouts": Param(4, 1, 64, help="N: next steps sampled per beam"),
+              "max_steps": Param(8, 1, 64, help="at most this many steps before the final completion"),
+          })
+def phi(ctx) -> Iterator[list[list[int]]]:
+    p = ctx.params
+    return _emit_best(ctx, [phi_decoding(ctx, p["num_beams"], p["num_rollouts"], p["max_steps"])])

@@ -58,16 +58,19 @@ class _Trials:
         return max(range(len(means)), key=lambda i: (means[i], -i))
 
 
-def run_trials(ctx, session, logits: torch.Tensor, n: int, budget: int) -> list[int]:
-    """Sample n trials from the state (session, next-token logits [1, V]) and adopt the best one's
-    cache; return its tokens (the last one not yet fed to the session)."""
-    base, stop = session.length, punctuation_mask(ctx.lm)
+def sample_trials(ctx, session, logits: torch.Tensor, n: int, budget: int, stop: torch.Tensor,
+                  base: list[int] | None = None) -> _Trials:
+    """Fork the one-row state (session, next-token logits [1, V]) into n rows and sample n trials from
+    the request's sampler, each until a token in `stop` ([V] bool), EOS, or `budget` tokens; draws go
+    trial by trial at each depth with ctx's generator. `base`: the tokens before the trials (the
+    processors' history; default ctx.ids()). The session is left with the n rows."""
+    base = ctx.ids() if base is None else base
     eos = ctx.lm.eos_token_ids
     session.fork(0, n)
     trials, logits = _Trials(n), logits.expand(n, -1)  # [n, V]
     for depth in range(budget):
         live = [i for i in range(n) if not trials.ended[i]]
-        probs = ctx.sampler.probs_rows([ctx.ids() + trials.tokens[i] for i in live], logits[live])
+        probs = ctx.sampler.probs_rows([base + trials.tokens[i] for i in live], logits[live])
         raw = logits[live].float().log_softmax(-1)
         for j, i in enumerate(live):  # one draw per live trial, in trial order
             t = int(ctx.sampler.sample(probs[j : j + 1], ctx.generator))
@@ -78,6 +81,14 @@ def run_trials(ctx, session, logits: torch.Tensor, n: int, budget: int) -> list[
             break
         feed = torch.tensor([[tok[-1]] for tok in trials.tokens])  # ended trials feed junk, never kept
         logits = session.forward(feed)[:, -1]
+    return trials
+
+
+def run_trials(ctx, session, logits: torch.Tensor, n: int, budget: int) -> list[int]:
+    """Sample n trials from the state (session, next-token logits [1, V]) and adopt the best one's
+    cache; return its tokens (the last one not yet fed to the session)."""
+    base = session.length
+    trials = sample_trials(ctx, session, logits, n, budget, punctuation_mask(ctx.lm))
     chosen = trials.best()
     session.reorder([chosen])
     session.truncate(base + len(trials.tokens[chosen]) - 1)
