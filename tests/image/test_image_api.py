@@ -96,3 +96,9 @@ def test_api_checks_the_model_kind(digits):
         decodelab.generate(digits, [1, 2], method="sjd")
     with pytest.raises(ValueError, match="decodes image models"):
         decodelab.generate(decodelab.load("builtin:pyco"), "x", method="zipar")
+
+
+def test_image_models_refuse_the_native_backend():
+    lm = decodelab.load("builtin:digits", backend="native")
+    with pytest.raises(ModelError, match="transformers backend"):
+        decodelab.generate_image(lm, 3)

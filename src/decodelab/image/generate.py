@@ -58,6 +58,9 @@ def as_image_lm(lm):
     if getattr(lm, "kind", None) != "image":
         raise ModelError(f"{getattr(lm, 'name', lm)}: not an image-token model (kind {getattr(lm, 'kind', '?')!r}); "
                          "use builtin:digits or builtin:digits16")
+    if getattr(lm, "backend", "transformers") != "transformers":
+        raise ModelError(f"{lm.name}: image models run on the transformers backend (explicit masks, "
+                         "image/cache.py); load it with backend='auto' or 'transformers'")
     return lm
 
 
