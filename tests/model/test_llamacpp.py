@@ -238,6 +238,24 @@ def test_llamacpp_peer_greedy_equals_session_greedy(pyco):
     assert peer == decodelab.generate(pyco, ids, max_new_tokens=30).token_ids
 
 
+def test_decode_cost_times_llamacpp_next_to_native():
+    from decodelab.bench.decode_cost import llamacpp_configs, measure
+
+    result = measure("builtin:pyco-draft", llamacpp_configs(), "def f(x):", steps=3, repeats=1)
+    labels = [r["config"] for r in result["rows"]]
+    assert "llamacpp q8_0" in labels and "llama.cpp own greedy loop float32" in labels
+    assert all(r["ms_per_token"] > 0 for r in result["rows"])
+
+
+def test_bench_skips_the_llamacpp_peer_when_sampling_or_unsupported(pyco):
+    from decodelab.bench.peers import drop_unavailable
+    from decodelab.bench.runner import Entry
+
+    skipped: dict = {}
+    kept = drop_unavailable(pyco, [Entry("llamacpp:greedy", "llamacpp:greedy", {"temperature": 0.7})], skipped)
+    assert kept == [] and "greedily" in skipped["llamacpp:greedy"]
+
+
 def _measure() -> None:
     """`python tests/model/test_llamacpp.py`: the largest relative logit difference of every logit test
     above, per model (the figure RTOL is set from; docs/BACKENDS.md)."""

@@ -308,8 +308,10 @@ class LlamaCppSession(Session):
         if hidden:
             raise ModelError("the llamacpp backend returns logits only, not hidden states; "
                              "use backend='native' for this method")
-        self._resolve(list(range(self.length)))
+        self._settle()
         B, n = self.batch_size, ids.shape[1]
+        if parents is None and self.pad_mask is None:
+            return self._run_chain(ids.tolist(), positions.tolist(), last_only)
         trees = parents or [list(range(-1, n - 1))] * B
         self._pending = pending = Pending(self.length, trees, [], [], tokens=ids.tolist())
         out = torch.zeros(B, 1 if last_only else n, self.lm.vocab_size)
@@ -326,6 +328,26 @@ class LlamaCppSession(Session):
             if len(groups) > 1:
                 self._detach(pending, group)
         return out
+
+    def _run_chain(self, tokens: list[list[int]], positions: list[list[int]], last_only: bool) -> torch.Tensor:
+        """The common forward: every row feeds all its n tokens as a chain (no pads, no tree)."""
+        B, n = len(tokens), len(tokens[0])
+        self._pending = Pending(self.length, [list(range(-1, n - 1))] * B, positions,
+                                [[[b]] * n for b in range(B)], tokens=tokens)
+        entries = [(tokens[b][i], positions[b][i], [b], b, i) for b in range(B) for i in range(n)]
+        wanted = [not last_only or i == n - 1 for _, _, _, _, i in entries]
+        return self._decode(entries, wanted).view(B, 1 if last_only else n, self.lm.vocab_size)
+
+    def _settle(self) -> None:
+        """Make the cache hold exactly the session's columns before it is used again."""
+        p = self._pending
+        if p is None:
+            return
+        whole_chain = not p.temps and not p.refeed and all(s == [b] for b, row in enumerate(p.seqs) for s in row)
+        if whole_chain and self.pad_mask is None and self.length == p.start + len(p.tokens[0]):
+            self._pending = None  # a chain kept whole: llama.cpp already holds exactly it
+            return
+        self._resolve(list(range(self.length)))
 
     def _groups(self, trees: list[list[int]]) -> list[range]:
         """Consecutive rows whose trees' extra leaves fit llama.cpp's sequence ids together (usually one)."""
@@ -466,10 +488,10 @@ class LlamaCppSession(Session):
         self._resolve(columns)
 
     def _gather_columns(self, index: torch.Tensor) -> None:
-        self._resolve(list(range(self.length)))  # real tokens already sit at consecutive positions
+        self._settle()  # real tokens already sit at consecutive positions: nothing moves in llama.cpp
 
     def _select_rows(self, rows: torch.Tensor) -> None:
-        self._resolve(list(range(self.length)))
+        self._settle()
         rows = rows.tolist()
         if self._cells_for(len(rows)) > self._cells or len(rows) + self.batch_size > MAX_SEQ:
             return self._replay(rows)
@@ -506,8 +528,8 @@ class LlamaCppSession(Session):
     def _merge(self, other: "LlamaCppSession", shift: int, other_shift: int) -> None:
         """Other's rows join as sequences B.. (pads take no position, so `shift`s change nothing here).
         Its keys and values live in another context: its rows' tokens are fed into this one."""
-        self._resolve(list(range(self.length)))
-        other._resolve(list(range(other.length)))
+        self._settle()
+        other._settle()
         rows = self.batch_size + other.batch_size
         if self._cells_for(rows) > self._cells:
             self._replay(list(range(self.batch_size)), rows)
