@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from ..errors import UserError
+
 KINDS = ("json_schema", "regex", "lark", "choice")
 # JSON layout: Python's json.dumps separators and no free whitespace, so a model cannot pad the output
 # with blanks forever; a schema's own "x-guidance" options override these.
@@ -40,7 +42,7 @@ def llg_tokenizer(lm):
             tok = llguidance.hf.from_tokenizer(lm.tokenizer, n_vocab=lm.vocab_size,
                                                eos_token=sorted(lm.eos_token_ids) or None)
         except Exception as exc:  # noqa: BLE001 - slow tokenizers, exotic vocabularies
-            raise ValueError(f"constraints need a fast (Rust) tokenizer: {_one_line(str(exc))}") from None
+            raise UserError(f"constraints need a fast (Rust) tokenizer: {_one_line(str(exc))}") from None
         lm.state["llguidance_tokenizer"] = tok
     return lm.state["llguidance_tokenizer"]
 
@@ -64,20 +66,20 @@ def _grammar_text(kind: str, value) -> str:
             try:
                 value = json.loads(value)
             except ValueError as exc:
-                raise ValueError(f"constraint json_schema: not valid JSON ({exc})") from None
+                raise UserError(f"constraint json_schema: not valid JSON ({exc})") from None
         if not isinstance(value, (dict, bool)):
-            raise ValueError("constraint json_schema must be a JSON schema object (a dict)")
+            raise UserError("constraint json_schema must be a JSON schema object (a dict)")
         try:
             return LLMatcher.grammar_from_json_schema(value, defaults=JSON_DEFAULTS)
         except Exception as exc:  # noqa: BLE001 - llguidance raises ValueError or its own types
-            raise ValueError(f"invalid json_schema: {_one_line(str(exc))}") from None
+            raise UserError(f"invalid json_schema: {_one_line(str(exc))}") from None
     if kind == "choice":
         if (not isinstance(value, (list, tuple)) or not value
                 or any(not isinstance(c, str) or not c for c in value)):
-            raise ValueError("constraint choice must be a non-empty list of non-empty strings")
+            raise UserError("constraint choice must be a non-empty list of non-empty strings")
         return grammar_from("choice", list(value))
     if not isinstance(value, str) or not value:
-        raise ValueError(f"constraint {kind} must be a non-empty string")
+        raise UserError(f"constraint {kind} must be a non-empty string")
     return grammar_from(kind, value)
 
 
@@ -88,16 +90,16 @@ def compile_constraint(lm, spec) -> Grammar | None:
     if isinstance(spec, Grammar):
         return spec
     if not isinstance(spec, dict) or len(spec) != 1:
-        raise ValueError(f"constraint must be a dict with exactly one of the keys {', '.join(KINDS)}; "
+        raise UserError(f"constraint must be a dict with exactly one of the keys {', '.join(KINDS)}; "
                          f"got {spec!r}"[:300])
     (kind, value), = spec.items()
     if kind not in KINDS:
-        raise ValueError(f"unknown constraint key {kind!r}; allowed: {', '.join(KINDS)}")
+        raise UserError(f"unknown constraint key {kind!r}; allowed: {', '.join(KINDS)}")
     from llguidance import LLMatcher
 
     text = _grammar_text(kind, value)
     tokenizer = llg_tokenizer(lm)
     error = LLMatcher.validate_grammar(text, tokenizer)
     if error and not error.startswith("WARNING"):
-        raise ValueError(f"invalid {kind} constraint: {_one_line(error)}")
+        raise UserError(f"invalid {kind} constraint: {_one_line(error)}")
     return Grammar(kind, value, text, tokenizer)

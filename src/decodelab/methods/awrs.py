@@ -25,6 +25,7 @@ from collections.abc import Iterator
 import torch
 
 from ..constraints.awrs import awrs_token
+from ..errors import UserError
 from ..processors import Sampler
 from .autoregressive import prefill
 from .registry import Param, register
@@ -147,5 +148,5 @@ def _smc(ctx) -> Iterator[list[list[int]]]:
                   "ess_threshold": Param(0.5, 0.0, 1.0, help="resample when ESS < this × n_particles")})
 def awrs(ctx) -> Iterator[list[list[int]]]:
     if ctx.batch_size != 1:
-        raise ValueError("awrs runs one sequence at a time")
+        raise UserError("awrs runs one sequence at a time")
     return _smc(ctx)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from ..constraints import GrammarMask
+from ..errors import UserError
 from ..processors import Sampler
 from .registry import Param, register
 
@@ -37,10 +38,10 @@ class RewardParam(Param):
         if callable(value):
             return value
         if not isinstance(value, str) or not (value == "json" or value.startswith(("keyword:", "length:"))):
-            raise ValueError(f"{name} must be a callable text -> float, 'keyword:w1,w2', 'length:N' or 'json'; "
+            raise UserError(f"{name} must be a callable text -> float, 'keyword:w1,w2', 'length:N' or 'json'; "
                              f"got {value!r}")
         if value.startswith("length:") and not value[7:].isdigit():
-            raise ValueError(f"{name}: 'length:N' needs an integer N, got {value!r}")
+            raise UserError(f"{name}: 'length:N' needs an integer N, got {value!r}")
         return value
 
 
@@ -175,5 +176,5 @@ def _deal(ctx) -> Iterator[list[list[int]]]:
                   "keep": Param(4, 1, 64, help="states kept after each step")})
 def deal(ctx) -> Iterator[list[list[int]]]:
     if ctx.batch_size != 1:
-        raise ValueError("deal runs one sequence at a time")
+        raise UserError("deal runs one sequence at a time")
     return _deal(ctx)

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ..errors import UserError
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 clock = time.perf_counter
 
@@ -273,12 +275,12 @@ def _wait_ready(target: Target, timeout: float, proc, log: Path | None) -> None:
         if proc is not None and proc.poll() is not None:
             target.stop()
             tail = log.read_text().strip().splitlines()[-1:] if log else []
-            raise ValueError(f"the server exited with status {proc.returncode}: {' '.join(tail) or 'no output'}")
+            raise UserError(f"the server exited with status {proc.returncode}: {' '.join(tail) or 'no output'}")
         if _health(target) == 200:
             return
         time.sleep(0.2)
     target.stop()
-    raise ValueError(f"the server was not healthy within {timeout:g} s (--startup-timeout)")
+    raise UserError(f"the server was not healthy within {timeout:g} s (--startup-timeout)")
 
 
 def _health(target: Target) -> int | None:
@@ -295,7 +297,7 @@ def _health(target: Target) -> int | None:
 def _loopback(url: str):
     parts = urlsplit(url)
     if parts.scheme != "http" or parts.hostname not in LOOPBACK or parts.port is None:
-        raise ValueError(f"--url must be http://127.0.0.1:PORT (loopback only), got {url!r}")
+        raise UserError(f"--url must be http://127.0.0.1:PORT (loopback only), got {url!r}")
     return parts
 
 
@@ -303,7 +305,7 @@ def url_target(url: str, api_key: str | None) -> Target:
     parts = _loopback(url)
     target = Target(parts.hostname, parts.port, None, None, api_key)
     if _health(target) != 200:
-        raise ValueError(f"no healthy decodelab server at {url} (GET /health)")
+        raise UserError(f"no healthy decodelab server at {url} (GET /health)")
     return target
 
 
@@ -375,23 +377,23 @@ def _check(args) -> None:
     try:
         args.levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     except ValueError:
-        raise ValueError(f"--concurrency must be comma-separated integers, got {args.concurrency!r}") from None
+        raise UserError(f"--concurrency must be comma-separated integers, got {args.concurrency!r}") from None
     for name, value in (("--requests", args.requests), ("--max-tokens", args.max_tokens),
                         ("--prompt-chars", args.prompt_chars),
                         ("--max-batch", args.max_batch), ("--max-queue", args.max_queue)):
         if value < 1:
-            raise ValueError(f"{name} must be ≥ 1, got {value}")
+            raise UserError(f"{name} must be ≥ 1, got {value}")
     if not args.levels or min(args.levels) < 1 or args.time_limit <= 0:
-        raise ValueError("--concurrency levels must be ≥ 1 and --time-limit > 0")
+        raise UserError("--concurrency levels must be ≥ 1 and --time-limit > 0")
     if args.url is not None:
         _loopback(args.url)
     if args.temperature < 0:
-        raise ValueError(f"--temperature must be ≥ 0, got {args.temperature}")
+        raise UserError(f"--temperature must be ≥ 0, got {args.temperature}")
     args.method_params = {}
     for pair in args.param:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"-p expects KEY=VALUE, got {pair!r}")
+            raise UserError(f"-p expects KEY=VALUE, got {pair!r}")
         args.method_params[key] = _typed(value)
 
 
@@ -418,7 +420,7 @@ def run(args) -> dict:
     try:
         warm = send(target, request_body(args, 0, prompts), args.startup_timeout)
         if not warm["ok"]:
-            raise ValueError(f"the warm-up request failed: {warm['status']} {warm['error']}")
+            raise UserError(f"the warm-up request failed: {warm['status']} {warm['error']}")
         levels = [run_level(target, args, prompts, c) for c in args.levels]
     finally:
         if target.stop:
