@@ -147,6 +147,20 @@ def test_per_row_trees_accept_rows_and_fork(pair):
         _close(a, b)
 
 
+def test_merge_rows_of_another_session(pair):
+    """Continuous batching: prefilled rows join a running batch (fed into this session's context)."""
+    def run(lm):
+        s, t = lm.session(2), lm.session(1)
+        s.forward(torch.tensor([[3, 4, 5, 6], [7, 8, 9, 10]]))
+        s.forward(torch.tensor([[11, 12], [13, 14]]))
+        t.forward([20, 21, 22])
+        s.merge(t)
+        return [s.forward(torch.tensor([[30], [31], [32]])), s.forward(torch.tensor([[33, 34]] * 3))]
+
+    for a, b in zip(run(pair[0]), run(pair[1])):
+        _close(a, b)
+
+
 def test_wide_trees_over_the_sequence_limit_fall_back_exactly(pair):
     """Rows whose trees need more than llama.cpp's 256 sequence ids together run in groups; the kept
     path is fed again as a chain (the same tokens at the same positions)."""
@@ -278,7 +292,7 @@ def _measure() -> None:
 
     _close = record
     tests = [test_prefill_decode_chain, test_tree_then_accepted_path_and_truncate, test_each_tree_node_equals_its_chain,
-             test_ragged_left_padded_batch, test_per_row_trees_accept_rows_and_fork,
+             test_ragged_left_padded_batch, test_per_row_trees_accept_rows_and_fork, test_merge_rows_of_another_session,
              test_wide_trees_over_the_sequence_limit_fall_back_exactly]
     for model in ("builtin:pyco", "llama", "qwen2", "qwen3"):
         lms = pair.__wrapped__(Request(model), Factory())
