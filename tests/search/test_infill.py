@@ -72,5 +72,5 @@ def test_stop_rules_on_hand_made_text(pyco):
 
 def test_layout_and_non_fim_model_refused(pyco):
     assert psm(pyco, [10, 11], [12]) == [4, 10, 11, 5, 12, 6]  # <fim_prefix> P <fim_suffix> S <fim_middle>
-    with pytest.raises(ValueError, match="fill-in-the-middle"):
+    with pytest.raises(decodelab.ModelError, match="fill-in-the-middle"):
         decodelab.generate(tiny_lm("llama"), "x", method="self_infill", infill_threshold=1.0, max_new_tokens=8)

@@ -180,8 +180,9 @@ def _draft_methods(lm, names: list[str], params: dict[str, dict], default: str, 
     kind = getattr(lm, "kind", "causal")
     for name in names:
         if all_methods and (getattr(table[name], "kind", "causal") != kind
-                            or any(p.default is None for p in table[name].specs.values())):
-            continue  # --all means every method for this kind of model that needs no required parameter (dba)
+                            or any(p.default is None for p in table[name].specs.values())
+                            or getattr(table[name].run, "supports", lambda _: None)(lm)):
+            continue  # --all: every method this model can run (kind, FIM tokens) with no required parameter (dba)
         if name not in table or "draft" not in table[name].specs:
             kept.append(name)
             continue

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from ..errors import UserError
 from ..search.adaptive import adaptive_best_of_k
 from ..search.beam import BeamConfig, beam_search
 from ..search.best_first import best_first_beam
@@ -15,6 +16,7 @@ from ..search.cntp import cntp as cntp_search
 from ..search.contrastive import contrastive_search
 from ..search.dba import dba_search
 from ..search.dola import dola as dola_search
+from ..search.infill import fim_reason
 from ..search.infill import self_infill as self_infill_search
 from ..search.lookback import lookback as lookback_search
 from ..search.meta import best_of_n, mbr, self_consistency
@@ -110,7 +112,7 @@ def self_consistency_method(ctx) -> Iterator[list[list[int]]]:
           })
 def best_first_beam_method(ctx) -> Iterator[list[list[int]]]:
     if ctx.sampler.constraint is not None:
-        raise ValueError("best_first_beam does not support constraint= yet")
+        raise UserError("best_first_beam does not support constraint= yet")
     return _emit_best(ctx, [best_first_beam(ctx, ctx.params["num_beams"], ctx.params["max_queue"])])
 
 
@@ -133,7 +135,7 @@ class _Phrases(Param):
     def check(self, name, value):
         if (isinstance(value, (list, tuple)) and value) or (isinstance(value, str) and value):
             return value
-        raise ValueError(f"{name} must be a non-empty list of phrases that must appear (CLI: "
+        raise UserError(f"{name} must be a non-empty list of phrases that must appear (CLI: "
                          f"-p {name}='[\"a\", \"b\"]'), got {value!r}")
 
 
@@ -206,6 +208,9 @@ def adaptive_best_of_k_method(ctx) -> Iterator[list[list[int]]]:
 def self_infill(ctx) -> Iterator[list[list[int]]]:
     p = ctx.params
     return self_infill_search(ctx, p["infill_threshold"], p["suffix_prompt"], p["max_iters"])
+
+
+self_infill.supports = fim_reason  # why a model cannot run it (bench --all skips such models' methods)
 
 
 @register("phi", description="φ-Decoding: step-level beam search (steps end at a newline) choosing steps by "

@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..errors import UserError
 from .meta import _score, completion_logprobs, run_inner
 
 
@@ -38,7 +39,7 @@ def marginal_reward(p: float, k: int) -> float:
 def allocate(p_hat: list[float], total: int, max_samples: int) -> list[int]:
     """Samples per prompt: one each, then greedily by the largest marginal reward (the paper's rule)."""
     if total < len(p_hat):
-        raise ValueError(f"a budget of {total} samples cannot give each of {len(p_hat)} prompts one")
+        raise UserError(f"a budget of {total} samples cannot give each of {len(p_hat)} prompts one")
     k = [1] * len(p_hat)
     for _ in range(min(total, max_samples * len(p_hat)) - len(p_hat)):
         gains = [marginal_reward(p, n + 1) if n < max_samples else -1.0 for p, n in zip(p_hat, k)]
@@ -61,7 +62,7 @@ def predict(ctx, predictor: str | Callable) -> list[float]:
         return confidence(ctx)
     values = [float(predictor(ctx.lm.decode(p))) for p in ctx.prompts]
     if any(not 0.0 <= v <= 1.0 for v in values):
-        raise ValueError(f"predictor must return a probability in [0, 1], got {values}")
+        raise UserError(f"predictor must return a probability in [0, 1], got {values}")
     return values
 
 
@@ -70,7 +71,7 @@ def adaptive_best_of_k(ctx, inner: str, budget: float, max_samples: int, predict
     """Per prompt, its k_x candidates ranked by score (best first) as (token_ids, score)."""
     counts = allocate(predict(ctx, predictor), max(1, round(budget * ctx.batch_size)), max_samples)
     if isinstance(ctx.seed, (list, tuple)):
-        raise ValueError("adaptive_best_of_k takes one integer seed (candidate j of prompt b uses seed + b·max_samples + j)")
+        raise UserError("adaptive_best_of_k takes one integer seed (candidate j of prompt b uses seed + b·max_samples + j)")
     base = ctx.seed if ctx.seed is not None else int(torch.randint(0, 2**30, ()).item())
     rows = [(b, j) for b, k in enumerate(counts) for j in range(k)]
     gens = run_inner(ctx, inner, [ctx.prompts[b] for b, _ in rows], 1, [base + b * max_samples + j for b, j in rows])

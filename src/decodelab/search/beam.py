@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import UserError
+
 NEG = -1.0e9  # transformers' "impossible" score
 
 
@@ -44,7 +46,7 @@ class BeamConfig:
 
     def check(self) -> None:
         if self.num_return_sequences > min(self.num_beams, self.capacity):
-            raise ValueError(f"num_return_sequences ({self.num_return_sequences}) must be ≤ num_beams "
+            raise UserError(f"num_return_sequences ({self.num_return_sequences}) must be ≤ num_beams "
                              f"({self.num_beams}) and ≤ round(patience · num_beams) ({self.capacity})")
 
 
@@ -64,7 +66,7 @@ def beam_sampler(sampler, k: int):
     prompt's (each beam's matcher seeks its own history at every step, so reordering beams is free)."""
     mask = sampler.constraint
     if any(hasattr(p, "for_row") and p is not mask for p in sampler.logits_processors):
-        raise ValueError("beam does not support token_healing yet")
+        raise UserError("beam does not support token_healing yet")
     if mask is None:
         return sampler
     beams = copy.copy(mask)

@@ -21,6 +21,8 @@ from collections.abc import Iterator
 
 import torch
 
+from ..errors import UserError
+
 PUNCTUATION = ".,\n?!:;)]}"
 
 
@@ -100,9 +102,9 @@ def cntp(ctx, n_max: int, h_lo: float, h_hi: float) -> Iterator[list[list[int]]]
     from ..methods.autoregressive import prefill
 
     if ctx.sampler.constraint is not None:
-        raise ValueError("cntp does not support constraint= (each trial would need its own grammar matcher)")
+        raise UserError("cntp does not support constraint= (each trial would need its own grammar matcher)")
     if h_hi <= h_lo:
-        raise ValueError(f"cntp needs entropy_high > entropy_low, got {h_hi} ≤ {h_lo}")
+        raise UserError(f"cntp needs entropy_high > entropy_low, got {h_hi} ≤ {h_lo}")
     session = ctx.session()
     logits = prefill(ctx, session)  # [1, V]
     while True:

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from ..api import generate_batch
+from ..errors import UserError
 from ..model import load
 
 
@@ -217,7 +218,7 @@ def bench_quality(args) -> None:
     from ..bench import machine
 
     if args.suite not in (None, ["code"]):
-        raise ValueError("bench --quality runs on the code suite (it needs the held-out function bodies)")
+        raise UserError("bench --quality runs on the code suite (it needs the held-out function bodies)")
     machine.set_threads(args.threads)
     lm = load(args.model, device=args.device, dtype=args.dtype, backend=args.backend,
               allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)

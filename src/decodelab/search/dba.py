@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import UserError
 from .beam import NEG, beam_log_probs, beam_sampler
 
 
@@ -100,17 +101,17 @@ def parse_phrases(lm, constraints) -> list[list[int]]:
         try:
             constraints = json.loads(text) if text.startswith("[") else [constraints]
         except ValueError as exc:
-            raise ValueError(f"constraints: not a JSON list of phrases ({exc})") from None
+            raise UserError(f"constraints: not a JSON list of phrases ({exc})") from None
     if not isinstance(constraints, (list, tuple)) or not constraints:
-        raise ValueError("dba needs constraints: a non-empty list of phrases that must appear")
+        raise UserError("dba needs constraints: a non-empty list of phrases that must appear")
     phrases = []
     for phrase in constraints:
         ids = list(phrase) if isinstance(phrase, (list, tuple)) else lm.encode(phrase) if isinstance(phrase, str) else None
         if not ids or (isinstance(phrase, str) and lm.decode(ids) != phrase):
-            raise ValueError(f"constraint phrase {phrase!r}: the tokenizer cannot produce it (empty, or it "
+            raise UserError(f"constraint phrase {phrase!r}: the tokenizer cannot produce it (empty, or it "
                              "does not decode back to itself)")
         if any(not isinstance(t, int) or not 0 <= t < lm.vocab_size for t in ids):
-            raise ValueError(f"constraint phrase {phrase!r}: token ids must lie in 0..{lm.vocab_size - 1}")
+            raise UserError(f"constraint phrase {phrase!r}: token ids must lie in 0..{lm.vocab_size - 1}")
         phrases.append(ids)
     return phrases
 
@@ -173,10 +174,10 @@ def dba_search(ctx, constraints, k: int, length_penalty: float, n_return: int) -
 
     phrases = parse_phrases(ctx.lm, constraints)
     if n_return > k:
-        raise ValueError(f"num_return_sequences ({n_return}) must be ≤ num_beams ({k})")
+        raise UserError(f"num_return_sequences ({n_return}) must be ≤ num_beams ({k})")
     need, max_new = sum(len(p) for p in phrases), ctx.remaining(0)
     if need > max_new:
-        raise ValueError(f"the constraint phrases take {need} tokens but max_new_tokens allows {max_new}")
+        raise UserError(f"the constraint phrases take {need} tokens but max_new_tokens allows {max_new}")
     batch, eos, pad = ctx.batch_size, set(ctx.lm.eos_token_ids), ctx.lm.pad_token_id
     sampler = beam_sampler(ctx.sampler, k)
     start = Progress(tuple(False for _ in phrases))

@@ -24,6 +24,8 @@ from collections.abc import Iterator
 
 import torch
 
+from ..errors import UserError
+
 
 def candidate_layers(spec: str, num_layers: int, tied: bool) -> list[int]:
     """The candidate premature layers J (hidden-state indices: 0 = embeddings, i = after block i)."""
@@ -36,9 +38,9 @@ def candidate_layers(spec: str, num_layers: int, tied: bool) -> list[int]:
         try:
             layers = [int(x) for x in spec.split(",")]
         except ValueError:
-            raise ValueError(f"dola_layers must be 'low', 'high' or comma-separated layer indices, got {spec!r}") from None
+            raise UserError(f"dola_layers must be 'low', 'high' or comma-separated layer indices, got {spec!r}") from None
     if not layers or any(not 0 <= j < num_layers for j in layers):
-        raise ValueError(f"dola_layers={spec!r} gives premature layers {layers}; this model has layers "
+        raise UserError(f"dola_layers={spec!r} gives premature layers {layers}; this model has layers "
                          f"0..{num_layers - 1} (0 = embeddings) below its final layer {num_layers}")
     return layers
 
@@ -67,7 +69,7 @@ def early_exit(lm, hidden: torch.Tensor) -> torch.Tensor:
         return lm.exit_logits(hidden)
     norm = getattr(base, "ln_f", None) or getattr(base, "final_layernorm", None)
     if norm is None:
-        raise ValueError(f"dola: cannot find the final norm of {type(lm.model).__name__}")
+        raise UserError(f"dola: cannot find the final norm of {type(lm.model).__name__}")
     return lm.model.get_output_embeddings()(norm(hidden))
 
 

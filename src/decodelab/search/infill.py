@@ -25,16 +25,26 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from ..errors import ModelError, UserError
+
 FIM = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")
 
 
-def fim_tokens(lm) -> tuple[int, int, int]:
-    """The ids of <fim_prefix>, <fim_suffix>, <fim_middle>; ValueError if the tokenizer lacks them."""
+def fim_reason(lm) -> str | None:
+    """Why `lm` cannot self-infill (its tokenizer lacks the FIM tokens), or None."""
     ids = lm.tokenizer.convert_tokens_to_ids(list(FIM))
     unk = lm.tokenizer.unk_token_id
     if any(i is None or i == unk or not 0 <= i < lm.vocab_size for i in ids):
-        raise ValueError(f"self_infill needs a fill-in-the-middle model: {lm.name}'s tokenizer has no {', '.join(FIM)}")
-    return tuple(ids)
+        return f"self_infill needs a fill-in-the-middle model: {lm.name}'s tokenizer has no {', '.join(FIM)}"
+    return None
+
+
+def fim_tokens(lm) -> tuple[int, int, int]:
+    """The ids of <fim_prefix>, <fim_suffix>, <fim_middle>; ModelError if the tokenizer lacks them."""
+    reason = fim_reason(lm)
+    if reason:
+        raise ModelError(reason)
+    return tuple(lm.tokenizer.convert_tokens_to_ids(list(FIM)))
 
 
 def psm(lm, prefix: list[int], suffix: list[int]) -> list[int]:
@@ -136,6 +146,6 @@ def self_infill_parts(ctx, tau: float, suffix_prompt: str, max_iters: int) -> tu
 
 def self_infill(ctx, tau: float, suffix_prompt: str, max_iters: int) -> Iterator[list[list[int]]]:
     if ctx.sampler.constraint is not None:
-        raise ValueError("self_infill does not support constraint= (its output is not produced left to right)")
+        raise UserError("self_infill does not support constraint= (its output is not produced left to right)")
     prefix, middle, suffix = self_infill_parts(ctx, tau, suffix_prompt, max_iters)
     yield [prefix + middle + suffix]

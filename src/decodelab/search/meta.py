@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..errors import UserError
 from ..processors import SAMPLING_DEFAULTS
 
 
@@ -40,9 +41,9 @@ def run_inner(ctx, inner: str, prompts: list[list[int]], n: int, seed) -> list:
     from ..api import generate_batch
 
     if ctx.sampler.constraint is not None:
-        raise ValueError("the meta methods (best_of_n, self_consistency, mbr, …) do not support constraint= yet")
+        raise UserError("the meta methods (best_of_n, self_consistency, mbr, …) do not support constraint= yet")
     if inner in META_METHODS:
-        raise ValueError(f"inner method {inner!r} is itself a meta method; pick a decoding method")
+        raise UserError(f"inner method {inner!r} is itself a meta method; pick a decoding method")
     params = {k: ctx.params[k] for k in (*SAMPLING_DEFAULTS, "temperature")}
     gens = generate_batch(ctx.lm, prompts, method=inner, n=n, seed=seed, stop=ctx.stop or None,
                           max_new_tokens=ctx.max_new_tokens, **params)
@@ -123,7 +124,7 @@ def _chrf(hyp: str, ref: str) -> float:
     try:
         from sacrebleu.metrics import CHRF
     except ImportError:
-        raise ValueError("utility='chrf' needs sacrebleu (pip install sacrebleu); or use 'edit'") from None
+        raise UserError("utility='chrf' needs sacrebleu (pip install sacrebleu); or use 'edit'") from None
     return CHRF().sentence_score(hyp, [ref]).score / 100
 
 
