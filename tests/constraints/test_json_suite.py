@@ -102,6 +102,7 @@ def test_bench_json_suite_on_pyco(tmp_path, capsys):
     agg = {a["method"]: a for a in results["aggregates"] if a["suite"] == "json"}
     assert not any("validity" in a for a in results["aggregates"] if a["suite"] == "free")
     assert agg["greedy"]["validity"] == 1.0 and agg["greedy"]["valid_outputs"] == "2/2"  # pyco writes valid JSON
+    assert agg["greedy"]["validator"] == "jsonschema"
     assert agg["pld"]["exact"] is True  # constrained pld == constrained greedy, token for token
     greedy = [r for r in results["records"] if r["method"] == "greedy" and r["suite"] == "json"]
     assert agg["greedy"]["mask_calls_per_token"] == 1.0 and agg["greedy"]["forced_tokens"] == 0

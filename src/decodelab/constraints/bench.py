@@ -37,8 +37,11 @@ def aggregate(recs: list[dict]) -> dict:
     calls = sorted(us for r in recs for us in r["mask_us"])
     mask_mean = statistics.fmean(calls) if calls else None
     forward_us = 1e6 * sum(r["target_time_s"] for r in recs) / passes if passes else None
+    from .validity import json_validator
+
     return {
         "validity": round(sum(r["valid"] for r in recs) / len(recs), 4) if recs else None,
+        "validator": json_validator(),  # for JSON schemas: "jsonschema" or "llguidance"
         "valid_outputs": f"{sum(r['valid'] for r in recs)}/{len(recs)}",
         "incomplete_outputs": sum(r["incomplete"] for r in recs),
         "forced_tokens": sum(r["forced_tokens"] for r in recs),
