@@ -14,7 +14,8 @@ completion) and distinct-2 (unique bigrams / all bigrams over the method's compl
 similarity of the completed function body to the held-out reference (the rest of the function in the
 test-split file the prompt comes from), and the target's perplexity of the output.
 
-Cost is counted, never timed here: forward passes of the batch and W (the most positions a pass
+Cost is counted, never timed here: forward passes per prompt (those of the batch for a batched
+method, the mean over prompts for one run one prompt at a time) and W (the most positions a pass
 computes per prompt), so cost = passes × W per prompt — exact for beam, contrastive and best-of-N, an
 upper bound for lookback and cntp, which widen only on alarm / uncertain steps; wall time is recorded in the JSON for a run on an idle machine. The
 Pareto front (no other method is at most as costly and strictly better) is marked and plotted.
@@ -119,10 +120,11 @@ def evaluate(lm, prompts: list[str], entry: tuple, max_new: int, seed: int) -> d
     wall = time.perf_counter() - t0
     grams = [g for x in gens for g in zip(x.token_ids, x.token_ids[1:])]
     logprob = sum(mean_logprob(lm, lm.encode(p), g.token_ids) for p, g in zip(prompts, gens)) / len(gens)
-    passes = gens[0].stats.forward_passes  # of the whole batch (all prompts at once)
+    # per prompt: a batched method's rows share the batch's count; a one-at-a-time method has its own
+    passes = round(sum(g.stats.forward_passes for g in gens) / len(gens), 2)
     return {
         "method": label, "name": method, "params": params, "width": width, "forward_passes": passes,
-        "cost": passes * width,  # positions computed per prompt
+        "cost": round(passes * width, 2),  # positions computed per prompt (a prefill counts as one pass)
         "syntax_valid": sum(syntax_valid(p, g.text) for p, g in zip(prompts, gens)) / len(prompts),
         "edit_sim": sum(body_similarity(lm, p, g.text) for p, g in zip(prompts, gens)) / len(prompts),
         "mean_logprob": logprob, "perplexity": math.exp(-logprob),
