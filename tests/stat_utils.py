@@ -105,7 +105,7 @@ def exact_joint(lm, ids: list[int], depth: int, **params) -> dict:
         if len(prefix) == depth or (prefix and prefix[-1] in lm.eos_token_ids):
             out[tuple(prefix)] = prob
             return
-        probs = decodelab.next_token_probs(lm, ids + prefix, **params)
+        probs = decodelab.next_token_probs(lm, ids, generated=prefix, **params)  # penalties count prefix
         for t in probs.nonzero().flatten().tolist():
             walk(prefix + [t], prob * float(probs[t]))
 

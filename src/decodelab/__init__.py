@@ -6,10 +6,11 @@ from .errors import DecodelabError, ModelError, UserError
 from .image import ImageGeneration, generate_image, generate_images, image_methods
 from .methods import MethodInfo, methods
 from .model import LM, builtin_path, load
+from .processors import SamplingParams
 from .stats import Stats
 
 __version__ = "0.1.0"
 
-__all__ = ["LM", "DecodelabError", "Engine", "Event", "Generation", "MethodInfo", "ModelError", "Stats", "UserError",
+__all__ = ["LM", "DecodelabError", "Engine", "Event", "Generation", "MethodInfo", "ModelError", "SamplingParams", "Stats", "UserError",
            "builtin_path", "generate", "generate_batch", "load", "methods", "next_token_probs", "stream"]
 __all__ += ["ImageGeneration", "generate_image", "generate_images", "image_methods"]

@@ -8,35 +8,60 @@ import torch
 
 from .constraints import compile_constraint
 from .engine import Event, Generation, run_method
+from .errors import UserError
 from .inputs import check_common, check_seed, prompt_ids
 from .methods import get
 from .model import LM
-from .processors import Sampler, check_sampling_params
+from .processors import SAMPLING_DEFAULTS, Sampler, SamplingParams
 
 
 def _run(lm, prompts, method, max_new_tokens, seed, stop, params) -> Iterator[Event]:
+    try:
+        info, ids, checked, stop, grammar, healing = _validate(lm, prompts, method, max_new_tokens, seed, stop, params)
+    except UserError:
+        raise
+    except ValueError as exc:  # a check below the boundary (a grammar's compiler, say): still the input's fault
+        raise UserError(str(exc)) from None
+    per_row_grammar = (grammar is not None or healing) and info.name not in ("greedy", "sample")
+    if len(ids) > 1 and (not info.batched or per_row_grammar):
+        return _one_by_one(info, lm, ids, checked, max_new_tokens, seed, stop, grammar, healing)
+    return run_method(info, lm, ids, checked, max_new_tokens, seed, stop, grammar, healing)
+
+
+def _validate(lm, prompts, method, max_new_tokens, seed, stop, params):
+    """Every check of a request, before anything runs: the boundary where user input becomes typed."""
     info = get(method)
     if info.kind != getattr(lm, "kind", "causal"):
         from .diffusion.methods import kind_error
 
-        raise ValueError(kind_error(lm, info))
-    params = dict(params)
-    grammar = compile_constraint(lm, params.pop("constraint", None))  # ValueError before generating
+        raise UserError(kind_error(lm, info))
+    params = _with_sampling(dict(params))
+    grammar = compile_constraint(lm, params.pop("constraint", None))
     healing = params.pop("token_healing", False)
     if not isinstance(healing, bool):
-        raise ValueError(f"token_healing must be True or False, got {healing!r}")
+        raise UserError(f"token_healing must be True or False, got {healing!r}")
     if (grammar is not None or healing) and info.kind != "causal":  # never silently unconstrained
-        raise ValueError(f"constraint / token_healing are not supported by {info.kind} method {info.name!r}")
+        raise UserError(f"constraint / token_healing are not supported by {info.kind} method {info.name!r}")
     checked = info.check_params(params)
     stop = check_common(max_new_tokens, stop)
     check_seed(seed)
     ids = [prompt_ids(lm, p) for p in prompts]
     if isinstance(seed, (list, tuple)) and len(seed) != len(ids):
-        raise ValueError(f"{len(seed)} seeds for {len(ids)} rows: give one seed per row (or one int)")
-    per_row_grammar = (grammar is not None or healing) and info.name not in ("greedy", "sample")
-    if len(ids) > 1 and (not info.batched or per_row_grammar):
-        return _one_by_one(info, lm, ids, checked, max_new_tokens, seed, stop, grammar, healing)
-    return run_method(info, lm, ids, checked, max_new_tokens, seed, stop, grammar, healing)
+        raise UserError(f"{len(seed)} seeds for {len(ids)} rows: give one seed per row (or one int)")
+    return info, ids, checked, stop, grammar, healing
+
+
+def _with_sampling(params: dict) -> dict:
+    """`sampling=SamplingParams(...)` spread into the parameters (a name given both ways is an error)."""
+    sampling = params.pop("sampling", None)
+    if sampling is None:
+        return params
+    if not isinstance(sampling, SamplingParams):
+        raise UserError(f"sampling must be a decodelab.SamplingParams, got {type(sampling).__name__}")
+    both = sorted(set(params) & set(SAMPLING_DEFAULTS))
+    if both:
+        raise UserError(f"{both[0]} given both in sampling= and as a keyword; give it once")
+    return {**sampling.to_dict(), **params}
 
 
 def _one_by_one(info, lm, ids, params, max_new_tokens, seed, stop, grammar=None, healing=False) -> Iterator[Event]:
@@ -69,9 +94,9 @@ def generate_batch(lm: LM, prompts: list[str | list[int]], *, method: str = "gre
 
     Row i uses seed `seed + i` (or `seed[i]`): a row's output does not depend on the other rows."""
     if not prompts:
-        raise ValueError("prompts is empty")
+        raise UserError("prompts is empty")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an integer ≥ 1, got {n!r}")
+        raise UserError(f"n must be an integer ≥ 1, got {n!r}")
     prompts = [p for p in prompts for _ in range(n)]
     results: dict[int, Generation] = {}
     for event in _run(lm, list(prompts), method, max_new_tokens, seed, stop, params):
@@ -81,13 +106,16 @@ def generate_batch(lm: LM, prompts: list[str | list[int]], *, method: str = "gre
 
 
 @torch.inference_mode()
-def next_token_probs(lm: LM, prompt: str | list[int], **params) -> torch.Tensor:
-    """[vocab_size] next-token distribution after the processors `params` switch on."""
-    checked = check_sampling_params(params)
-    unknown = sorted(set(params) - set(checked))
-    if unknown:
-        raise ValueError(f"unknown sampling parameter {unknown[0]!r}; allowed: {', '.join(sorted(checked))}")
+def next_token_probs(lm: LM, prompt: str | list[int], *, generated: list[int] | None = None,
+                     **params) -> torch.Tensor:
+    """[vocab_size] next-token distribution after the processors `params` switch on.
+
+    `generated`: token ids already emitted after the prompt — what presence / frequency penalties count
+    (they never count the prompt), so the distribution of any later step can be computed, not only the
+    first one's."""
+    sampling = SamplingParams.from_dict(_with_sampling(dict(params)))
     ids = prompt_ids(lm, prompt)
-    logits = lm.session().forward(ids, last_only=True)[:, -1]
-    sampler = Sampler(checked, prompt_len=len(ids))
-    return sampler.probs(torch.tensor([ids]), logits)[0]
+    tail = [] if generated is None else prompt_ids(lm, list(generated)) if generated else []
+    logits = lm.session().forward(ids + tail, last_only=True)[:, -1]
+    sampler = Sampler(sampling.to_dict(), prompt_len=len(ids))
+    return sampler.probs(torch.tensor([ids + tail]), logits)[0]

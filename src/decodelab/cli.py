@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import __version__
 from .constraints.cli import add_constraint_flags, constraint_params
+from .errors import UserError
 
 
 def _typed(value: str, default):
@@ -34,13 +35,13 @@ def parse_params(pairs: list[str], defaults: dict) -> dict:
     out = {}
     for pair in pairs:
         if "=" not in pair:
-            raise ValueError(f"parameter {pair!r} is not KEY=VALUE")
+            raise UserError(f"parameter {pair!r} is not KEY=VALUE")
         key, value = pair.split("=", 1)
         key = key.strip()
         try:
             out[key] = _typed(value, defaults[key]) if key in defaults else _guess(value)
         except ValueError:
-            raise ValueError(f"parameter {key}: cannot read {value!r} as {type(defaults[key]).__name__}") from None
+            raise UserError(f"parameter {key}: cannot read {value!r} as {type(defaults[key]).__name__}") from None
     return out
 
 
@@ -67,7 +68,7 @@ def _flag_params(args, params: dict) -> None:
         if value is None:
             continue
         if params.get(key, value) != value:
-            raise ValueError(f"--{key.replace('_', '-')} {value} and -p {key}={params[key]} disagree; give one")
+            raise UserError(f"--{key.replace('_', '-')} {value} and -p {key}={params[key]} disagree; give one")
         params[key] = value
 
 
@@ -80,14 +81,14 @@ def _generate_params(args, info) -> dict:
             from . import methods
 
             users = sorted(n for n, m in methods().items() if "draft" in m.specs)
-            raise ValueError(f"--draft: method {info.name!r} uses no draft model; methods with a draft: "
+            raise UserError(f"--draft: method {info.name!r} uses no draft model; methods with a draft: "
                              f"{', '.join(users)}")
         if params.get("draft", args.draft) != args.draft:
-            raise ValueError(f"--draft {args.draft!r} and -p draft={params['draft']!r} disagree; give one")
+            raise UserError(f"--draft {args.draft!r} and -p draft={params['draft']!r} disagree; give one")
         params["draft"] = args.draft
     info.check_params(params)  # user errors first, before the (slow, chatty) model load
     if args.max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an integer ≥ 1, got {args.max_new_tokens}")
+        raise UserError(f"max_new_tokens must be an integer ≥ 1, got {args.max_new_tokens}")
     return {**params, **constraint_params(args)}  # constraint= and token_healing= from their flags
 
 
@@ -99,14 +100,18 @@ def _baseline_params(args, params: dict):
         return None, {}
     base = methods().get(args.compare)
     if base is None:
-        raise ValueError(f"--compare: unknown method {args.compare!r}; available: {', '.join(sorted(methods()))}")
-    return base, {k: v for k, v in params.items() if (k in base.params and k not in base.specs) or k in ("constraint", "token_healing")}
+        raise UserError(f"--compare: unknown method {args.compare!r}; available: {', '.join(sorted(methods()))}")
+    shared = {k: v for k, v in params.items()
+              if (k in base.params and k not in base.specs) or k in ("constraint", "token_healing")}
+    if base.name == "greedy":  # argmax: the sampled method is compared with greedy's text and speed
+        shared.pop("temperature", None)
+    return base, shared
 
 
 def _read_prompt(args) -> str:
     if args.prompt != "-":
         if args.prompt is None:
-            raise ValueError("no prompt: give PROMPT or - to read stdin")
+            raise UserError("no prompt: give PROMPT or - to read stdin")
         return args.prompt
     raw = getattr(sys.stdin, "buffer", None)
     if raw is None:  # a text stream (tests, embedding)
@@ -115,7 +120,7 @@ def _read_prompt(args) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"stdin is not UTF-8 text: byte {data[exc.start]:#04x} at offset {exc.start}") from None
+        raise UserError(f"stdin is not UTF-8 text: byte {data[exc.start]:#04x} at offset {exc.start}") from None
 
 
 def cmd_generate(args) -> None:
@@ -123,12 +128,12 @@ def cmd_generate(args) -> None:
 
     info = methods().get(args.method)
     if info is None:
-        raise ValueError(f"unknown method {args.method!r}; available: {', '.join(sorted(methods()))}")
+        raise UserError(f"unknown method {args.method!r}; available: {', '.join(sorted(methods()))}")
     params = _generate_params(args, info)
     base, base_params = _baseline_params(args, params)
     prompt = _read_prompt(args)
     if not prompt:
-        raise ValueError("prompt is empty: give at least one token")
+        raise UserError("prompt is empty: give at least one token")
     lm = load(args.model, device=args.device, dtype=args.dtype, backend=args.backend, **_load_options(args))
     if "draft" in params:  # load it now, with the user's load options, and check the vocabulary
         from .proposers.draft_model import resolve_draft
@@ -204,7 +209,7 @@ def cmd_demo(args) -> None:
 
     suite = load_suite(args.suite)
     if not 0 <= args.index < len(suite.prompts):
-        raise ValueError(f"--index must be in [0, {len(suite.prompts)}) for suite {suite.name!r}")
+        raise UserError(f"--index must be in [0, {len(suite.prompts)}) for suite {suite.name!r}")
     prompt = suite.prompts[args.index]
     if not args.json:
         print(f"# prompt {prompt.id} (suite {suite.name}: {suite.description})\n{prompt.text}", flush=True)
@@ -382,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.set_verbosity_error()
     try:
         args.func(args)
-    except (DecodelabError, ValueError, OSError) as exc:  # the user's input: one line, no traceback
+    except (DecodelabError, OSError) as exc:  # the user's input (UserError, ModelError), a file: one line
         print(f"decodelab: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

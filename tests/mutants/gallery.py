@@ -127,4 +127,22 @@ MUTANTS = [
          "tests/methods/test_batched.py::test_ragged_accept_and_defragment_keep_rows_exact[transformers]"),
         "ragged acceptance leaves a row's rejected draft columns unmasked: later tokens attend to them",
     ),
+    Mutant(
+        "penalty-counts-padded-prompt",
+        "src/decodelab/processors/history.py",
+        "        return PresenceFrequencyPenalty(self.presence, self.frequency, prompt_len)\n",
+        "        return self\n",
+        ("tests/methods/test_penalties.py::test_ragged_batch_rows_with_penalties_equal_rows_alone[sample-native]",
+         "tests/methods/test_penalties.py::test_ragged_batch_rows_with_penalties_equal_rows_alone[pld-transformers]"),
+        "a row of a left-padded batch counts presence/frequency penalties from the padded width, not its own prompt",
+    ),
+    Mutant(
+        "merge-ignores-joining-shift",
+        "src/decodelab/model/native.py",
+        "            new[:, B:, :, other_shift : other_shift + other_length] = o[:, :, :, :other_length]\n",
+        "            new[:, B:, :, :other_length] = o[:, :, :, :other_length]\n",
+        ("tests/methods/test_engine_continuous.py::test_builtin_pyco_rows_joining_equal_each_row_alone[greedy-params0]",
+         "tests/model/test_native.py::test_merge_rows_join_a_running_batch[llama-True]"),
+        "continuous batching: a shorter joining row's cache is not moved right, so its keys sit under pad columns",
+    ),
 ]

@@ -7,6 +7,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from ..errors import UserError
+
 DEFAULT_SUITES = ["code", "edit", "long"]
 
 
@@ -59,7 +61,7 @@ def parse_bench_params(pairs: list[str]) -> dict[str, dict]:
         head = pair.split("=", 1)[0]
         method, _, _key = head.rpartition(".")
         if method and method not in table:
-            raise ValueError(f"parameter {pair!r}: unknown method {method!r}")
+            raise UserError(f"parameter {pair!r}: unknown method {method!r}")
         grouped.setdefault(method or "*", []).append(pair.split(".", 1)[1] if method else pair)
     return {m: parse_params(ps, table[m].params if m in table else SAMPLING_DEFAULTS) for m, ps in grouped.items()}
 
@@ -84,13 +86,13 @@ def run(args) -> None:
 
         return bench_quality(args)
     if args.repeats < 1 or args.max_new_tokens < 1:
-        raise ValueError("--repeats and --max-new-tokens must be ≥ 1")
+        raise UserError("--repeats and --max-new-tokens must be ≥ 1")
     if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be ≥ 1 (prompts per suite), got {args.limit}")
+        raise UserError(f"--limit must be ≥ 1 (prompts per suite), got {args.limit}")
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be ≥ 1, got {args.batch_size}")
+        raise UserError(f"--batch-size must be ≥ 1, got {args.batch_size}")
     if args.dist_seeds < 2:
-        raise ValueError(f"--dist-seeds must be ≥ 2, got {args.dist_seeds}")
+        raise UserError(f"--dist-seeds must be ≥ 2, got {args.dist_seeds}")
     names = sorted(n for n in methods() if n != "sample") if args.all else \
         [m.strip() for m in (args.methods or "greedy,speculative,pld").split(",") if m.strip()]
     params = parse_bench_params(args.param)
@@ -124,7 +126,7 @@ def benchmark(args, names: list[str], params: dict[str, dict]) -> dict:
     suites = [load_suite(s) for arg in (args.suite or DEFAULT_SUITES) for s in arg.split(",") if s.strip()]
     constraints = {s.name: {p.id: p.constraint for p in s.prompts if p.constraint} for s in suites}
     if args.batch_size > 1 and any(constraints.values()):
-        raise ValueError("constrained suites (e.g. json) run at --batch-size 1: one constraint per prompt")
+        raise UserError("constrained suites (e.g. json) run at --batch-size 1: one constraint per prompt")
     options = {"allow_pickle": args.allow_pickle, "trust_remote_code": args.trust_remote_code}
     machine.set_threads(args.threads)
     lm = load(args.model, device=args.device, dtype=args.dtype, backend=args.backend, **options)
@@ -162,7 +164,7 @@ def _drop_refusing(lm, entries, constraints: dict, skipped: dict) -> list:
 
     refused = refusals(lm, entries, first)
     if "greedy" in refused:
-        raise ValueError(f"greedy {refused['greedy']}")
+        raise UserError(f"greedy {refused['greedy']}")
     skipped.update(refused)
     return [e for e in entries if e.label not in refused]
 
@@ -270,7 +272,10 @@ def _live_table(records, entries, progress):
 
 
 def _exactness(results, lm, entries, prompts, temperature, args, draft, constraints=None) -> None:
-    """Fill exact / mismatch / distribution_pvalue in the aggregates."""
+    """Fill exact / mismatch / distribution_pvalue in the aggregates: a method that decodes greedily is
+    compared token for token with greedy; one that samples (at its own temperature) is checked by the
+    distribution test against `sample` — never its sampled tokens against greedy's."""
+    from ..methods import methods
     from .runner import ALPHA, distribution_check, first_mismatch
 
     records = results["records"]
@@ -278,7 +283,11 @@ def _exactness(results, lm, entries, prompts, temperature, args, draft, constrai
         entry = next(e for e in entries if e.label == a["method"])
         if not entry.lossless:
             continue
-        if temperature == 0:
+        if entry.is_peer or entry.method not in methods():
+            sampled = temperature > 0
+        else:  # a method samples at its own default temperature unless -p says otherwise (sample: 1.0)
+            sampled = methods()[entry.method].check_params(entry.params)["temperature"] > 0
+        if not sampled:
             a["exact"], a["mismatch"] = True, None
             ref = {r["prompt_id"]: r["token_ids"] for r in records
                    if r["suite"] == a["suite"] and r["method"] == "greedy" and r["repeat"] == 0}

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import UserError
 from . import machine
 
 
@@ -135,7 +136,7 @@ def run(args) -> None:
     import json
 
     if args.steps < 1 or args.repeats < 1:
-        raise ValueError("--steps and --repeats must be ≥ 1")
+        raise UserError("--steps and --repeats must be ≥ 1")
     machine.set_threads(args.threads)
     configs = llamacpp_configs() if args.backend == "llamacpp" else default_configs(args.compile)
     result = measure(args.model, configs, args.prompt, args.steps, args.repeats, args.device)

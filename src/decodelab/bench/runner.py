@@ -23,6 +23,7 @@ import torch
 from .. import __version__, inputs
 from ..api import generate
 from ..constraints.timing import grammar_timing
+from ..errors import UserError
 from ..methods import methods
 from ..model import LM
 from .peers import PEERS, hf_generate
@@ -53,8 +54,10 @@ def make_entries(names: list[str], params: dict[str, dict], peers: bool, has_dra
     entries = []
     for name in order:
         if name not in table:
-            raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(table))}")
+            raise UserError(f"unknown method {name!r}; available: {', '.join(sorted(table))}")
         merged = {**shared, **params.get(name, {})}
+        if name == "greedy" and name not in params:  # the speed baseline stays argmax under a shared temperature
+            merged.pop("temperature", None)
         table[name].check_params(merged)  # fail before running anything
         entries.append(Entry(name, name, merged, table[name].lossless))
     if peers:
@@ -192,7 +195,7 @@ def prompt_ids(lm: LM, suite: Suite, max_new_tokens: int) -> list[tuple[str, lis
         n = min(p.max_new_tokens or max_new_tokens, lm.max_length // 2)  # small-context models keep room
         room = lm.max_length - n - 1
         if room < 8:
-            raise ValueError(f"max_new_tokens={n} leaves no room for a prompt in a {lm.max_length}-token context")
+            raise UserError(f"max_new_tokens={n} leaves no room for a prompt in a {lm.max_length}-token context")
         ids = lm.encode(p.text)[-room:]
         out.append((p.id, inputs.prompt_ids(lm, ids), n))
     return out

@@ -24,6 +24,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
 from ..training.corpus import load_split
 
 MAX_PROMPT_CHARS = 1200
@@ -126,19 +127,19 @@ def load_suite(name: str) -> Suite:
     path = Path(name)
     if path.suffix == ".jsonl" or path.exists():
         return _load_jsonl(path)
-    raise ValueError(f"unknown suite {name!r}; built-in suites: {', '.join(BUILTIN)} (or a .jsonl file)")
+    raise UserError(f"unknown suite {name!r}; built-in suites: {', '.join(BUILTIN)} (or a .jsonl file)")
 
 
 def _load_jsonl(path: Path) -> Suite:
     if not path.is_file():
-        raise ValueError(f"suite file {str(path)!r} does not exist")
+        raise UserError(f"suite file {str(path)!r} does not exist")
     prompts = []
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         prompts.append(_parse_line(path, lineno, line))
     if not prompts:
-        raise ValueError(f"{path}: no prompts")
+        raise UserError(f"{path}: no prompts")
     return Suite(path.stem, 1, "user", f"user prompts from {path}", tuple(prompts))
 
 
@@ -147,13 +148,13 @@ def _parse_line(path: Path, lineno: int, line: str) -> Prompt:
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
+        raise UserError(f"{where}: not valid JSON ({exc.msg})") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not obj["prompt"]:
-        raise ValueError(f'{where}: expected an object with a non-empty string "prompt"')
+        raise UserError(f'{where}: expected an object with a non-empty string "prompt"')
     mnt = obj.get("max_new_tokens")
     if mnt is not None and (not isinstance(mnt, int) or isinstance(mnt, bool) or mnt < 1):
-        raise ValueError(f"{where}: max_new_tokens must be a positive integer")
+        raise UserError(f"{where}: max_new_tokens must be a positive integer")
     constraint = obj.get("constraint")
     if constraint is not None and not isinstance(constraint, dict):
-        raise ValueError(f'{where}: "constraint" must be an object such as {{"regex": "[0-9]+"}}')
+        raise UserError(f'{where}: "constraint" must be an object such as {{"regex": "[0-9]+"}}')
     return Prompt(str(obj.get("id", f"{path.stem}/{lineno}")), obj["prompt"], mnt, constraint)

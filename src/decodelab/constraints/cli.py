@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import UserError
+
 
 def add_constraint_flags(parser) -> None:
     group = parser.add_argument_group("constraints (at most one; output is forced to match it)")
@@ -31,7 +33,7 @@ def _read(flag: str, path: str) -> str:
     try:
         return Path(path).read_text()
     except OSError as exc:
-        raise ValueError(f"{flag}: cannot read {path!r} ({exc.strerror or exc})") from None
+        raise UserError(f"{flag}: cannot read {path!r} ({exc.strerror or exc})") from None
 
 
 def constraint_from_args(args) -> dict | None:
@@ -41,7 +43,7 @@ def constraint_from_args(args) -> dict | None:
                                               ("--grammar", getattr(args, "grammar", None)),
                                               ("--choice", getattr(args, "choice", None))) if value is not None}
     if len(given) > 1:
-        raise ValueError(f"give at most one constraint flag, got {', '.join(given)}")
+        raise UserError(f"give at most one constraint flag, got {', '.join(given)}")
     if not given:
         return None
     (flag, value), = given.items()
@@ -49,7 +51,7 @@ def constraint_from_args(args) -> dict | None:
         try:
             return {"json_schema": json.loads(_read(flag, value))}
         except json.JSONDecodeError as exc:
-            raise ValueError(f"--json-schema: {value!r} is not JSON ({exc})") from None
+            raise UserError(f"--json-schema: {value!r} is not JSON ({exc})") from None
     if flag == "--grammar":
         return {"lark": _read(flag, value)}
     if flag == "--choice":

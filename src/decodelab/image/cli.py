@@ -10,6 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..errors import UserError
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("image", help="generate a class-conditional digit image (PNG) with an image method")
@@ -37,11 +39,11 @@ def cmd_image(args) -> None:
 
     info = image_methods().get(args.method)
     if info is None:
-        raise ValueError(f"unknown image method {args.method!r}; available: {', '.join(sorted(image_methods()))}")
+        raise UserError(f"unknown image method {args.method!r}; available: {', '.join(sorted(image_methods()))}")
     if args.out.suffix.lower() != ".png":
-        raise ValueError(f"--out must name a .png file, got {str(args.out)!r}")
+        raise UserError(f"--out must name a .png file, got {str(args.out)!r}")
     if args.grid < 0:
-        raise ValueError(f"--grid must be ≥ 0, got {args.grid}")
+        raise UserError(f"--grid must be ≥ 0, got {args.grid}")
     params = parse_params(args.param, {k: s.default for k, s in info.specs.items()})
     torch.set_num_threads(1)  # tiny models: one thread is fastest on a shared CPU
     n = max(1, args.grid)

@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..processors import SAMPLING_DEFAULTS, check_sampling_params
+from ..errors import UserError
+from ..processors import SAMPLING_DEFAULTS, SamplingParams
 
 
 @dataclass(frozen=True)
@@ -30,24 +31,24 @@ class Param:
     def check(self, name: str, value: Any) -> Any:
         if self.choices is not None:
             if value not in self.choices:
-                raise ValueError(f"{name} must be one of {list(self.choices)}, got {value!r}")
+                raise UserError(f"{name} must be one of {list(self.choices)}, got {value!r}")
             return value
         if isinstance(self.default, str):
             if not isinstance(value, str):
-                raise ValueError(f"{name} must be a string, got {value!r}")
+                raise UserError(f"{name} must be a string, got {value!r}")
             return value
         return self._check_number(name, value)
 
     def _check_number(self, name: str, value: Any) -> Any:
         rng = f"[{self.low}, {self.high if self.high is not None else '∞'}]"
         if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            raise ValueError(f"{name} must be a number in {rng}, got {value!r}")
+            raise UserError(f"{name} must be a number in {rng}, got {value!r}")
         if isinstance(self.default, int) and not isinstance(self.default, bool):
             if value != int(value):
-                raise ValueError(f"{name} must be an integer in {rng}, got {value!r}")
+                raise UserError(f"{name} must be an integer in {rng}, got {value!r}")
             value = int(value)
         if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
-            raise ValueError(f"{name} must be in {rng}, got {value!r}")
+            raise UserError(f"{name} must be in {rng}, got {value!r}")
         return value
 
 
@@ -74,15 +75,27 @@ class MethodInfo:
         return {**{k: p.default for k, p in self.specs.items()},
                 **SAMPLING_DEFAULTS, "temperature": self.temperature}
 
+    def sampling(self, params: dict[str, Any]) -> SamplingParams:
+        """The request's SamplingParams (the method's default temperature unless given)."""
+        given = {k: v for k, v in params.items() if k in SAMPLING_DEFAULTS}
+        sampling = SamplingParams.from_dict({"temperature": self.temperature, **given})
+        if self.name == "greedy" and not sampling.greedy:
+            raise UserError(f"method 'greedy' is argmax decoding and takes no temperature (got "
+                            f"{params['temperature']!r}); use method 'sample' for ancestral sampling, or a "
+                            "lossless method (speculative, pld, …) with temperature > 0")
+        return sampling
+
     def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Fill defaults and validate; unknown names raise ValueError naming them."""
+        """Fill defaults and validate: the SamplingParams and the method's own parameters, as one dict.
+
+        Unknown names and out-of-range values raise UserError (a ValueError) naming them."""
         unknown = sorted(set(params) - set(self.params))
         if unknown:
-            raise ValueError(f"unknown parameter {unknown[0]!r} for method {self.name!r}; "
-                             f"allowed: {', '.join(sorted(self.params))}")
+            raise UserError(f"unknown parameter {unknown[0]!r} for method {self.name!r}; "
+                            f"allowed: {', '.join(sorted(self.params))}")
         if self.kind == "image":
             return {name: spec.check(name, params.get(name, spec.default)) for name, spec in self.specs.items()}
-        merged = check_sampling_params({"temperature": self.temperature, **params})
+        merged = self.sampling(params).to_dict()
         for name, spec in self.specs.items():
             merged[name] = spec.check(name, params.get(name, spec.default))
         return merged
@@ -112,5 +125,5 @@ def methods() -> dict[str, MethodInfo]:
 def get(name: str) -> MethodInfo:
     table = methods()
     if name not in table:
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(table))}")
+        raise UserError(f"unknown method {name!r}; available: {', '.join(sorted(table))}")
     return table[name]

@@ -6,7 +6,7 @@ in `sampler`; each module cites its papers.
 """
 
 from decodelab.processors.history import NoRepeatNGram, PresenceFrequencyPenalty, RepetitionPenalty
-from decodelab.processors.params import SAMPLING_DEFAULTS, check_sampling_params
+from decodelab.processors.params import SAMPLING_DEFAULTS, SamplingParams, check_sampling_params
 from decodelab.processors.sampler import (
     Processor,
     Sampler,
@@ -25,6 +25,7 @@ __all__ = [
     "Processor",
     "RepetitionPenalty",
     "Sampler",
+    "SamplingParams",
     "Temperature",
     "TopK",
     "TopP",

@@ -54,6 +54,10 @@ class PresenceFrequencyPenalty:
     def __init__(self, presence: float, frequency: float, prompt_len: int):
         self.presence, self.frequency, self.prompt_len = presence, frequency, prompt_len
 
+    def for_row(self, b: int, prompt_len: int) -> "PresenceFrequencyPenalty":
+        """For one row's own unpadded history: its generated tokens start after its own prompt."""
+        return PresenceFrequencyPenalty(self.presence, self.frequency, prompt_len)
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         # input_ids: [B, L]; scores: [B, V]
         counts = _token_counts(input_ids[:, self.prompt_len :], scores.shape[-1], scores.dtype)

@@ -7,8 +7,11 @@ processor off, so `check_sampling_params({})` describes plain ancestral sampling
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
 from numbers import Real
+
+from ..errors import UserError
 
 SAMPLING_DEFAULTS: dict[str, float | int] = {
     "temperature": 1.0,
@@ -62,8 +65,54 @@ def check_sampling_params(params: dict) -> dict[str, float | int]:
             continue
         value = _coerce(name, params[name])
         if value is None or not ok(value):
-            raise ValueError(f"{name} must be {allowed}, got {params[name]!r}")
+            raise UserError(f"{name} must be {allowed}, got {params[name]!r}")
         checked[name] = value
     if checked["temperature"] < GREEDY_EPS:  # logits / 1e-300 overflow to inf → NaN probabilities
         checked["temperature"] = 0.0
     return checked
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """The sampling parameters of one request, typed and validated once at the boundary.
+
+    Names and meanings follow Hugging Face `GenerationConfig` and vLLM `SamplingParams`; every default
+    switches its processor off. The API, the CLI, the bench and the server all build this one object
+    (`MethodInfo.check_params` does for them); a bad value is one `UserError` naming the parameter and
+    its allowed range. `temperature=0` (or below 1e-5) means greedy.
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    epsilon_cutoff: float = 0.0
+    eta_cutoff: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    no_repeat_ngram_size: int = 0
+
+    def __post_init__(self):
+        checked = check_sampling_params(asdict(self))
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def from_dict(cls, params: Mapping) -> "SamplingParams":
+        """From a mapping of sampling parameters; an unknown name is a UserError listing the known ones."""
+        unknown = sorted(set(params) - set(SAMPLING_DEFAULTS))
+        if unknown:
+            raise UserError(f"unknown sampling parameter {unknown[0]!r}; allowed: {', '.join(SAMPLING_DEFAULTS)}")
+        return cls(**params)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+assert [f.name for f in fields(SamplingParams)] == list(SAMPLING_DEFAULTS)  # one list of names

@@ -6,6 +6,8 @@ import argparse
 import sys
 import threading
 
+from ..errors import UserError
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     s = subparsers.add_parser("serve", help="OpenAI-compatible HTTP server (docs/SERVING.md)")
@@ -31,9 +33,9 @@ def _check(args) -> None:
     for name in ("max_batch", "max_queue", "max_tokens"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {value}")
+            raise UserError(f"--{name.replace('_', '-')} must be ≥ 1, got {value}")
     if not 0 < args.port < 65536:
-        raise ValueError(f"--port must be in 1..65535, got {args.port}")
+        raise UserError(f"--port must be in 1..65535, got {args.port}")
 
 
 def _warm_draft(lm, draft: str | None) -> None:
@@ -60,7 +62,7 @@ def cmd_serve(args) -> None:
 
         from .app import create_app
     except ImportError as exc:
-        raise ValueError(f"decodelab serve needs the 'serve' extra ({exc.name} is missing): "
+        raise UserError(f"decodelab serve needs the 'serve' extra ({exc.name} is missing): "
                          "pip install 'decodelab[serve]'") from None
     app = create_app(None, draft=args.draft, api_key=args.api_key, max_batch=args.max_batch,
                      max_queue=args.max_queue, max_tokens=args.max_tokens)

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
+from ..errors import UserError
+
 NAMES = ("ada", "ben", "cleo", "dan", "eve", "finn", "gus", "hana", "ivy", "jon", "kim", "leo", "mia",
          "ned", "olga", "pia")
 SYMBOLS = ("A", "B", "C", "D")
@@ -125,10 +127,10 @@ def names() -> list[str]:
 def make(task: str, n: int, seed: int = 0) -> list[Item]:
     """`n` items of `task`; the same (task, n, seed) always gives the same items."""
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+        raise UserError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"n must be an integer ≥ 0, got {n!r}")
+        raise UserError(f"n must be an integer ≥ 0, got {n!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+        raise UserError(f"seed must be an integer, got {seed!r}")
     rng = random.Random(f"{task}:{seed}")
     return [Item(task, *TASKS[task](rng)) for _ in range(n)]

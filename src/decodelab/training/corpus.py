@@ -11,6 +11,8 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
+
 SPLITS = ("train", "valid", "test")
 
 
@@ -40,7 +42,7 @@ def iter_paths(root: Path | None = None) -> list[Path]:
 def load_split(split: str, root: Path | None = None) -> list[SourceFile]:
     """Files of one split that decode as UTF-8 (a handful of test fixtures do not)."""
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise UserError(f"split must be one of {SPLITS}, got {split!r}")
     root = root or stdlib_root()
     out = []
     for path in iter_paths(root):

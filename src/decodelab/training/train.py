@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UserError
 from .corpus import load_split
 from .tokenizer import BOS, EOS, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, save_hf_tokenizer, train_tokenizer
 
@@ -52,7 +53,7 @@ class TrainConfig:
             path = CONFIG_DIR / f"{name_or_path}.json"
         if not path.exists():
             names = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
-            raise ValueError(f"no training config {name_or_path!r}; builtin configs: {names}")
+            raise UserError(f"no training config {name_or_path!r}; builtin configs: {names}")
         return cls(**json.loads(path.read_text()))
 
 
