@@ -161,6 +161,17 @@ def test_merge_rows_of_another_session(pair):
         _close(a, b)
 
 
+def test_rows_fed_again_when_the_state_copy_fails(pair, monkeypatch):
+    """Moving rows between contexts copies llama.cpp's per-sequence state; where that fails the rows'
+    tokens are fed again — both exact (fault injected: every state copy refused)."""
+    import llama_cpp
+
+    monkeypatch.setattr(llama_cpp, "llama_state_seq_set_data", lambda *args: 0)
+    test_merge_rows_of_another_session(pair)
+    test_per_row_trees_accept_rows_and_fork(pair)
+    test_tree_then_accepted_path_and_truncate(pair)
+
+
 def test_wide_trees_over_the_sequence_limit_fall_back_exactly(pair):
     """Rows whose trees need more than llama.cpp's 256 sequence ids together run in groups; the kept
     path is fed again as a chain (the same tokens at the same positions)."""

@@ -3,7 +3,10 @@
 Why: on a small CPU the PyTorch forward pays per-op dispatch that llama.cpp's fused C kernels do not
 (docs/BACKENDS.md); every decodelab method keeps working because they all go through `Session`.
 
-How the Session maps onto llama.cpp's KV cache (one unified cache per session, `kv_unified=True`):
+How the Session maps onto llama.cpp's KV cache (one context per session; a batch, a tree or a fork uses a
+"wide" context: 256 sequence ids over one unified cache, `kv_unified=True`; a single row starts in a
+one-sequence context, a little faster per step, and moves over when it first needs more — its cache is
+copied with llama.cpp's per-sequence state calls, not recomputed):
 - batch row b is llama.cpp sequence b. Pads are never fed: a left-padded row's real tokens sit at the
   positions Session computes (pads take none), so attention needs no pad mask at all;
 - a forward is one `llama_decode` of every row's new tokens with explicit positions, logits requested
@@ -16,7 +19,8 @@ How the Session maps onto llama.cpp's KV cache (one unified cache per session, `
   after `accept_rows`, read from the pad mask) stay in sequence b via `llama_memory_seq_cp`, the rest go
   with `llama_memory_seq_rm`. Cells are shared between sequences, so no keys or values are copied;
 - `reorder` / `fork` copy sequences through temporary ids (`seq_cp`), again without copying data; a
-  fork past the context's capacity replays the rows' tokens into a larger context.
+  fork past the context's room, and `merge` (continuous batching), copy the rows' state into a context
+  with room (`llama_state_seq_get_data` / `set_data`; where that fails, the rows' tokens are fed again).
 
 Not available here: hidden states (contrastive, dola and DEL's `selfspec exit_layer=0` need them) and the
 shared early-exit cache; `selfspec` with a fixed exit layer drafts with a GGUF of the first ℓ layers
@@ -144,27 +148,28 @@ class LlamaCppModel(nn.Module):
             self._exits[layers] = LlamaCppModel(self.config, self.source, self.gguf_dtype, layers)
         return self._exits[layers]
 
-    def acquire(self, cells: int):
-        """A context with room for `cells` KV cells (from the pool, emptied, or new)."""
+    def acquire(self, cells: int, wide: bool):
+        """A context with room for `cells` KV cells (from the pool, emptied, or new); `wide` = with
+        llama.cpp's 256 sequence ids in one unified cache, else one sequence (slightly faster per step)."""
         C = lib()
-        free = self._pool.get(cells)
-        ctx = free.pop() if free else self._new_context(cells)
+        free = self._pool.get((cells, wide))
+        ctx = free.pop() if free else self._new_context(cells, wide)
         threads = torch.get_num_threads()
         C.llama_set_n_threads(ctx, threads, threads)
         return ctx
 
-    def release(self, ctx, cells: int) -> None:
+    def release(self, ctx, cells: int, wide: bool) -> None:
         C = lib()
         C.llama_memory_clear(C.llama_get_memory(ctx), True)
-        self._pool.setdefault(cells, []).append(ctx)
+        self._pool.setdefault((cells, wide), []).append(ctx)
 
-    def _new_context(self, cells: int):
+    def _new_context(self, cells: int, wide: bool):
         C = lib()
         p = C.llama_context_default_params()
         p.n_ctx = p.n_batch = cells
         p.n_ubatch = min(512, cells)
-        p.n_seq_max = MAX_SEQ
-        p.kv_unified = True  # one cell store shared by all sequences: tree nodes and forks share cells
+        p.n_seq_max = MAX_SEQ if wide else 1
+        p.kv_unified = wide  # one cell store shared by all sequences: tree nodes and forks share cells
         if self.gguf_dtype == "f32":  # float32 end to end: llama.cpp's defaults (f16 KV cache, CPU flash
             p.type_k = p.type_v = C.GGML_TYPE_F32  # attention in f16) move logits by ~1e-3 relative
             p.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_DISABLED
@@ -286,8 +291,8 @@ class LlamaCppSession(Session):
         super().__init__(lm, batch_size, stats, role)
         if batch_size > MAX_SEQ // 2:
             raise ModelError(f"the llamacpp backend runs at most {MAX_SEQ // 2} rows, got {batch_size}")
-        self._cells = self._cells_for(batch_size)
-        self._ctx = lm.model.acquire(self._cells)
+        self._cells, self._wide = self._cells_for(batch_size), batch_size > 1
+        self._ctx = lm.model.acquire(self._cells, self._wide)
         self._mem = lib().llama_get_memory(self._ctx)
         self._batch, self._batch_size = None, 0
         self._pending: Pending | None = None
@@ -299,7 +304,7 @@ class LlamaCppSession(Session):
         try:
             if self._batch is not None:
                 lib().llama_batch_free(self._batch)
-            self.lm.model.release(self._ctx, self._cells)
+            self.lm.model.release(self._ctx, self._cells, self._wide)
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
 
@@ -313,6 +318,8 @@ class LlamaCppSession(Session):
         if parents is None and self.pad_mask is None:
             return self._run_chain(ids.tolist(), positions.tolist(), last_only)
         trees = parents or [list(range(-1, n - 1))] * B
+        if parents is not None and any(len(set(range(n)) - set(t)) > 1 for t in trees):
+            self._widen()  # extra leaves need sequence ids of their own
         self._pending = pending = Pending(self.length, trees, [], [], tokens=ids.tolist())
         out = torch.zeros(B, 1 if last_only else n, self.lm.vocab_size)
         groups = self._groups(trees) if parents is not None else [range(B)]
@@ -493,8 +500,10 @@ class LlamaCppSession(Session):
     def _select_rows(self, rows: torch.Tensor) -> None:
         self._settle()
         rows = rows.tolist()
-        if self._cells_for(len(rows)) > self._cells or len(rows) + self.batch_size > MAX_SEQ:
-            return self._replay(rows)
+        if rows == list(range(self.batch_size)):
+            return
+        if not self._wide or self._cells_for(len(rows)) > self._cells or max(self.batch_size, len(rows)) + len(rows) > MAX_SEQ:
+            return self._move(rows, len(rows))
         C, base = lib(), max(self.batch_size, len(rows))
         for i, r in enumerate(rows):
             C.llama_memory_seq_cp(self._mem, r, base + i, -1, -1)
@@ -504,33 +513,44 @@ class LlamaCppSession(Session):
             C.llama_memory_seq_cp(self._mem, base + i, i, -1, -1)
             C.llama_memory_seq_rm(self._mem, base + i, -1, -1)
 
-    def _replay(self, rows: list[int], room: int | None = None) -> None:
-        """Rows `rows` of the old batch, re-fed into a context with room for `room` rows (default: as
-        many as `rows`) — exact: the same tokens at the same positions."""
-        room = room or len(rows)
+    def _widen(self) -> None:
+        """Move to a context with sequence ids to spare (trees, forks) — the cache is copied, not recomputed."""
+        if not self._wide:
+            self._move(list(range(self.batch_size)), max(self.batch_size, 1), wide=True)
+
+    def _move(self, rows: list[int], room: int, wide: bool | None = None) -> None:
+        """Rows `rows` of this batch, copied into a new context with room for `room` rows."""
         if room > MAX_SEQ // 2:
             raise ModelError(f"the llamacpp backend runs at most {MAX_SEQ // 2} rows, got {room}")
-        self.lm.model.release(self._ctx, self._cells)
-        self._cells = self._cells_for(room)
-        self._ctx = self.lm.model.acquire(self._cells)
+        old = (self._ctx, self._cells, self._wide)
+        self._cells, self._wide = self._cells_for(room), room > 1 if wide is None else wide
+        self._ctx = self.lm.model.acquire(self._cells, self._wide)
         self._mem = lib().llama_get_memory(self._ctx)
-        self._feed_rows([(self, r) for r in rows], 0)
+        self._copy_rows(self, old[0], rows, 0)
+        self.lm.model.release(*old)
 
-    def _feed_rows(self, sources: list[tuple["LlamaCppSession", int]], first_seq: int) -> None:
-        """Feed the real tokens of (session, row) pairs as sequences first_seq, first_seq + 1, … (no logits)."""
-        entries = []
-        for seq, (session, r) in enumerate(sources, start=first_seq):
-            real = [t for c, t in enumerate(session.tokens[r]) if session._real(r, c)]
-            entries += [(t, p, [seq], seq, p) for p, t in enumerate(real)]
-        if entries:
-            self._decode(entries, [False] * len(entries))
+    def _copy_rows(self, source: "LlamaCppSession", ctx, rows: list[int], first_seq: int) -> None:
+        """Sequences `rows` of context `ctx` (holding `source`'s rows) become this context's sequences
+        first_seq, first_seq + 1, …: llama.cpp's per-sequence state copy (keys, values, positions), or,
+        where that fails, the row's tokens fed again (the same tokens at the same positions)."""
+        C, refeed = lib(), []
+        for seq, r in enumerate(rows, start=first_seq):
+            size = C.llama_state_seq_get_size(ctx, r)
+            buf = (ctypes.c_uint8 * size)()
+            if not (C.llama_state_seq_get_data(ctx, buf, size, r) == size
+                    and C.llama_state_seq_set_data(self._ctx, buf, size, seq) == size):
+                C.llama_memory_seq_rm(self._mem, seq, -1, -1)
+                real = [t for c, t in enumerate(source.tokens[r]) if source._real(r, c)]
+                refeed += [(t, p, [seq], seq, p) for p, t in enumerate(real)]
+        if refeed:
+            self._decode(refeed, [False] * len(refeed))
 
     def _merge(self, other: "LlamaCppSession", shift: int, other_shift: int) -> None:
-        """Other's rows join as sequences B.. (pads take no position, so `shift`s change nothing here).
-        Its keys and values live in another context: its rows' tokens are fed into this one."""
+        """Other's rows join as sequences B.. (pads take no position, so `shift`s change nothing here);
+        their keys and values are copied over from the other session's context."""
         self._settle()
         other._settle()
         rows = self.batch_size + other.batch_size
-        if self._cells_for(rows) > self._cells:
-            self._replay(list(range(self.batch_size)), rows)
-        self._feed_rows([(other, r) for r in range(other.batch_size)], self.batch_size)
+        if not self._wide or self._cells_for(rows) > self._cells:
+            self._move(list(range(self.batch_size)), rows, wide=True)
+        self._copy_rows(other, other._ctx, list(range(other.batch_size)), self.batch_size)
