@@ -30,7 +30,8 @@ def markdown(results: dict) -> str:
     m, c = results["machine"], results["config"]
     lines = [f"# decodelab bench — {c['model']}", "",
              f"Machine: {m['processor']}, {m.get('cpu_count')} cores, {m.get('threads', m.get('cpu_count'))} torch "
-             f"threads, {m['device']} {m['dtype']}, backend {m.get('backend', 'transformers')}; "
+             f"threads, {m['device']} {m['dtype']}, backend {m.get('backend', 'transformers')}"
+             f"{' (GGUF ' + m['gguf_weights'] + ')' if m.get('gguf_weights') else ''}; "
              f"torch {m['torch']}, transformers {m['transformers']}, decodelab {m['decodelab']}.",
              _load_line(m.get("load")),
              f"Command: `{c['command']}`", "",

@@ -76,6 +76,8 @@ def machine_info(lm: LM) -> dict:
             "device": str(lm.device), "dtype": str(lm.dtype).removeprefix("torch.")}
     if lm.device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(lm.device)
+    if lm.backend == "llamacpp":  # the GGUF's weight type (q8_0 computes in float32, lm.dtype says so)
+        info["gguf_weights"] = lm.model.gguf_dtype
     return info
 
 
