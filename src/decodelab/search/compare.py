@@ -174,16 +174,17 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(METRICS), figsize=(6 * len(METRICS), 4.5))
     for ax, metric in zip(axes, METRICS):
         front = sorted((r["cost"], r[metric]) for r, on in zip(rows, pareto(rows, metric)) if on)
-        front.append((max(r["cost"] for r in rows), front[-1][1]))
-        ax.step([c for c, _ in front], [q for _, q in front], where="post", color="tab:red", marker="s",
-                fillstyle="none", markersize=11, label="Pareto front")
+        line = front + [(max(r["cost"] for r in rows), front[-1][1])]
+        ax.step([c for c, _ in line], [q for _, q in line], where="post", color="tab:red", label="Pareto front")
+        ax.scatter([c for c, _ in front], [q for _, q in front], marker="s", s=120, facecolors="none",
+                   edgecolors="tab:red")
         for r in rows:
             ax.scatter(r["cost"], r[metric], color="tab:blue" if r["width"] == 1 else "tab:green")
             ax.annotate(r["method"], (r["cost"], r[metric]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xscale("log")
         ax.set_xlabel("cost: forward passes × positions per pass, per prompt")
         ax.set_ylabel(metric.replace("_", " "))
-        ax.legend(loc="lower right")
+        ax.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
