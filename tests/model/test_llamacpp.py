@@ -246,6 +246,22 @@ def test_batched_rows_equal_single_rows(pyco, method):
     assert [g.token_ids for g in batch] == single
 
 
+@pytest.mark.parametrize("method", ["greedy", "speculative", "recycling"])
+def test_rows_joining_a_running_batch_equal_rows_alone(pyco, method):
+    """Continuous batching (decodelab.Engine, Session.merge): rows join mid-generation in two waves."""
+    engine, rows, done = decodelab.Engine(pyco, method), {}, {}
+    for step in range(40):
+        for i in {0: [0], 3: [1, 2]}.get(step, []):
+            rows[engine.add(PROMPTS[i], max_new_tokens=16)] = i
+        for event in engine.step():
+            if event.generation is not None:
+                done[rows[event.row]] = event.generation.token_ids
+        if step > 3 and not engine.busy:
+            break
+    assert done == {i: decodelab.generate(pyco, PROMPTS[i], method=method, max_new_tokens=16).token_ids
+                    for i in range(3)}
+
+
 def test_sampling_matches_native_seed_for_seed(pyco):
     native = decodelab.load("builtin:pyco", backend="native")
     for method in ("sample", "speculative"):
