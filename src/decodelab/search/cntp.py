@@ -60,6 +60,13 @@ class _Trials:
         return max(range(len(means)), key=lambda i: (means[i], -i))
 
 
+def probs_rows(sampler, histories: list[list[int]], logits: torch.Tensor) -> torch.Tensor:
+    """The sampler's distribution for N rows with ragged histories: logits [N, V] → [N, V]."""
+    if not sampler.needs_history:
+        return sampler.probs(None, logits)
+    return torch.cat([sampler.probs(torch.tensor([h]), logits[i : i + 1]) for i, h in enumerate(histories)])
+
+
 def sample_trials(ctx, session, logits: torch.Tensor, n: int, budget: int, stop: torch.Tensor,
                   base: list[int] | None = None) -> _Trials:
     """Fork the one-row state (session, next-token logits [1, V]) into n rows and sample n trials from
@@ -72,7 +79,7 @@ def sample_trials(ctx, session, logits: torch.Tensor, n: int, budget: int, stop:
     trials, logits = _Trials(n), logits.expand(n, -1)  # [n, V]
     for depth in range(budget):
         live = [i for i in range(n) if not trials.ended[i]]
-        probs = ctx.sampler.probs_rows([base + trials.tokens[i] for i in live], logits[live])
+        probs = probs_rows(ctx.sampler, [base + trials.tokens[i] for i in live], logits[live])
         raw = logits[live].float().log_softmax(-1)
         for j, i in enumerate(live):  # one draw per live trial, in trial order
             t = int(ctx.sampler.sample(probs[j : j + 1], ctx.generator))
