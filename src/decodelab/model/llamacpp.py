@@ -311,8 +311,8 @@ class LlamaCppSession(Session):
     # ---- forward -------------------------------------------------------------------------
     def _run(self, ids, positions, parents, last_only, hidden):
         if hidden:
-            raise ModelError("the llamacpp backend returns logits only, not hidden states; "
-                             "use backend='native' for this method")
+            raise ModelError("the llamacpp backend returns logits only, not hidden states (contrastive, dola and "
+                             "selfspec's exit_layer=0 need them): use backend='native', or selfspec -p exit_layer=N")
         self._settle()
         B, n = self.batch_size, ids.shape[1]
         if parents is None and self.pad_mask is None:
