@@ -260,12 +260,6 @@ def cmd_model_card(args) -> None:
     print(json.dumps(model_card(args.target, args.draft, args.windows), indent=1))
 
 
-def cmd_bench(args) -> None:
-    from .bench.cli import run as bench_run
-
-    bench_run(args)
-
-
 def add_load_flags(p: argparse.ArgumentParser) -> None:
     """--allow-pickle / --trust-remote-code: the two ways loading a model can run someone else's code."""
     p.add_argument("--allow-pickle", action="store_true",

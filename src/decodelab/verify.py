@@ -65,8 +65,7 @@ class Draft:
 @dataclass
 class Verdict:
     path: list[int]  # accepted candidate node indices, root to leaf
-    token: int  # the recovered (after a rejection) or bonus (all accepted) token
-    tokens: list[int]  # emitted: accepted draft tokens + token
+    tokens: list[int]  # emitted: accepted draft tokens + the recovered (after a rejection) or bonus token
 
 
 def _residual(p: torch.Tensor, q_row: torch.Tensor | None, x: int) -> torch.Tensor:
@@ -104,7 +103,7 @@ def verify(draft: Draft, p_at, generator: torch.Generator | None, greedy: bool) 
             node = nxt
             continue
         token = nxt[0]
-        return Verdict(path, token, [draft.tokens[i] for i in path] + [token])
+        return Verdict(path, [draft.tokens[i] for i in path] + [token])
 
 
 def _choose_child(draft: Draft, children: list[int], p: torch.Tensor, gen, greedy: bool):

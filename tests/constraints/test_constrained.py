@@ -200,12 +200,26 @@ def test_constraint_holds_with_penalties_and_warpers():
 
 
 def test_fast_forward_feeds_forced_tokens_and_changes_no_token(pyco):
-    """Forced JSON keys go in as drafts (p = 1 under the mask): same tokens as greedy, fewer target passes."""
+    """Forced JSON keys go in as drafts (p = 1 under the mask) — in greedy itself too: the tokens of the
+    plain one-token-per-pass loop, in fewer target passes than tokens."""
+    from decodelab.methods.autoregressive import autoregressive
+
     schema = CONSTRAINTS[1]
     want = decodelab.generate(pyco, "x = ", max_new_tokens=40, constraint=schema)
-    got = decodelab.generate(pyco, "x = ", method="jacobi", max_new_tokens=40, constraint=schema)
-    assert got.token_ids == want.token_ids
-    assert got.stats.forced_tokens > 0 and got.stats.forward_passes < want.stats.forward_passes
+    for method in ("greedy", "jacobi"):
+        got = decodelab.generate(pyco, "x = ", method=method, max_new_tokens=40, constraint=schema)
+        assert got.token_ids == want.token_ids
+        assert got.stats.forced_tokens > 0 and got.stats.forward_passes < len(got.token_ids)
+    from dataclasses import replace
+
+    from decodelab.constraints import compile_constraint
+    from decodelab.engine import run_method
+
+    plain = replace(decodelab.methods()["greedy"], run=autoregressive)  # the loop without fast-forward
+    ids = pyco.encode("x = ")
+    events = list(run_method(plain, pyco, [ids], plain.check_params({}), 40, None, [],
+                             compile_constraint(pyco, schema)))
+    assert events[-1].generation.token_ids == want.token_ids
 
 
 @pytest.mark.parametrize("index", range(len(MORE_SCHEMAS)))

@@ -1,7 +1,8 @@
 """Fast-forward for plain greedy / sampling (constraints/fastforward.py), as a test-only method.
 
-The lead wires it into methods/autoregressive.py; until then it runs here through a registered
-test method, compared with the real `greedy` / `sample` under the same constraints.
+`greedy` and `sample` use it under a constraint (methods/autoregressive.py); here it also runs as a
+registered test method, compared with the plain one-token-per-pass loop (`plain_test`) under the same
+constraints.
 """
 
 import pytest
@@ -20,18 +21,24 @@ CHOICE = {"choice": ["cat", "car", "cab", "dog", "do", "a"]}  # after "d" the "o
 
 @pytest.fixture(scope="module", autouse=True)
 def ff_method():
+    from decodelab.methods.autoregressive import autoregressive
+
     registry.register("ff_test", description="test-only: plain decoding with fast-forward", lossless=True,
-                      batched=True, continuous=True)(fast_forward_loop)
+                      batched=True)(fast_forward_loop)
+    registry.register("plain_test", description="test-only: plain decoding, no fast-forward", lossless=True,
+                      batched=True, temperature=0.0)(autoregressive)
     yield "ff_test"
     registry._REGISTRY.pop("ff_test")
+    registry._REGISTRY.pop("plain_test")
 
 
 def test_greedy_with_fast_forward_equals_constrained_greedy_in_fewer_passes():
     pyco = decodelab.load("builtin:pyco")
     for _, prompt, schema, _ in CASES[:3]:
         constraint = {"json_schema": schema}
-        want = decodelab.generate(pyco, prompt, max_new_tokens=80, constraint=constraint)
+        want = decodelab.generate(pyco, prompt, method="plain_test", max_new_tokens=80, constraint=constraint)
         got = decodelab.generate(pyco, prompt, method="ff_test", max_new_tokens=80, constraint=constraint)
+        assert decodelab.generate(pyco, prompt, max_new_tokens=80, constraint=constraint).token_ids == got.token_ids
         assert got.token_ids == want.token_ids and got.finish_reason == want.finish_reason
         assert got.stats.forced_tokens > 0 and got.stats.forward_passes < want.stats.forward_passes
 

@@ -105,10 +105,11 @@ def test_bench_json_suite_on_pyco(tmp_path, capsys):
     assert agg["greedy"]["validator"] == "jsonschema"
     assert agg["pld"]["exact"] is True  # constrained pld == constrained greedy, token for token
     greedy = [r for r in results["records"] if r["method"] == "greedy" and r["suite"] == "json"]
-    assert agg["greedy"]["mask_calls_per_token"] == 1.0 and agg["greedy"]["forced_tokens"] == 0
+    # greedy fast-forwards forced tokens too (constraints/fastforward.py): about one mask per token, no more
+    assert agg["greedy"]["mask_calls_per_token"] <= 1.1 and agg["greedy"]["forced_tokens"] > 0
     assert agg["greedy"]["checks_per_token"] == 0 and agg["pld"]["checks_per_token"] > 0  # pld prunes drafts
     assert agg["greedy"]["grammar_ms_per_token"] >= agg["greedy"]["mask_ms_per_token"] > 0
-    assert sum(len(r["mask_us"]) for r in greedy) == sum(r["new_tokens"] for r in greedy)
+    assert 0 < sum(len(r["mask_us"]) for r in greedy) <= 1.1 * sum(r["new_tokens"] for r in greedy)
     assert agg["pld"]["forced_tokens"] > 0  # JSON keys are forced: fast-forwarded as drafts
     assert agg["pld"]["forward_passes_per_token"] < 1.0
     assert 0 < agg["greedy"]["mask_share_of_forward"] and agg["greedy"]["forward_us_per_pass"] > 0

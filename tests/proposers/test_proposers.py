@@ -64,14 +64,14 @@ def test_jacobi_window_update():
     first = jacobi.propose(ctx, limit=9)
     assert first.tokens == [4, 4, 4, 4]  # no iterate yet: the pending token repeated
     # rows: at the pending token, then at each draft token; path = 1 accepted → iterate = rows 2..4
-    jacobi.observe(ctx, first, Verdict([0], 7, [4, 7]), _logits_with_argmax([4, 7, 5, 9, 2]))
+    jacobi.observe(ctx, first, Verdict([0], [4, 7]), _logits_with_argmax([4, 7, 5, 9, 2]))
     assert jacobi.guess == [5, 9, 2]
     assert jacobi.propose(ctx, limit=9).tokens == [5, 9, 2, 2]  # padded with the last guess
     assert jacobi.propose(ctx, limit=2).tokens == [5, 9]
     draft = Draft.chain([5, 9, 2, 2])
-    jacobi.observe(ctx, draft, Verdict([], 6, [6]), _logits_with_argmax([6, 8, 8, 1, 3]))
+    jacobi.observe(ctx, draft, Verdict([], [6]), _logits_with_argmax([6, 8, 8, 1, 3]))
     assert jacobi.guess == [8, 8, 1, 3]  # nothing accepted: every later position is the next iterate
-    jacobi.observe(ctx, draft, Verdict([0, 1, 2, 3], 0, [5, 9, 2, 2, 0]), _logits_with_argmax([5, 9, 2, 2, 0]))
+    jacobi.observe(ctx, draft, Verdict([0, 1, 2, 3], [5, 9, 2, 2, 0]), _logits_with_argmax([5, 9, 2, 2, 0]))
     assert jacobi.guess == [] and jacobi.propose(ctx, limit=3).tokens == [4, 4, 4]
 
 
@@ -101,7 +101,7 @@ def test_lookahead_pool_collects_the_window_ngrams_and_proposes_them():
         if step > 0:  # the pool's n-grams under the pending token are the candidates, merged in a trie
             assert (draft.tokens, draft.parents) == trie(proposer.pool.get(ids[-1]), 4, 100)
         before = {k: list(v) for k, v in proposer.pool._table.items()}
-        proposer.observe(ctx, draft, Verdict([], 0, [0]), _tree_argmax(draft, ids[-1], rule))
+        proposer.observe(ctx, draft, Verdict([], [0]), _tree_argmax(draft, ids[-1], rule))
         new = [(k, *g) for k, v in proposer.pool._table.items() for g in v if g not in before.get(k, [])]
         stored += new
         for gram in new:  # every n-gram read down a column beyond the first obeys the rule

@@ -97,7 +97,7 @@ def test_observe_writes_topk_rows_path_last():
                            [9., 8, 0, 0, 0, 0],  # node 0 (token 3, on the path) → (0, 1)
                            [0., 0, 0, 0, 7, 9],  # node 1 (token 3, off the path) → (5, 4)
                            [0., 0, 0, 6, 0, 5]])  # node 2 (token 1) → (3, 5)
-    prop.observe(ctx, draft, Verdict([0], 0, [3, 0]), logits)
+    prop.observe(ctx, draft, Verdict([0], [3, 0]), logits)
     m = ctx.lm.state["recycling"][2]
     assert m[4].tolist() == [2, 3] and m[3].tolist() == [0, 1] and m[1].tolist() == [3, 5]
     assert m[0].tolist() == [0, 0]

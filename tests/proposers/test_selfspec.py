@@ -119,7 +119,7 @@ def test_del_alpha_is_a_moving_average_of_shadow_token_agreement(lm):
     _, hidden = lm.session().forward(IDS, hidden=True)
     n = len(IDS)
     tokens = exit_tokens(lm, hidden, [3], list(range(n)))[0].tolist()
-    proposer.observe(ctx, Draft.chain(tokens[1:]), Verdict(list(range(n - 1)), tokens[-1], tokens), None,
+    proposer.observe(ctx, Draft.chain(tokens[1:]), Verdict(list(range(n - 1)), tokens), None,
                      hidden=hidden)
     assert float(proposer.alpha[2]) == pytest.approx(1 - (1 - SMOOTHING) ** n * (1 - float(prior[2])))
     assert (proposer.alpha[:2] <= proposer.alpha[2]).all()

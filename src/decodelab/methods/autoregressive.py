@@ -101,11 +101,21 @@ def autoregressive(ctx) -> Iterator[list[list[int]]]:
 @register("greedy", description="Greedy decoding: the argmax token at every step.", lossless=True,
           batched=True, continuous=True, temperature=0.0)
 def greedy(ctx) -> Iterator[list[list[int]]]:
-    return autoregressive(ctx)
+    return _constrained_or_plain(ctx)
 
 
 @register("sample", description="Ancestral sampling from the processed next-token distribution "
           "(temperature, top-k/p, min-p, typical, ε/η, penalties).", lossless=True, batched=True,
           continuous=True, temperature=1.0)
 def sample(ctx) -> Iterator[list[list[int]]]:
+    return _constrained_or_plain(ctx)
+
+
+def _constrained_or_plain(ctx) -> Iterator[list[list[int]]]:
+    """Under a grammar, tokens the grammar forces are fed at once (constraints/fastforward.py: the same
+    tokens at temperature 0, the same distribution when sampling, fewer forward passes)."""
+    if ctx.sampler.constraint is not None:
+        from ..constraints.fastforward import fast_forward_loop
+
+        return fast_forward_loop(ctx)
     return autoregressive(ctx)

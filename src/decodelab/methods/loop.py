@@ -1,4 +1,4 @@
-"""The one draft-then-verify loop every speculative method runs (batch 1).
+"""The one draft-then-verify loop every speculative method runs, for one row or a batch of rows.
 
 Cache layout: the target's cache holds the context except the *pending* token (the last one
 emitted). Each step feeds `[pending] + draft` in one forward — a chain with the model's own causal
@@ -9,26 +9,13 @@ Budgets are enforced here, once: drafts never exceed what `max_new_tokens` or th
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
 
 import torch
 
 from ..constraints import prune
 from ..treeshape import tree_depths
-from ..verify import Draft, Verdict, verify
+from ..verify import Draft, verify
 from .autoregressive import admit, prefill, retire, row_probs, sample_rows
-
-
-class Proposer(Protocol):
-    def propose(self, ctx, limit: int) -> Draft:
-        """A draft of depth ≤ limit for the context ctx.ids() (its last token is pending)."""
-
-    def observe(self, ctx, draft: Draft, verdict: Verdict, logits: torch.Tensor) -> None:
-        """Learn from a verify step; logits [1 + len(draft) + len(aux), V].
-
-        A proposer with `wants_hidden = True` is also given `hidden=`: the verify forward's hidden
-        states (embeddings + every layer, each [1, 1 + len(draft) + len(aux), H]).
-        """
 
 
 def _clip(draft: Draft, limit: int) -> Draft:

@@ -2,9 +2,8 @@
 
 Logits processors (penalties) run first, then — unless temperature is 0 (greedy) — the warpers in
 Hugging Face's order. `Sampler.probs` is the target distribution that ancestral sampling draws from
-and that speculative verification must preserve; `probs_rows` gives one per draft position, each with
-its own history, for chain and tree drafts (Leviathan et al., "Fast Inference from Transformers via
-Speculative Decoding", arXiv:2211.17192).
+and that speculative verification must preserve, at every draft position with that position's own
+history (Leviathan et al., "Fast Inference from Transformers via Speculative Decoding", arXiv:2211.17192).
 """
 
 from __future__ import annotations
@@ -106,16 +105,6 @@ class Sampler:
             return _softmax(self.process(input_ids, logits))
         best = _apply(self.logits_processors, input_ids, logits).argmax(dim=-1, keepdim=True)  # [B, 1]
         return torch.zeros_like(logits, dtype=torch.float32).scatter_(-1, best, 1.0)
-
-    def probs_rows(self, histories: list[list[int]], logits: torch.FloatTensor) -> torch.FloatTensor:
-        # histories: N token-id lists (row i's full history); logits: [N, V] → [N, V] float32
-        if not self.needs_history:
-            return self.probs(torch.zeros(logits.shape[0], 0, dtype=torch.long, device=logits.device), logits)
-        rows = [
-            self.probs(torch.tensor([h], dtype=torch.long, device=logits.device), logits[i : i + 1])
-            for i, h in enumerate(histories)
-        ]
-        return torch.cat(rows, dim=0)
 
     def sample(self, probs: torch.FloatTensor, generator: torch.Generator | None = None) -> torch.LongTensor:
         # probs: [B, V] → [B] token ids

@@ -92,6 +92,13 @@ class DraftModel(Stateless):
         hist = torch.tensor([history]) if ctx.sampler.needs_history else None
         return ctx.sampler.probs(hist, logits)[0]
 
+    def _confidence(self, q: torch.Tensor, logits: torch.Tensor, x: int, greedy: bool) -> float:
+        """The draft's estimate that the target keeps x: q(x) of the processed q it is verified with when
+        sampling; at temperature 0, where q is one-hot, the draft's softmax confidence in its argmax."""
+        if not greedy:
+            return float(q[x])
+        return float(torch.softmax(logits[0].float(), -1)[x]) if x < logits.shape[-1] else 0.0
+
     def propose(self, ctx, limit: int) -> Draft:
         history = in_vocab(ctx.ids(), self.session.lm)
         feed = self.session.sync(history[:-1]) + [history[-1]]
@@ -103,7 +110,7 @@ class DraftModel(Stateless):
             tokens.append(x)
             qs.append(q)
             feed = [x]
-            p_all *= float(torch.softmax(logits[0], -1)[x]) if x < logits.shape[-1] else 0.0
+            p_all *= self._confidence(q, logits, x, ctx.sampler.greedy)
             if 1.0 - p_all > self.stop_threshold:
                 break
         q = None if ctx.sampler.greedy or not qs else torch.stack(qs)
