@@ -108,3 +108,16 @@ def test_mbr_picks_the_candidate_with_the_highest_mean_utility():
                               utility=lambda a, b: float(a == b))  # self-consistency on whole texts
     votes = Counter(s.text for s in samples)
     assert votes[same.text] == max(votes.values())
+
+
+def test_meta_methods_under_a_grammar_constraint():
+    """The inner method runs under the request's grammar: every candidate (and the answer) obeys it."""
+    import re
+
+    lm = tiny_lm("llama", seed=1)
+    for method in ("best_of_n", "mbr", "self_consistency"):
+        g = decodelab.generate(lm, "x", method=method, num_samples=3, seed=2, max_new_tokens=8,
+                               constraint={"regex": "[ab]{2,6}"})
+        assert re.fullmatch("[ab]{2,6}", g.text) and len(g.candidates) == 3
+        assert all(re.fullmatch("[ab]{2,6}", lm.decode([t for t in c.token_ids if t not in lm.eos_token_ids]))
+                   for c in g.candidates)

@@ -10,6 +10,7 @@ Parallel meta-generators: draw N candidates per prompt with an inner method, the
   extractor: the stripped text; or a callable `extract(text) -> str`), i.e. MBR with u = 1[same answer];
   ties and the returned representative go to the higher mean log-likelihood.
 
+Under a grammar `constraint=` the inner method runs under the same grammar, so every candidate obeys it.
 The N candidates of prompt b are exactly `generate_batch(lm, prompts, method=inner, n=N, seed=s)`'s
 rows b·N … b·N + N − 1 (seed s + b·N + j), so "best of these samples" is checkable sample for sample.
 Cost: the inner run's forward passes plus one scoring forward over all B·N candidates.
@@ -40,17 +41,27 @@ def run_inner(ctx, inner: str, prompts: list[list[int]], n: int, seed) -> list:
     stop strings and length; its forward passes are added to ctx.stats."""
     from ..api import generate_batch
 
-    if ctx.sampler.constraint is not None:
-        raise UserError("the meta methods (best_of_n, self_consistency, mbr, …) do not support constraint= yet")
     if inner in META_METHODS:
         raise UserError(f"inner method {inner!r} is itself a meta method; pick a decoding method")
     params = {k: ctx.params[k] for k in (*SAMPLING_DEFAULTS, "temperature")}
+    grammar = inner_constraint(ctx.sampler)
+    if grammar is not None:
+        params["constraint"] = grammar
     gens = generate_batch(ctx.lm, prompts, method=inner, n=n, seed=seed, stop=ctx.stop or None,
                           max_new_tokens=ctx.max_new_tokens, **params)
     shared = gens[0].stats  # forward passes are the whole inner batch's
     ctx.stats.forward_passes += shared.forward_passes
     ctx.stats.draft_forward_passes += shared.draft_forward_passes
     return gens
+
+
+def inner_constraint(sampler):
+    """The request's compiled grammar (one per request), for the inner method's own matchers; None
+    without one. Token healing is refused: the prompts the meta method sees were already backed up."""
+    mask = sampler.constraint
+    if any(hasattr(p, "for_row") and p is not mask for p in sampler.logits_processors):
+        raise UserError("the meta methods do not support token_healing")
+    return mask.rows[0].grammar if mask is not None else None
 
 
 META_METHODS = ("best_of_n", "self_consistency", "mbr", "adaptive_best_of_k")
