@@ -51,3 +51,23 @@ def test_one_beam_is_greedy_and_a_capped_queue_still_answers():
         assert decodelab.generate(lm, p, method="best_first_beam", num_beams=1, max_new_tokens=8).token_ids == greedy
         capped = decodelab.generate(lm, p, method="best_first_beam", num_beams=3, max_queue=4, max_new_tokens=8)
         assert len(capped.token_ids) >= 1 and capped.candidates
+
+
+def test_under_a_choice_constraint_returns_the_most_likely_choice():
+    """k ≥ the number of choices: nothing valid is pruned, so the first complete pop is the choice (+ EOS)
+    of highest raw log-likelihood, with that score."""
+    lm = tiny_lm("llama", seed=2)
+    choices = ["abc", "hello", "xy"]
+
+    def logprob(prompt, tokens):
+        ids = lm.encode(prompt) + tokens
+        with torch.no_grad():
+            logp = lm.model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+        n = len(lm.encode(prompt))
+        return float(sum(logp[n + i - 1, t] for i, t in enumerate(tokens)))
+
+    for prompt in ("a", "def f(x):"):
+        g = decodelab.generate(lm, prompt, method="best_first_beam", num_beams=3, max_new_tokens=8,
+                               constraint={"choice": choices})
+        score, best = max((logprob(prompt, lm.encode(c) + [256]), c) for c in choices)
+        assert g.text == best and g.candidates[0].score == pytest.approx(score, rel=1e-6)

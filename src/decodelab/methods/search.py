@@ -111,8 +111,6 @@ def self_consistency_method(ctx) -> Iterator[list[list[int]]]:
               "max_queue": Param(0, 0, 1_000_000, help="memory-reduced variant: queue size cap (0 = none)"),
           })
 def best_first_beam_method(ctx) -> Iterator[list[list[int]]]:
-    if ctx.sampler.constraint is not None:
-        raise UserError("best_first_beam does not support constraint= yet")
     return _emit_best(ctx, [best_first_beam(ctx, ctx.params["num_beams"], ctx.params["max_queue"])])
 
 

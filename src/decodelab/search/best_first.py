@@ -11,6 +11,8 @@ fewer model calls. `max_queue` > 0 is the memory-reduced variant: the queue keep
 
 One row at a time (the registry runs rows one by one); `Session.sync` rolls the KV cache back to the
 popped hypothesis's longest common prefix with the cache, so consecutive pops along a path are cheap.
+A grammar `constraint=` composes: the row's matcher seeks each popped hypothesis before masking its
+children, so a forbidden token is never pushed.
 """
 
 from __future__ import annotations
@@ -20,23 +22,24 @@ import itertools
 
 import torch
 
-from .beam import beam_log_probs
+from .beam import beam_log_probs, beam_sampler
 
 
-def _next_scores(ctx, session, context: list[int]) -> torch.Tensor:
+def _next_scores(ctx, sampler, session, context: list[int]) -> torch.Tensor:
     """[V] step scores after `context` (prompt + hypothesis), reusing the cache where it agrees."""
     missing = session.sync(context)
     if not missing:  # the whole context is cached: re-feed its last token for its logits
         session.truncate(len(context) - 1)
         missing = context[-1:]
     logits = session.forward(missing)[:, -1]  # [1, V]
-    history = torch.tensor([context]) if ctx.sampler.needs_history else None
-    return beam_log_probs(ctx.sampler, history, logits)[0]
+    history = torch.tensor([context]) if sampler.needs_history else None
+    return beam_log_probs(sampler, history, logits)[0]
 
 
 def best_first_beam(ctx, k: int, max_queue: int = 0) -> list[tuple[list[int], float]]:
     """Row 0's answer as [(new tokens, sum log-prob)] (one hypothesis: the first complete one popped)."""
     prompt, max_new, eos = ctx.prompts[0], ctx.remaining(0), ctx.lm.eos_token_ids
+    sampler = beam_sampler(ctx.sampler, 1)  # a grammar's matcher seeks each popped hypothesis (no healing)
     session, order = ctx.session(), itertools.count()
     queue: list[tuple[float, int, list[int]]] = [(0.0, next(order), [])]
     pops: dict[int, int] = {}
@@ -47,7 +50,7 @@ def best_first_beam(ctx, k: int, max_queue: int = 0) -> list[tuple[list[int], fl
         pops[len(hyp)] = pops.get(len(hyp), 0) + 1
         if hyp and (hyp[-1] in eos or len(hyp) >= max_new):
             return [(hyp, -neg)]
-        top, ids = _next_scores(ctx, session, prompt + hyp).topk(k)
+        top, ids = _next_scores(ctx, sampler, session, prompt + hyp).topk(k)
         for lp, t in zip(top.tolist(), ids.tolist()):
             if lp > float("-inf"):
                 heapq.heappush(queue, (neg - lp, next(order), hyp + [t]))
