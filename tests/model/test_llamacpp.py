@@ -30,11 +30,11 @@ def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = RTOL) -> None:
     assert err <= rtol, f"relative difference {err:.2e} > {rtol:.0e}"
 
 
-def _tiny_dir(tmp_path_factory, arch: str):
+def _tiny_dir(tmp_path_factory, arch: str, max_positions: int = 128):
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
 
     common = dict(vocab_size=8192, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
                   eos_token_id=1, bos_token_id=0, pad_token_id=2)
     config = {"llama": lambda: LlamaConfig(**common, rope_parameters={
                   "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
@@ -158,6 +158,20 @@ def test_merge_rows_of_another_session(pair):
         return [s.forward(torch.tensor([[30], [31], [32]])), s.forward(torch.tensor([[33, 34]] * 3))]
 
     for a, b in zip(run(pair[0]), run(pair[1])):
+        _close(a, b)
+
+
+def test_context_grows_with_the_sequence(tmp_path_factory):
+    """A long-context model starts with a small KV cache and grows it (the cache copied, not recomputed)."""
+    path = _tiny_dir(tmp_path_factory, "qwen3", max_positions=8192)
+    cpp, native = decodelab.load(path, backend="llamacpp"), decodelab.load(path, backend="native")
+    sessions = [cpp.session(2), native.session(2)]
+    first = sessions[0]._cells
+    outs = [[s.forward(torch.arange(600).view(2, -1) + 5),  # 300 columns: fits the first context
+             s.forward(torch.arange(400).view(2, -1) + 9),  # 500: grows, copying the 300 cached
+             s.forward(torch.tensor([[1], [2]]))] for s in sessions]
+    assert sessions[0]._cells > first
+    for a, b in zip(*outs):
         _close(a, b)
 
 

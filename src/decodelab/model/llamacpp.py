@@ -7,6 +7,7 @@ How the Session maps onto llama.cpp's KV cache (one context per session; a batch
 "wide" context: 256 sequence ids over one unified cache, `kv_unified=True`; a single row starts in a
 one-sequence context, a little faster per step, and moves over when it first needs more — its cache is
 copied with llama.cpp's per-sequence state calls, not recomputed):
+- the KV cache grows ahead of the rows' length (doubling, the cache copied), never the whole context up front;
 - batch row b is llama.cpp sequence b. Pads are never fed: a left-padded row's real tokens sit at the
   positions Session computes (pads take none), so attention needs no pad mask at all;
 - a forward is one `llama_decode` of every row's new tokens with explicit positions, logits requested
@@ -45,6 +46,7 @@ from .session import Session
 
 INSTALL = "pip install 'decodelab[llamacpp]' (builds llama.cpp from source, several minutes)"
 MAX_SEQ = 256  # llama.cpp's LLAMA_MAX_SEQ: rows + temporary tree / reorder sequences together
+POOL = 4  # idle contexts a model keeps for its next sessions
 _TORCH_DTYPE = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16, "q8_0": torch.float32}
 _ALIASES = {"float32": "f32", "fp32": "f32", "float": "f32", "bfloat16": "bf16", "float16": "f16",
             "fp16": "f16", "half": "f16", "q8": "q8_0"}
@@ -126,7 +128,7 @@ class LlamaCppModel(nn.Module):
         if not self._ptr:
             raise ModelError(f"{self.file}: llama.cpp cannot load it{_last_log()}")
         self.vocab_size = C.llama_vocab_n_tokens(C.llama_model_get_vocab(self._ptr))
-        self._pool: dict[int, list] = {}
+        self._pool: list = []  # ((cells, wide), context), oldest first
         self._exits: dict[int, LlamaCppModel] = {}
         self._own: dict = {}  # the plain context and greedy sampler of `plain_greedy`
 
@@ -152,16 +154,19 @@ class LlamaCppModel(nn.Module):
         """A context with room for `cells` KV cells (from the pool, emptied, or new); `wide` = with
         llama.cpp's 256 sequence ids in one unified cache, else one sequence (slightly faster per step)."""
         C = lib()
-        free = self._pool.get((cells, wide))
-        ctx = free.pop() if free else self._new_context(cells, wide)
+        found = next((i for i, (key, _) in enumerate(self._pool) if key == (cells, wide)), None)
+        ctx = self._pool.pop(found)[1] if found is not None else self._new_context(cells, wide)
         threads = torch.get_num_threads()
         C.llama_set_n_threads(ctx, threads, threads)
         return ctx
 
     def release(self, ctx, cells: int, wide: bool) -> None:
+        """Back to the pool, emptied (the oldest idle context is freed beyond POOL)."""
         C = lib()
         C.llama_memory_clear(C.llama_get_memory(ctx), True)
-        self._pool.setdefault((cells, wide), []).append(ctx)
+        self._pool.append(((cells, wide), ctx))
+        if len(self._pool) > POOL:
+            C.llama_free(self._pool.pop(0)[1])
 
     def _new_context(self, cells: int, wide: bool):
         C = lib()
@@ -181,13 +186,16 @@ class LlamaCppModel(nn.Module):
             raise ModelError(f"llama.cpp cannot create a context of {cells} cells{_last_log()}")
         return ctx
 
-    def plain_context(self):
-        """A context as plain llama.cpp makes one (one sequence, default flash-attention choice), with the
-        sessions' KV cache type (f32 for an f32 model): the llama.cpp peer's."""
+    def plain_context(self, tokens: int):
+        """A context for `tokens` tokens as plain llama.cpp makes one (one sequence, default flash-attention
+        choice), with the sessions' KV cache type (f32 for an f32 model): the llama.cpp peer's."""
+        C = lib()
+        if "plain" in self._own and C.llama_n_ctx(self._own["plain"]) < tokens:
+            C.llama_free(self._own.pop("plain"))
+            C.llama_sampler_free(self._own.pop("sampler"))
         if "plain" not in self._own:
-            C = lib()
             p = C.llama_context_default_params()
-            p.n_ctx = p.n_batch = self.config.max_position_embeddings
+            p.n_ctx = p.n_batch = min(_round(max(tokens, 512)), self.config.max_position_embeddings)
             p.n_ubatch = min(512, p.n_ctx)
             p.n_seq_max, p.no_perf = 1, True
             if self.gguf_dtype == "f32":
@@ -207,10 +215,9 @@ class LlamaCppModel(nn.Module):
             if "plain" in self._own:
                 C.llama_free(self._own.pop("plain"))
                 C.llama_sampler_free(self._own.pop("sampler"))
-            for contexts in self._pool.values():
-                for ctx in contexts:
-                    C.llama_free(ctx)
-            self._pool = {}
+            for _, ctx in self._pool:
+                C.llama_free(ctx)
+            self._pool = []
             if getattr(self, "_ptr", None):
                 C.llama_model_free(self._ptr)
                 self._ptr = None
@@ -226,11 +233,11 @@ def plain_greedy(model: LlamaCppModel, ids: list[int], max_new_tokens: int, eos=
     import time
 
     C = lib()
-    ctx = model.plain_context()
+    steps = max_new_tokens if timed_steps is None else timed_steps + 1
+    ctx = model.plain_context(len(ids) + steps)
     C.llama_memory_clear(C.llama_get_memory(ctx), True)
     feed = (C.llama_token * len(ids))(*ids)
     out: list[int] = []
-    steps = max_new_tokens if timed_steps is None else timed_steps + 1
     t0 = 0.0
     for step in range(steps):
         if step == 1:
@@ -243,6 +250,10 @@ def plain_greedy(model: LlamaCppModel, ids: list[int], max_new_tokens: int, eos=
             break
         feed = (C.llama_token * 1)(token)
     return out if timed_steps is None else time.perf_counter() - t0
+
+
+def _round(cells: int) -> int:
+    return -(-cells // 256) * 256
 
 
 def _generation_config(path: Path):
@@ -291,14 +302,21 @@ class LlamaCppSession(Session):
         super().__init__(lm, batch_size, stats, role)
         if batch_size > MAX_SEQ // 2:
             raise ModelError(f"the llamacpp backend runs at most {MAX_SEQ // 2} rows, got {batch_size}")
-        self._cells, self._wide = self._cells_for(batch_size), batch_size > 1
+        self._cells, self._wide = self._size(batch_size, 256), batch_size > 1
         self._ctx = lm.model.acquire(self._cells, self._wide)
         self._mem = lib().llama_get_memory(self._ctx)
         self._batch, self._batch_size = None, 0
         self._pending: Pending | None = None
 
-    def _cells_for(self, rows: int) -> int:
-        return -(-(rows * self.lm.max_length + 512) // 256) * 256
+    def _size(self, rows: int, length: int) -> int:
+        """KV cells for `rows` rows of up to `length` tokens: twice that ahead (growing moves the cache),
+        at least 1024, at most what `rows` full-length rows can need."""
+        return _round(min(rows * self.lm.max_length + 256, max(2 * rows * length, 1024)))
+
+    def _ensure_room(self, length: int) -> None:
+        """Grow the context (copying the cache) when the rows at `length` columns might not fit."""
+        if self.batch_size * length + 64 > self._cells:
+            self._move(list(range(self.batch_size)), self._wide, self._size(self.batch_size, length))
 
     def __del__(self):
         try:
@@ -315,6 +333,7 @@ class LlamaCppSession(Session):
                              "selfspec's exit_layer=0 need them): use backend='native', or selfspec -p exit_layer=N")
         self._settle()
         B, n = self.batch_size, ids.shape[1]
+        self._ensure_room(self.length + n)
         if parents is None and self.pad_mask is None:
             return self._run_chain(ids.tolist(), positions.tolist(), last_only)
         trees = parents or [list(range(-1, n - 1))] * B
@@ -502,8 +521,9 @@ class LlamaCppSession(Session):
         rows = rows.tolist()
         if rows == list(range(self.batch_size)):
             return
-        if not self._wide or self._cells_for(len(rows)) > self._cells or max(self.batch_size, len(rows)) + len(rows) > MAX_SEQ:
-            return self._move(rows, len(rows))
+        cells = max(self._cells, self._size(len(rows), self.length))
+        if not self._wide or cells > self._cells or max(self.batch_size, len(rows)) + len(rows) > MAX_SEQ:
+            return self._move(rows, self._wide or len(rows) > 1, cells)
         C, base = lib(), max(self.batch_size, len(rows))
         for i, r in enumerate(rows):
             C.llama_memory_seq_cp(self._mem, r, base + i, -1, -1)
@@ -516,14 +536,14 @@ class LlamaCppSession(Session):
     def _widen(self) -> None:
         """Move to a context with sequence ids to spare (trees, forks) — the cache is copied, not recomputed."""
         if not self._wide:
-            self._move(list(range(self.batch_size)), max(self.batch_size, 1), wide=True)
+            self._move(list(range(self.batch_size)), True, self._cells)
 
-    def _move(self, rows: list[int], room: int, wide: bool | None = None) -> None:
-        """Rows `rows` of this batch, copied into a new context with room for `room` rows."""
-        if room > MAX_SEQ // 2:
-            raise ModelError(f"the llamacpp backend runs at most {MAX_SEQ // 2} rows, got {room}")
+    def _move(self, rows: list[int], wide: bool, cells: int) -> None:
+        """Rows `rows` of this batch, copied into a new context of `cells` KV cells (`wide`: 256 sequences)."""
+        if len(rows) > MAX_SEQ // 2:
+            raise ModelError(f"the llamacpp backend runs at most {MAX_SEQ // 2} rows, got {len(rows)}")
         old = (self._ctx, self._cells, self._wide)
-        self._cells, self._wide = self._cells_for(room), room > 1 if wide is None else wide
+        self._cells, self._wide = cells, wide
         self._ctx = self.lm.model.acquire(self._cells, self._wide)
         self._mem = lib().llama_get_memory(self._ctx)
         self._copy_rows(self, old[0], rows, 0)
@@ -551,6 +571,9 @@ class LlamaCppSession(Session):
         self._settle()
         other._settle()
         rows = self.batch_size + other.batch_size
-        if not self._wide or self._cells_for(rows) > self._cells:
-            self._move(list(range(self.batch_size)), rows, wide=True)
+        if rows > MAX_SEQ // 2:
+            raise ModelError(f"the llamacpp backend runs at most {MAX_SEQ // 2} rows, got {rows}")
+        cells = max(self._cells, self._size(rows, max(self.length, other.length)))
+        if not self._wide or cells > self._cells:
+            self._move(list(range(self.batch_size)), True, cells)
         self._copy_rows(other, other._ctx, list(range(other.batch_size)), self.batch_size)
