@@ -35,8 +35,9 @@ def add_arguments(p) -> None:
                    help="model backend (default auto: native for Llama-family models)")
     p.add_argument("--dtype", default=None, help="float32 (default on CPU), bfloat16 or float16")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--batch-size", type=int, default=1,
-                   help="prompts per generate_batch call (one batched forward per step; peers are skipped)")
+    p.add_argument("--batch-size", default="1",
+                   help="prompts per generate_batch call (one batched forward per step; the peer is transformers' "
+                        "batched greedy), or a list such as 1,4,8,16: one run per size and a sweep table")
     p.add_argument("--out", default="bench-out")
     p.add_argument("--json", action="store_true", help="end stdout with one JSON summary object")
     p.add_argument("--list", action="store_true", help="list suites and methods, then exit")
@@ -89,13 +90,21 @@ def run(args) -> None:
         raise UserError("--repeats and --max-new-tokens must be ≥ 1")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be ≥ 1 (prompts per suite), got {args.limit}")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be ≥ 1, got {args.batch_size}")
+    from .sweep import batch_sizes, sweep
+
+    sizes = batch_sizes(args.batch_size)
     if args.dist_seeds < 2:
         raise UserError(f"--dist-seeds must be ≥ 2, got {args.dist_seeds}")
     names = sorted(n for n in methods() if n != "sample") if args.all else \
         [m.strip() for m in (args.methods or "greedy,speculative,pld").split(",") if m.strip()]
     params = parse_bench_params(args.param)
+    if len(sizes) > 1:
+        summary = sweep(args, names, params, benchmark)
+        from .sweep import markdown as sweep_markdown
+
+        print(json.dumps(summary) if args.json else sweep_markdown(summary))
+        return None
+    args.batch_size = sizes[0]
     results = benchmark(args, names, params)
     from .machine import warning
 
@@ -132,7 +141,7 @@ def benchmark(args, names: list[str], params: dict[str, dict]) -> dict:
     lm = load(args.model, device=args.device, dtype=args.dtype, backend=args.backend, **options)
     names, skipped = _draft_methods(lm, names, params, args.draft, options, args.all)
     draft = _maybe_draft(lm, args.draft, resolve_draft)
-    entries = runner.make_entries(names, params, not args.no_peers and args.batch_size == 1, draft is not None)
+    entries = runner.make_entries(names, params, not args.no_peers, draft is not None, args.batch_size)
     entries = drop_unavailable(lm, entries, skipped)  # e.g. the llama.cpp peer without llama-cpp-python
     entries = _drop_refusing(lm, entries, constraints, skipped)
     temperature = params.get("*", {}).get("temperature", 0.0)

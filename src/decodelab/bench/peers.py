@@ -44,6 +44,24 @@ def hf_generate(lm: LM, ids: list[int], max_new_tokens: int, peer: str, draft: L
     return out[0, len(ids):].tolist()
 
 
+def hf_generate_batch(lm: LM, rows: list[list[int]], max_new_tokens: int, params: dict | None = None) -> list[list[int]]:
+    """transformers' batched greedy over left-padded rows: each row's new tokens, cut after its EOS (as
+    decodelab stops a row there; generate pads a finished row until the longest is done)."""
+    width = max(len(r) for r in rows)
+    pad = lm.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=lm.device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=lm.device)
+    eos = sorted(lm.eos_token_ids)
+    with torch.inference_mode():
+        out = transformers_model(lm).generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                              pad_token_id=pad, eos_token_id=eos or None)
+    new = []
+    for row in out[:, width:].tolist():
+        end = next((i + 1 for i, t in enumerate(row) if t in lm.eos_token_ids), len(row))
+        new.append(row[:end])
+    return new
+
+
 def transformers_model(lm: LM):
     """The transformers model object behind `lm`: itself, or for a native LM the same checkpoint loaded
     through the adapter once (same weights, same dtype), so the peers always run transformers' code."""

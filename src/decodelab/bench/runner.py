@@ -46,8 +46,10 @@ class Entry:
         return self.method in PEERS
 
 
-def make_entries(names: list[str], params: dict[str, dict], peers: bool, has_draft: bool) -> list[Entry]:
-    """greedy first (the baseline), then the requested methods, then the transformers peers."""
+def make_entries(names: list[str], params: dict[str, dict], peers: bool, has_draft: bool,
+                 batch_size: int = 1) -> list[Entry]:
+    """greedy first (the baseline), then the requested methods, then the peers (at batch > 1 only
+    transformers' batched greedy: its assisted generation and prompt lookup refuse batches)."""
     table = methods()
     shared = params.get("*", {})
     order = ["greedy"] + [n for n in names if n != "greedy"]
@@ -61,7 +63,7 @@ def make_entries(names: list[str], params: dict[str, dict], peers: bool, has_dra
         table[name].check_params(merged)  # fail before running anything
         entries.append(Entry(name, name, merged, table[name].lossless))
     if peers:
-        for peer in PEERS:
+        for peer in PEERS if batch_size == 1 else ["hf:greedy"]:
             if peer != "hf:assisted" or has_draft:
                 entries.append(Entry(peer, peer, dict(shared)))
     return entries
@@ -123,6 +125,14 @@ def run_batch(lm: LM, entry: Entry, rows: list[list[int]], max_new_tokens: int, 
 
     _sync_reset(lm)
     t0 = time.perf_counter()
+    if entry.is_peer:
+        from .peers import hf_generate_batch
+
+        rows_out = hf_generate_batch(lm, rows, max_new_tokens, entry.params)
+        wall = time.perf_counter() - t0
+        new = sum(len(r) for r in rows_out)
+        return {"new_tokens": new, "wall_time_s": wall, "tokens_per_s": new / wall, "batch_size": len(rows),
+                "token_ids": rows_out, "peak_memory_mb": round(_peak_memory_mb(lm), 1)}
     gens = generate_batch(lm, rows, method=entry.method, max_new_tokens=max_new_tokens, seed=seed, **entry.params)
     if lm.device.type == "cuda":
         torch.cuda.synchronize(lm.device)
