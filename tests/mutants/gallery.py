@@ -12,6 +12,7 @@ drafts, one seed shared by all rows, a diffusion step committing one extra posit
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 
 DIST = "tests/methods/test_distribution.py::test_sampled_distribution_matches_target"
@@ -145,4 +146,26 @@ MUTANTS = [
          "tests/model/test_native.py::test_merge_rows_join_a_running_batch[llama-True]"),
         "continuous batching: a shorter joining row's cache is not moved right, so its keys sit under pad columns",
     ),
+    *([] if importlib.util.find_spec("llama_cpp") is None else [  # the llamacpp extra (tests skip without it)
+        Mutant(
+            "llamacpp-tree-nodes-share-one-sequence",
+            "src/decodelab/model/llamacpp.py",
+            "        if not tree:\n",
+            "        if True:\n",
+            ("tests/model/test_llamacpp.py::test_tree_then_accepted_path_and_truncate[builtin:pyco]",
+             "tests/model/test_llamacpp.py::test_each_tree_node_equals_its_chain[qwen3]"),
+            "llamacpp: every tree node tagged with the row's own sequence only, so a node sees its siblings "
+            "(llama.cpp masks by sequence id and position) instead of its ancestors alone",
+        ),
+        Mutant(
+            "llamacpp-accepted-path-not-copied",
+            "src/decodelab/model/llamacpp.py",
+            "        if holder != b:\n",
+            "        if False:\n",
+            ("tests/model/test_llamacpp.py::test_tree_then_accepted_path_and_truncate[llama]",
+             "tests/model/test_llamacpp.py::test_per_row_trees_accept_rows_and_fork[builtin:pyco]"),
+            "llamacpp: an accepted tree path below another leaf stays in that leaf's temporary sequence, so "
+            "the row keeps the first leaf's branch",
+        ),
+    ]),
 ]
