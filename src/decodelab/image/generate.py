@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ModelError
+from ..errors import ModelError, UserError
 from .data import NUM_CLASSES, pixels_from_tokens
 from .methods import SAMPLING
 from .model import ImageModel, Processing, image_spec
@@ -45,7 +45,7 @@ def image_methods() -> dict:
 
 def _check_label(label) -> int:
     if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= label < NUM_CLASSES:
-        raise ValueError(f"label must be an integer class 0–{NUM_CLASSES - 1}, got {label!r}")
+        raise UserError(f"label must be an integer class 0–{NUM_CLASSES - 1}, got {label!r}")
     return int(label)
 
 
@@ -95,13 +95,13 @@ def generate_images(lm, labels: list[int], *, method: str = "raster", seeds: lis
     lm = as_image_lm(lm)
     info = image_methods().get(method)
     if info is None:
-        raise ValueError(f"unknown image method {method!r}; available: {', '.join(sorted(image_methods()))}")
+        raise UserError(f"unknown image method {method!r}; available: {', '.join(sorted(image_methods()))}")
     labels = [_check_label(x) for x in labels]
     if not labels:
-        raise ValueError("labels must not be empty")
+        raise UserError("labels must not be empty")
     sampling = {k: spec.check(k, v) for (k, spec), v in zip(SAMPLING.items(), (cfg_scale, temperature, top_k))}
     if not isinstance(kv_cache, bool):
-        raise ValueError(f"kv_cache must be True or False, got {kv_cache!r}")
+        raise UserError(f"kv_cache must be True or False, got {kv_cache!r}")
     own = info.check_params(params)
     seeds = _seeds(seeds, len(labels))
     target = lm if info.variant == "raster" else companion(lm, info.variant)
@@ -126,7 +126,7 @@ def _seeds(seeds, n: int) -> list[int]:
         return [int(seeds) + i for i in range(n)]
     seeds = list(seeds)
     if len(seeds) != n or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in seeds):
-        raise ValueError(f"seeds must be an int or a list of {n} ints")
+        raise UserError(f"seeds must be an int or a list of {n} ints")
     return [int(s) for s in seeds]
 
 

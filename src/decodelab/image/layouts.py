@@ -21,6 +21,8 @@ import math
 
 import torch
 
+from ..errors import UserError
+
 
 def group_sizes(n: int, steps: int) -> list[int]:
     """LPD's increasing-cosine schedule: group k holds round(n·(cos(π/2·(k-1)/steps) - cos(π/2·k/steps)))
@@ -30,7 +32,7 @@ def group_sizes(n: int, steps: int) -> list[int]:
     group_sizes(64, 8) == [1, 4, 6, 8, 10, 11, 12, 12].
     """
     if not 1 <= steps <= n:
-        raise ValueError(f"steps must be in [1, {n}], got {steps}")
+        raise UserError(f"steps must be in [1, {n}], got {steps}")
     edges = [math.cos(math.pi / 2 * k / steps) for k in range(steps + 1)]
     sizes = [max(1, round(n * (a - b))) for a, b in zip(edges, edges[1:])]
     while sum(sizes) > n:

@@ -20,6 +20,7 @@ import math
 
 import torch
 
+from ..errors import UserError
 from ..methods.registry import Param
 from . import layouts
 from .methods import _stats, register, sample
@@ -103,7 +104,7 @@ def lpd(model: ImageModel, labels: torch.Tensor, gens: list[torch.Generator], st
     steps = steps or (8 if n <= 64 else 20)
     rho = rho if rho >= 0 else (1 if n <= 64 else 2)
     if steps > n:
-        raise ValueError(f"steps must be in [1, {n}] for a {spec.height}×{spec.width} grid, got {steps}")
+        raise UserError(f"steps must be in [1, {n}] for a {spec.height}×{spec.width} grid, got {steps}")
     orders = [lpd_order(spec.height, spec.width, steps, rho, g) for g in gens]
     gid = torch.empty(len(labels), n, dtype=torch.long)
     for row, groups in enumerate(orders):

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import UserError
 from ..methods.registry import Param
 from ..methods.registry import register as main_register
 from .cache import window_probs
@@ -40,7 +41,7 @@ class ImageMethod:
     def check_params(self, params: dict) -> dict:
         unknown = sorted(set(params) - set(self.specs))
         if unknown:
-            raise ValueError(f"unknown parameter {unknown[0]!r} for image method {self.name!r}; "
+            raise UserError(f"unknown parameter {unknown[0]!r} for image method {self.name!r}; "
                              f"allowed: {', '.join(sorted(self.specs)) or 'none'}")
         return {name: spec.check(name, params.get(name, spec.default)) for name, spec in self.specs.items()}
 
@@ -65,7 +66,7 @@ def register(name: str, *, description: str, exact: bool, paper: str | None, var
 def _through_generate_image(name: str):
     """The main registry's entry point: image methods decode labels, not prompts."""
     def run(ctx):
-        raise ValueError(f"{name!r} is an image method: use decodelab.generate_image(lm, label, method={name!r}) "
+        raise UserError(f"{name!r} is an image method: use decodelab.generate_image(lm, label, method={name!r}) "
                          f"or `decodelab image --label L --method {name}`")
         yield  # a generator, like every registered method
     return run

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import UserError
 from ..methods.registry import Param
 from .data import dequantise, pool_pixels, quantise
 from .methods import register, sample
@@ -106,7 +107,7 @@ def mulo(model: ImageModel, labels: torch.Tensor, gens: list[torch.Generator], t
     h, w, k = spec.height, spec.width, spec.levels
     draft_model = ImageModel(_drafter(lm or model.lm, drafter), model.processing)
     if (draft_model.spec.height * 2, draft_model.spec.width * 2) != (h, w):
-        raise ValueError(f"drafter grid {draft_model.spec.height}×{draft_model.spec.width} is not half of {h}×{w}")
+        raise UserError(f"drafter grid {draft_model.spec.height}×{draft_model.spec.width} is not half of {h}×{w}")
     b = len(labels)
     tokens = torch.zeros(b, spec.n, dtype=torch.long)
     known = torch.zeros(b, spec.n, dtype=torch.bool)
