@@ -128,6 +128,7 @@ class LlamaCppModel(nn.Module):
         if not self._ptr:
             raise ModelError(f"{self.file}: llama.cpp cannot load it{_last_log()}")
         self.vocab_size = C.llama_vocab_n_tokens(C.llama_model_get_vocab(self._ptr))
+        self.n_params = C.llama_model_n_params(self._ptr)  # for LM's repr (the module holds none)
         self._pool: list = []  # ((cells, wide), context), oldest first
         self._exits: dict[int, LlamaCppModel] = {}
         self._own: dict = {}  # the plain context and greedy sampler of `plain_greedy`

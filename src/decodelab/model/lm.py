@@ -253,6 +253,6 @@ class LM:
         return self.model.get_output_embeddings()(self.model.model.norm(hidden))
 
     def __repr__(self) -> str:
-        n = sum(p.numel() for p in self.model.parameters())
+        n = getattr(self.model, "n_params", None) or sum(p.numel() for p in self.model.parameters())
         return (f"LM({self.name!r}, {self.config.model_type}, {n / 1e6:.1f}M params, {self.dtype}, "
                 f"{self.device}, backend={self.backend!r})")
