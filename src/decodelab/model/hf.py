@@ -15,7 +15,7 @@ from functools import cache
 import torch
 
 from ..errors import ModelError
-from .session import Session
+from .session import Session, superpose
 
 
 @cache
@@ -36,6 +36,8 @@ def _new_cache(config):
 class HFSession(Session):
     """A Session whose forward is the transformers model's own, over a DynamicCache."""
 
+    accepts_token_weights = True
+
     def __init__(self, lm, batch_size: int = 1, stats=None, role: str = "target"):
         super().__init__(lm, batch_size, stats, role)
         self.cache = _new_cache(lm.config)
@@ -55,7 +57,11 @@ class HFSession(Session):
             kwargs["logits_to_keep"] = 1
         if hidden:
             kwargs["output_hidden_states"] = True
-        out = self.lm.model(input_ids=ids, **kwargs)
+        if self._token_weights is not None:  # superposed input: Σ_v w_v·E[v]  [B, n, H]
+            kwargs["inputs_embeds"] = superpose(self._token_weights, self.lm.model.get_input_embeddings())
+        else:
+            kwargs["input_ids"] = ids
+        out = self.lm.model(**kwargs)
         return (out.logits, out.hidden_states) if hidden else out.logits
 
     def _layers(self):

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
-from .session import Session
+from .session import Session, superpose
 
 ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
 _STATIC_ROPE = ("default", "llama3", "linear", "yarn")
@@ -167,13 +167,14 @@ class NativeModel(nn.Module):
         return F.linear(_rms_norm(h, self.norm, self.eps), self.head)
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, cache: "KVCache", start: int,
-                mask: torch.Tensor | None, last_only: bool = False, hidden: bool = False):
+                mask: torch.Tensor | None, last_only: bool = False, hidden: bool = False,
+                embeds: torch.Tensor | None = None):
         """ids, positions [B, n]; mask [B, 1, n, start + n] bool (True = attend) or None (attend to all).
 
         Returns logits [B, n, V] ([B, 1, V] when last_only) and, with hidden=True, the tuple of hidden
         states (embeddings, every layer's output, the last one normed) as transformers returns them.
         """
-        x = F.embedding(ids, self.embed)
+        x = F.embedding(ids, self.embed) if embeds is None else embeds  # embeds [B, n, H]: superposed input
         states = [x] if hidden else None
         x = self.run_layers(x, positions, cache, start, mask, 0, len(self.layers), states)
         if last_only:
@@ -290,6 +291,8 @@ def _check_shapes(model: NativeModel, config, path: Path) -> None:
 class NativeSession(Session):
     """The Session protocol over a NativeModel and a preallocated KVCache."""
 
+    accepts_token_weights = True
+
     def __init__(self, lm, batch_size: int = 1, stats=None, role: str = "target"):
         super().__init__(lm, batch_size, stats, role)
         self.cache = KVCache(lm.model, batch_size)
@@ -301,6 +304,10 @@ class NativeSession(Session):
         mask = self._mask(start, n, parents)
         reuse = self._drafted.reusable(ids, parents, hidden)
         self._drafted = Drafted()
+        if self._token_weights is not None:  # superposed input: Σ_v w_v·E[v]  [B, n, H]
+            embeds = superpose(self._token_weights, lambda cols: F.embedding(cols, self.lm.model.embed))
+            return self.lm.model(ids, positions, self.cache, start, mask, last_only=last_only, hidden=hidden,
+                                 embeds=embeds)
         if reuse:
             return self._run_reusing(ids, positions, start, mask, last_only, *reuse)
         step = self.lm.model

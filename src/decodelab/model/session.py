@@ -59,14 +59,29 @@ class Session:
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor | list[int], parents: list[int] | None = None,
                 pad_mask: torch.Tensor | None = None, last_only: bool = False,
-                hidden: bool = False):
+                hidden: bool = False, token_weights: torch.Tensor | None = None):
         """Run the model over new tokens and append them to the cache.
 
         input_ids: [B, n] (or a list for B = 1). parents: tree structure of the n nodes (None =
         causal chain). pad_mask: [B, n] for the new tokens (1 real, 0 left pad), prefill only.
+        token_weights: [B, n, V] — each new position's input embedding is Σ_v w_v·E[v] instead of
+        E[input_ids] (superposed decoding, search/superposed.py); input_ids still name what the cache
+        records. Backends that cannot take it raise ModelError.
         Returns logits [B, n, V] float32 ([B, 1, V] when last_only); with hidden=True also the
         tuple of hidden states (embeddings + every layer, the last normed) at the new positions.
         """
+        if token_weights is not None and not self.accepts_token_weights:
+            raise ModelError(f"the {self.lm.backend} backend cannot feed superposed token embeddings")
+        self._token_weights = token_weights
+        try:
+            return self._forward(input_ids, parents, pad_mask, last_only, hidden)
+        finally:
+            self._token_weights = None
+
+    accepts_token_weights = False  # backends that read self._token_weights in _run set it True
+    _token_weights: torch.Tensor | None = None
+
+    def _forward(self, input_ids, parents, pad_mask, last_only: bool, hidden: bool):
         ids = self._as_batch(input_ids)
         n = ids.shape[1]
         if self.length + n > self.lm.max_length:
@@ -260,6 +275,14 @@ def _left_padded(mask: torch.Tensor | None, batch_size: int, length: int, shift:
     """[B, shift + length] pad mask: `shift` pad columns, then the rows' own mask (all real when None)."""
     own = mask if mask is not None else torch.ones(batch_size, length, dtype=torch.long)
     return torch.cat([torch.zeros(batch_size, shift, dtype=torch.long), own], dim=1)
+
+
+def superpose(weights: torch.Tensor, embed) -> torch.Tensor:
+    """Σ_v w_v·embed(v) for weights [B, n, V] → [B, n, H], embedding only the tokens with weight
+    (embed: ids → vectors, the model's own embedding module, so any scaling inside it applies)."""
+    cols = weights.abs().sum(dim=(0, 1)).nonzero().flatten()  # [m]
+    vectors = embed(cols.to(weights.device))  # [m, H]
+    return weights[..., cols].to(vectors.device, vectors.dtype) @ vectors
 
 
 def _per_row(parents, batch_size: int) -> list[list[int]] | None:

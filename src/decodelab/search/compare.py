@@ -49,7 +49,8 @@ def method_grid(width: int) -> list[tuple[str, str, dict, int]]:
         (f"contrastive k={w} a=0.6", "contrastive", {"top_k": w, "penalty_alpha": 0.6}, w),
         ("dola (high)", "dola", {}, 1),
         ("self_infill tau=0.25", "self_infill", {}, 1),
-        (f"lookback k={w} a=0.6", "lookback", {"num_candidates": w}, w),  # W only on alarm steps: cost is a bound
+        (f"lookback k={w} a=0.6", "lookback", {"num_candidates": w}, w),
+        ("superposed k=3", "superposed", {}, 1),  # k drafts, one position per pass  # W only on alarm steps: cost is a bound
         ("sample T=0.8 p=0.95", "sample", {"temperature": 0.8, "top_p": 0.95}, 1),
         ("sample T=1 min_p=0.1", "sample", {"temperature": 1.0, "min_p": 0.1}, 1),
         ("typical 0.95", "sample", {"temperature": 1.0, "typical_p": 0.95}, 1),
