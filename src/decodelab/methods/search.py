@@ -226,17 +226,19 @@ def phi(ctx) -> Iterator[list[list[int]]]:
     return _emit_best(ctx, [phi_decoding(ctx, p["num_beams"], p["num_rollouts"], p["max_steps"])])
 
 
+_SUPERPOSED = {
+    "num_drafts": Param(3, 1, 64, help="k: drafts kept"),
+    "num_tokens": Param(9, 1, 1024, help="n: top tokens of the one distribution each draft may take"),
+    "alpha": Param(0.54, 0.0, 1.0, help="α: weight of the n-gram log-probability"),
+    "ngram_corpus": Param("train", choices=("train", "prompt"), help="where the n-gram counts come from"),
+    "ngram_chars": Param(200_000, 1, 100_000_000, help="characters of the training split counted"),
+}
+
+
 @register("superposed", description="Superposed decoding: k drafts from one forward pass per token — the drafts' "
           "last-token embeddings superposed, extensions scored by the LM and n-gram tables; drafts in .candidates.",
-          lossless=False, temperature=0.06, family="search",
           paper="Superposed Decoding: Multiple Generations from a Single Autoregressive Inference Pass "
-          "(arXiv:2405.18400)", params={
-              "num_drafts": Param(3, 1, 64, help="k: drafts kept"),
-              "num_tokens": Param(9, 1, 1024, help="n: top tokens of the one distribution each draft may take"),
-              "alpha": Param(0.54, 0.0, 1.0, help="α: weight of the n-gram log-probability"),
-              "ngram_corpus": Param("train", choices=("train", "prompt"), help="where the n-gram counts come from"),
-              "ngram_chars": Param(200_000, 1, 100_000_000, help="characters of the training split counted"),
-          })
+          "(arXiv:2405.18400)", lossless=False, temperature=0.06, family="search", params=_SUPERPOSED)
 def superposed(ctx) -> Iterator[list[list[int]]]:
     p = ctx.params
     return _emit_best(ctx, [superposed_search(ctx, p["num_drafts"], p["num_tokens"], p["alpha"],
