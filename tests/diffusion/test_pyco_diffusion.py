@@ -41,3 +41,21 @@ def test_the_cache_and_sspd_keep_their_promises_on_it(lm):
     one = decodelab.generate(lm, PROMPT, method="fastdllm", max_new_tokens=6, block_length=1)
     assert decodelab.generate(lm, PROMPT, method="fastdllm", max_new_tokens=6, block_length=1,
                               cache="dual").token_ids == one.token_ids
+
+
+def test_training_improved_on_the_ar_initialisation(lm):
+    """Masked-token accuracy on held-out code (valid split): the shipped model beats its AR starting
+    point (measured on 32 windows: 15.2 % vs 8.5 % at mask ratio 0.5; 25.5 % vs 19.8 % at 0.15)."""
+    import torch
+
+    from decodelab.diffusion.train import ar_to_diffusion, validate
+    from decodelab.training.corpus import load_split
+
+    ids: list[int] = []
+    for f in load_split("valid")[:40]:
+        ids += lm.tokenizer.encode(f.text, add_special_tokens=False)
+    stream = torch.tensor(ids[: 8 * 256])
+    start = ar_to_diffusion(decodelab.builtin_path("builtin:pyco"), lm.mask_token_id, 512)
+    trained = validate(lm.model, stream, 256, lm.mask_token_id, batches=1, batch=8)
+    before = validate(start, stream, 256, lm.mask_token_id, batches=1, batch=8)
+    assert trained["valid_acc@0.5"] > before["valid_acc@0.5"] and trained["valid_ce@0.5"] < before["valid_ce@0.5"]
