@@ -10,22 +10,38 @@ from .constraints import compile_constraint
 from .engine import Event, Generation, run_method
 from .errors import UserError
 from .inputs import check_common, check_seed, prompt_ids
+from .logprobs import attach, check_top
 from .methods import get
 from .model import LM
 from .processors import SAMPLING_DEFAULTS, Sampler, SamplingParams
 
 
 def _run(lm, prompts, method, max_new_tokens, seed, stop, params) -> Iterator[Event]:
+    params = dict(params)
     try:
+        top = check_top(params.pop("logprobs", None))
         info, ids, checked, stop, grammar, healing = _validate(lm, prompts, method, max_new_tokens, seed, stop, params)
+        if top is not None and (info.kind != "causal" or healing):
+            raise UserError("logprobs are defined for causal methods without token healing (a diffusion or image "
+                            "method has no left-to-right distribution; a healed prompt is not the prompt given)")
     except UserError:
         raise
     except ValueError as exc:  # a check below the boundary (a grammar's compiler, say): still the input's fault
         raise UserError(str(exc)) from None
     per_row_grammar = (grammar is not None or healing) and info.name not in ("greedy", "sample")
     if len(ids) > 1 and (not info.batched or per_row_grammar):
-        return _one_by_one(info, lm, ids, checked, max_new_tokens, seed, stop, grammar, healing)
-    return run_method(info, lm, ids, checked, max_new_tokens, seed, stop, grammar, healing)
+        events = _one_by_one(info, lm, ids, checked, max_new_tokens, seed, stop, grammar, healing)
+    else:
+        events = run_method(info, lm, ids, checked, max_new_tokens, seed, stop, grammar, healing)
+    return events if top is None else _with_logprobs(lm, ids, events, top)
+
+
+def _with_logprobs(lm, ids: list[list[int]], events: Iterator[Event], top: int) -> Iterator[Event]:
+    """The final event of each row carries its tokens' logprobs (decodelab/logprobs.py)."""
+    for event in events:
+        if event.generation is not None:
+            attach(lm, ids[event.row], event.generation, top)
+        yield event
 
 
 def _validate(lm, prompts, method, max_new_tokens, seed, stop, params):

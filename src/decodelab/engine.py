@@ -40,6 +40,8 @@ class Generation:
     incomplete: bool | None = None  # constrained only: True when the grammar was not completed
     error: str | None = None  # constrained only: the grammar engine's message if it failed mid-way
     candidates: list[Candidate] = field(default_factory=list)  # search / meta methods: ranked, best first
+    logprobs: list[float] | None = None  # asked for (logprobs=k): log p of each token (decodelab/logprobs.py)
+    top_logprobs: list[list[tuple[int, float]]] | None = None  # … and its k most likely alternatives
 
     def to_dict(self) -> dict:
         out = {"method": self.method, "params": self.params, "text": self.text,
@@ -51,6 +53,8 @@ class Generation:
             out["error"] = self.error
         if self.candidates:
             out["candidates"] = [vars(c) for c in self.candidates]
+        if self.logprobs is not None:
+            out["logprobs"], out["top_logprobs"] = self.logprobs, self.top_logprobs
         return out
 
 
@@ -371,6 +375,7 @@ class Engine:
         self.rows: dict[int, _RowState] = {}
         self._started: dict[int, tuple] = {}  # row → (time added, batch target and draft forward passes then)
         self.ctx.row_stats = {}
+        self._logprobs: dict[int, int] = {}  # row → alternatives asked for, for rows that asked
         self._steps = self.info.run(self.ctx)
 
     @property
@@ -379,18 +384,24 @@ class Engine:
         return bool(self.rows)
 
     def add(self, prompt: str | list[int], *, max_new_tokens: int = 64, seed: int | None = None,
-            stop: str | list[str] | None = None) -> int:
-        """A new row (text or token ids); it joins the batch at the next step. Returns its row id."""
+            stop: str | list[str] | None = None, logprobs: int | None = None) -> int:
+        """A new row (text or token ids); it joins the batch at the next step. Returns its row id.
+
+        `logprobs=k`: its Generation carries each token's log p and k alternatives (decodelab/logprobs.py)."""
         from .inputs import check_common, check_seed, prompt_ids
+        from .logprobs import check_top
 
         stop = check_common(max_new_tokens, stop)
         check_seed(seed)
+        top = check_top(logprobs)
         ids = prompt_ids(self.lm, prompt)
         greedy = self.ctx.generators is None
         generator = None if greedy else row_generators(seed, 1)[0]
         b = self.ctx.add_row(ids, generator, max_new_tokens)
         self.rows[b] = _RowState(self.lm, stop)
         self.ctx.row_stats[b] = Stats()
+        if top is not None:
+            self._logprobs[b] = top
         self._started[b] = (time.perf_counter(), self.stats.forward_passes, self.stats.draft_forward_passes)
         return b
 
@@ -425,6 +436,10 @@ class Engine:
         stats.draft_forward_passes = self.stats.draft_forward_passes - draft_passes
         stats.wall_time_s, stats.batch_size = time.perf_counter() - t0, len(self.rows) + 1
         gen = _generation(self.lm, row, stats, self.info.name, self.params)
+        if b in self._logprobs:
+            from .logprobs import attach
+
+            attach(self.lm, self.ctx.prompts[b], gen, self._logprobs.pop(b))
         return Event(gen.text[row.sent:], row.unsent, b, gen)
 
     def close(self) -> None:

@@ -199,3 +199,30 @@ def test_client_disconnect_cancels_generation(served_lm):
         assert metric(url, "decodelab:generation_tokens_total") < 240
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
         assert client.completions.create(model="tiny-llama", prompt="x", max_tokens=2).usage.completion_tokens == 2
+
+
+def test_logprobs_completion_and_chat_equal_the_api(live, served_lm):
+    """logprobs=k through the openai client: the same numbers as decodelab.generate(logprobs=k), in OpenAI's
+    completions and chat shapes (tokens, text offsets, alternatives sorted most likely first)."""
+    _, client = live
+    ref = decodelab.generate(served_lm, PROMPT, method="pld", max_new_tokens=8, logprobs=2)
+    resp = client.completions.create(model="tiny-llama", prompt=PROMPT, max_tokens=8, logprobs=2,
+                                     extra_body={"method": "pld"})
+    lp = resp.choices[0].logprobs
+    assert lp.token_logprobs == pytest.approx(ref.logprobs, abs=1e-6)
+    assert "".join(lp.tokens) == resp.choices[0].text or ref.finish_reason == "eos"
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
+    # OpenAI's completions shape keys alternatives by text: two byte tokens decoding alike share a key
+    assert all(1 <= len(alts) <= 2 and max(alts.values()) >= lp.token_logprobs[i] - 1e-6
+               for i, alts in enumerate(lp.top_logprobs))
+    messages = [{"role": "user", "content": "hi"}]
+    chat = client.chat.completions.create(model="tiny-llama", messages=messages, max_tokens=6, logprobs=True,
+                                          top_logprobs=3)
+    content = chat.choices[0].logprobs.content
+    ids = _extra(chat)["choices"][0]["token_ids"]
+    assert len(content) == len(ids)
+    prompt = served_lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    want = decodelab.generate(served_lm, prompt, max_new_tokens=6, logprobs=3)
+    assert [c.logprob for c in content] == pytest.approx(want.logprobs, abs=1e-6)
+    assert all(len(c.top_logprobs) == 3 for c in content), [len(c.top_logprobs) for c in content]
+    assert all(bytes(c.bytes).decode() == c.token for c in content), [(c.bytes, c.token) for c in content]

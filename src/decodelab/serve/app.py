@@ -39,6 +39,7 @@ from .service import (
     Limits,
     Server,
     finish_reason,
+    logprobs_block,
     new_id,
     row_event_error,
     row_stats,
@@ -175,6 +176,9 @@ async def _serve(server: Server, request: Request, req, prompts, max_new_tokens,
                                  media_type="text/event-stream")
     gens = await _collect(server, request, job, queue, req.n)
     choices = [shape.full(i, g.text, finish_reason(g)) for i, g in sorted(gens.items())]
+    for choice, (i, g) in zip(choices, sorted(gens.items())):
+        choice["logprobs"] = logprobs_block(server.lm, g, shape.object == "chat.completion",
+                                            len(shape.prefix(i)) if hasattr(shape, "prefix") else 0)
     return {**head, "object": shape.object, "choices": choices, "usage": server.usage(job, gens, req.n),
             "decodelab": server.info_block(job, gens)}
 

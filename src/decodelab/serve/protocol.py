@@ -68,7 +68,8 @@ class SamplingRequest(Strict):
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     response_format: ResponseFormat | None = None
     # decodelab's extras (the OpenAI client sends them with extra_body={...})
-    method: str = Field(default="greedy", description="a decoding method from decodelab.methods()")
+    method: str | None = Field(default=None, description="a decoding method from decodelab.methods(); default: "
+                               "greedy, or sample when temperature > 0 (as an OpenAI client expects)")
     method_params: dict[str, ParamValue] = Field(default_factory=dict,
                                                  description="the method's own parameters")
     top_k: int | None = Field(default=None, ge=0)
@@ -137,7 +138,7 @@ class ErrorResponse(BaseModel):
 class CompletionChoice(BaseModel):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None  # {tokens, token_logprobs, top_logprobs, text_offset} when asked
     finish_reason: str | None
 
 
@@ -149,7 +150,7 @@ class ChatResponseMessage(BaseModel):
 class ChatChoice(BaseModel):
     index: int
     message: ChatResponseMessage
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None  # {content: [{token, logprob, bytes, top_logprobs}]} when asked
     finish_reason: str | None
 
 

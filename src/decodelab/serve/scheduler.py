@@ -75,13 +75,15 @@ class Job:
     started: float | None = None  # when the worker took it
     first_token: float | None = None  # when its first token was emitted (set by the observer)
     last_token: dict[int, float] = field(default_factory=dict)  # row index → time of its last event
+    logprobs: int | None = None  # alternatives per token when the request asked for logprobs
 
     def batch_key(self, max_length: int) -> tuple | None:
         """Jobs with equal keys may share one generate_batch call; None = never batched."""
         fits = max(len(r.prompt) for r in self.rows) + self.max_new_tokens <= max_length
         if self.stream or not self.batched or not fits:
             return None
-        return self.method, json.dumps(self.params, sort_keys=True), self.max_new_tokens, tuple(self.stop)
+        return (self.method, json.dumps(self.params, sort_keys=True), self.max_new_tokens, tuple(self.stop),
+                self.logprobs)
 
 
 class Scheduler(Protocol):
@@ -204,7 +206,7 @@ class BatchingScheduler:
         events = None
         try:
             events = stream(self.lm, row.prompt, method=job.method, max_new_tokens=job.max_new_tokens,
-                            seed=row.seed, stop=job.stop, **job.params)
+                            seed=row.seed, stop=job.stop, logprobs=job.logprobs, **job.params)
             for event in events:
                 if job.cancelled.is_set():
                     return
@@ -223,7 +225,8 @@ class BatchingScheduler:
         try:
             seeds = None if first.greedy else [row.seed for _, row in pairs]  # one generator per row
             gens = generate_batch(self.lm, [row.prompt for _, row in pairs], method=first.method,
-                                  max_new_tokens=first.max_new_tokens, seed=seeds, stop=first.stop, **first.params)
+                                  max_new_tokens=first.max_new_tokens, seed=seeds, stop=first.stop,
+                                  logprobs=first.logprobs, **first.params)
         except Exception:  # noqa: BLE001 - one failing request must not fail the others: run them alone
             for job, row in pairs:
                 self._stream_row(job, row)
@@ -301,7 +304,8 @@ class ContinuousScheduler(BatchingScheduler):
 
                     engine = self._engines[key] = Engine(self.lm, job.method, **job.params)
                 for row in job.rows:
-                    b = engine.add(row.prompt, max_new_tokens=job.max_new_tokens, seed=row.seed, stop=job.stop)
+                    b = engine.add(row.prompt, max_new_tokens=job.max_new_tokens, seed=row.seed, stop=job.stop,
+                                   logprobs=job.logprobs)
                     self._owners[(key, b)] = (job, row)
                 live += len(job.rows)
             except Exception as exc:  # noqa: BLE001 - this request's input; the others go on

@@ -121,7 +121,7 @@ class Server:
 
     def job(self, req: SamplingRequest, prompts: list[list[int]], max_new_tokens: int | None, emit) -> Job:
         """A validated Job with one row per (prompt, choice); raises ApiError(400) on bad input."""
-        _reject_logprobs(req)
+        top = _logprobs(req)
         method, params = self._params(req)
         try:
             checked = methods()[method].check_params(params)
@@ -142,10 +142,12 @@ class Server:
         rows = [Row(p, j * req.n + i, None if seed is None else seed + i)
                 for j, p in enumerate(prompts) for i in range(req.n)]
         return Job(method, params, max_new_tokens, req.stop or [], rows, req.stream,
-                   greedy=greedy, batched=methods()[method].batched, emit=emit)
+                   greedy=greedy, batched=methods()[method].batched, emit=emit, logprobs=top)
 
     def _params(self, req: SamplingRequest) -> tuple[str, dict]:
         table = methods()
+        if req.method is None:  # an OpenAI client sets only temperature: > 0 samples, as it expects
+            req.method = "sample" if (req.temperature or 0) > 0 else "greedy"
         if req.method not in table:
             raise ApiError(400, f"unknown method {req.method!r}; available: {', '.join(sorted(table))}", "method")
         info = table[req.method]
@@ -208,9 +210,44 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-def _reject_logprobs(req: SamplingRequest) -> None:
-    if getattr(req, "logprobs", None) not in (None, False) or getattr(req, "top_logprobs", None) is not None:
-        raise ApiError(400, "logprobs are not supported by decodelab's server yet", "logprobs")
+def _logprobs(req: SamplingRequest) -> int | None:
+    """Alternatives per token the request asks for (completions: logprobs=k; chat: logprobs + top_logprobs),
+    or None. Streamed responses do not carry them yet: 400 rather than silently leaving them out."""
+    asked = getattr(req, "logprobs", None)
+    top = getattr(req, "top_logprobs", None)
+    if isinstance(asked, bool):  # chat
+        if top is not None and not asked:
+            raise ApiError(400, "top_logprobs needs logprobs: true", "top_logprobs")
+        k = (top or 0) if asked else None
+    else:
+        k = asked
+    if k is not None and req.stream:
+        raise ApiError(400, "logprobs with stream=true are not supported yet; ask without streaming", "logprobs")
+    return k
+
+
+def logprobs_block(lm, gen: Generation, chat: bool, offset: int = 0) -> dict | None:
+    """OpenAI's logprobs object of one choice (completions or chat shape), None when not asked."""
+    if gen.logprobs is None:
+        return None
+    texts = [lm.decode([t]) for t in gen.token_ids]
+    alts = [[(lm.decode([i]), lp) for i, lp in row] for row in gen.top_logprobs]
+    if chat:
+        def item(text, lp):
+            return {"token": text, "logprob": lp, "bytes": list(text.encode("utf-8"))}
+        return {"content": [{**item(t, lp), "top_logprobs": [item(a, alp) for a, alp in row]}
+                            for t, lp, row in zip(texts, gen.logprobs, alts)]}
+    offsets = [offset + sum(len(x) for x in texts[:i]) for i in range(len(texts))]
+    return {"tokens": texts, "token_logprobs": gen.logprobs,
+            "top_logprobs": [_by_text(row) for row in alts] if any(alts) else None, "text_offset": offsets}
+
+
+def _by_text(row: list[tuple[str, float]]) -> dict[str, float]:
+    """Alternatives keyed by text (OpenAI's completions shape): two tokens with one text keep the likelier."""
+    out: dict[str, float] = {}
+    for text, lp in row:
+        out.setdefault(text, lp)
+    return out
 
 
 def _constraint(req: SamplingRequest) -> dict | None:
