@@ -89,7 +89,8 @@ def _initial_model(spec: ImageSpec, init: Path | None):
     if source.config.vocab_size == spec.vocab_size:
         source.config.image = llama_config(spec).image  # the variant it is trained as from now on
         return source
-    model = LlamaForCausalLM(llama_config(spec))
+    c = source.config
+    model = LlamaForCausalLM(llama_config(spec, c.hidden_size, c.num_hidden_layers, c.num_attention_heads))
     state = model.state_dict()
     for name, tensor in source.state_dict().items():
         if name in state and state[name].shape == tensor.shape:
