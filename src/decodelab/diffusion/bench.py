@@ -31,6 +31,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import UserError
+
 TASKS_DIFF, TASKS_AR, CODE_DIFF = "builtin:tasks-diffusion", "builtin:tasks-ar", "builtin:pyco-diffusion"
 TASK_CONFIGS = [  # (model, method, params); the first is the one-token-per-step baseline
     (TASKS_DIFF, "llada", {}),
@@ -227,13 +229,13 @@ def cmd(args) -> None:
 
     set_threads(args.threads)
     if args.n < 1 or args.limit < 1 or args.max_new_tokens < 1:
-        raise ValueError("--n, --limit and --max-new-tokens must be ≥ 1")
+        raise UserError("--n, --limit and --max-new-tokens must be ≥ 1")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for suite in args.suite or ["tasks"]:
         if suite not in SUITES:
-            raise ValueError(f"--suite must be one of {list(SUITES)}, got {suite!r}")
+            raise UserError(f"--suite must be one of {list(SUITES)}, got {suite!r}")
         res = run_suite(suite, args.n, args.limit, args.max_new_tokens,
                         progress=(lambda s: None) if args.json else print)
         (out / f"diffusion-{suite}.json").write_text(json.dumps(res, indent=1) + "\n")

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import UserError
+
 MODES = ("none", "prefix", "dual")
 
 
@@ -31,7 +33,7 @@ class CanvasCache:
 
     def __init__(self, mode: str, shift: bool):
         if mode not in MODES[1:]:
-            raise ValueError(f"cache must be one of {list(MODES)}, got {mode!r}")
+            raise UserError(f"cache must be one of {list(MODES)}, got {mode!r}")
         self.mode, self.shift = mode, int(shift)
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
@@ -90,11 +92,11 @@ def check_cache(lm, mode: str, cfg_scale: float = 0.0) -> CanvasCache | None:
     if mode == "none":
         return None
     if mode not in MODES:
-        raise ValueError(f"cache must be one of {list(MODES)}, got {mode!r}")
+        raise UserError(f"cache must be one of {list(MODES)}, got {mode!r}")
     from .model import DiffusionForMaskedLM
 
     if not isinstance(lm.model, DiffusionForMaskedLM):
-        raise ValueError(f"cache={mode!r} needs decodelab's diffusion architecture; {lm.name} has none (use cache='none')")
+        raise UserError(f"cache={mode!r} needs decodelab's diffusion architecture; {lm.name} has none (use cache='none')")
     if cfg_scale > 0:
-        raise ValueError("cache does not combine with cfg_scale > 0 (use cache='none')")
+        raise UserError("cache does not combine with cfg_scale > 0 (use cache='none')")
     return CanvasCache(mode, bool(lm.model.config.logit_shift))

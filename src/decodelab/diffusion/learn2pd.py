@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UserError
 from .sampling import Rule, Step, top1
 
 FEATURES = ("confidence", "margin", "entropy", "offset", "bias")
@@ -74,7 +75,7 @@ def load_filter(path: Path) -> dict:
             raise ValueError("unexpected features")
         return spec
     except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read the learn2pd filter {path}: {exc}") from None
+        raise UserError(f"cannot read the learn2pd filter {path}: {exc}") from None
 
 
 class _Recorder(Rule):

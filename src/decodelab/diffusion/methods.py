@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import torch
 
+from ..errors import UserError
 from ..methods.registry import Param, register
 from .rules import AdaBlock, Buffered, DreamSchedule, Factor, LocalLeap, Mixture, Schedule, Threshold
 from .sampling import decode, gen_length_of
@@ -129,7 +130,7 @@ def sspd(ctx) -> Iterator[list[list[int]]]:
 def apd(ctx) -> Iterator[list[list[int]]]:
     p = ctx.params
     if p["temperature"] > 0:
-        raise ValueError("apd is implemented for temperature 0 only")
+        raise UserError("apd is implemented for temperature 0 only")
     ar = ar_model(ctx.lm, p["ar_model"])
     rule = Mixture(gen_length_of(ctx), lambda: ctx.session(ar, role="draft"), p["mixture_weight"], p["max_draft"])
     return decode(ctx, rule)
@@ -162,7 +163,7 @@ def ar_model(lm, name: str):
     if key not in lm.state:
         ar = load(name)
         if ar.kind != "causal" or ar.tokenizer.get_vocab() != lm.tokenizer.get_vocab():
-            raise ValueError(f"ar_model {name!r} must be a causal model with the diffusion model's tokenizer")
+            raise UserError(f"ar_model {name!r} must be a causal model with the diffusion model's tokenizer")
         lm.state[key] = ar
     return lm.state[key]
 

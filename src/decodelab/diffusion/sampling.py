@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import UserError
 from ..processors import SAMPLING_DEFAULTS
 
 NEG_INF = float("-inf")
@@ -94,7 +95,7 @@ def check_sampling(params: dict) -> None:
     """Diffusion samplers take `temperature` only; other AR sampling parameters are refused."""
     for name, default in SAMPLING_DEFAULTS.items():
         if name != "temperature" and params.get(name, default) != default:
-            raise ValueError(f"parameter {name!r} is not supported by diffusion samplers (only temperature)")
+            raise UserError(f"parameter {name!r} is not supported by diffusion samplers (only temperature)")
 
 
 def row_generators(ctx) -> list[torch.Generator]:

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 
 import torch
 
+from ..errors import UserError
 from .sampling import (
     NEG_INF,
     Canvas,
@@ -67,7 +68,7 @@ def decode_sspd(ctx, block_length: int, draft_length: int) -> Iterator[list[list
     """The sspd loop: yields each row's newly contiguous committed tokens after every forward call."""
     check_sampling(ctx.params)
     if float(ctx.params.get("temperature", 0.0)) > 0:
-        raise ValueError("sspd reproduces stepwise greedy decoding: use temperature 0")
+        raise UserError("sspd reproduces stepwise greedy decoding: use temperature 0")
     g = gen_length_of(ctx)
     length = block_length if block_length > 0 else g
     canvas = new_canvas(ctx, g, ctx.lm.mask_token_id)
