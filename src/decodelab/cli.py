@@ -223,6 +223,7 @@ def cmd_methods(args) -> None:
     table = methods()
     if args.json:
         print(json.dumps({n: {"description": m.description, "params": m.params, "lossless": m.lossless,
+                                  "family": m.family,
                               "paper": m.paper, "batched": m.batched} for n, m in table.items()}))
         return
     from rich.console import Console

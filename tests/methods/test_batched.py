@@ -128,3 +128,14 @@ def test_builtin_batch_rows_equal_greedy_alone(method):
     batch = decodelab.generate_batch(lm, prompts, method=method, max_new_tokens=40)
     for prompt, got in zip(prompts, batch):
         assert got.token_ids == decodelab.generate(lm, prompt, max_new_tokens=40).token_ids, (method, prompt)
+
+
+@pytest.mark.parametrize("backend", ["transformers", "native"])
+def test_speculative_drafts_every_row_in_one_forward_per_draft_step(backend):
+    """BASS's batched drafting: one draft forward serves all rows (not one per row), rows still exact."""
+    lm = SHARP[backend]
+    batch = decodelab.generate_batch(lm, PROMPTS, method="speculative", max_new_tokens=24, draft="tiny-draft")
+    alone = [decodelab.generate(lm, p, method="speculative", max_new_tokens=24, draft="tiny-draft") for p in PROMPTS]
+    assert [g.token_ids for g in batch] == [a.token_ids for a in alone]
+    per_row = [a.stats.draft_forward_passes for a in alone]
+    assert max(per_row) <= batch[0].stats.draft_forward_passes < 0.5 * sum(per_row)

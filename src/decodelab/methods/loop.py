@@ -134,7 +134,7 @@ def batched_loop(ctx, make_proposer) -> Iterator[list[list[int]]]:
 def _step(ctx, session, rows: list[int], proposers: dict, wants_hidden: bool) -> list[list[int]]:
     """One draft → batched verify → per-row accept step over the live rows; the tokens each row emits."""
     views = [ctx.row(b) for b in rows]
-    drafts = [_row_draft(v, proposers[b], session) for b, v in zip(rows, views)]
+    drafts = _drafts(rows, views, proposers, session)
     ids, parents, chain = _pack([v.ids()[-1] for v in views], drafts, ctx.lm.pad_token_id)
     out = session.forward(ids, parents=None if chain else parents, hidden=wants_hidden)
     logits, hidden = (out[0], out[1]) if wants_hidden else (out, None)
@@ -158,12 +158,29 @@ def _step(ctx, session, rows: list[int], proposers: dict, wants_hidden: bool) ->
 HOLES_BEFORE_DEFRAGMENT = 16  # wasted cache columns tolerated before the holes are closed
 
 
-def _row_draft(view, proposer, session) -> Draft:
-    """One row's draft, clipped to what its budget and the batch's cache columns allow."""
+def _drafts(rows: list[int], views: list, proposers: dict, session) -> list[Draft]:
+    """Every live row's draft: per row, or in one call for proposers that share a batch drafter."""
+    batch = getattr(proposers[rows[0]], "batch", None)
+    if batch is None or any(getattr(proposers[b], "batch", None) is not batch for b in rows) \
+            or any(v.sampler.constraint is not None for v in views):
+        return [_row_draft(v, proposers[b], session) for b, v in zip(rows, views)]
+    limits = [_row_limit(v, session) for v in views]
+    drafts = batch.propose_rows(views, rows, [max(limit, 0) for limit in limits])
+    room = views[0].lm.max_length - session.length - 1
+    return [_fit(_clip(d, limit), room) if limit > 0 else Draft() for d, limit in zip(drafts, limits)]
+
+
+def _row_limit(view, session) -> int:
     limit = min(view.remaining() - 1, view.lm.max_length - session.length - 1)
     if limit <= 0:
         session.defragment()  # holes may be what is short of room
         limit = min(view.remaining() - 1, view.lm.max_length - session.length - 1)
+    return limit
+
+
+def _row_draft(view, proposer, session) -> Draft:
+    """One row's draft, clipped to what its budget and the batch's cache columns allow."""
+    limit = _row_limit(view, session)
     return _fit(_draft(view, proposer, limit), view.lm.max_length - session.length - 1)
 
 

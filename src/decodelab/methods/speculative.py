@@ -6,7 +6,7 @@ with SpecDec++'s threshold rule for the draft length (arXiv:2405.19715).
 
 from __future__ import annotations
 
-from ..proposers.draft_model import DraftModel, resolve_draft
+from ..proposers.draft_model import BatchDrafter, DraftModel, resolve_draft
 from .loop import speculative_loop
 from .registry import Param, register
 
@@ -22,4 +22,7 @@ from .registry import Param, register
 def speculative(ctx):
     draft = resolve_draft(ctx.lm, ctx.params["draft"])
     p = ctx.params
+    if (ctx.batch_size > 1 or ctx.open) and draft.backend in ("native", "transformers"):
+        shared = BatchDrafter(ctx, draft, p["num_draft_tokens"], p["stop_threshold"])  # one draft forward per step
+        return speculative_loop(ctx, shared.row)
     return speculative_loop(ctx, lambda c: DraftModel(c, draft, p["num_draft_tokens"], p["stop_threshold"]))

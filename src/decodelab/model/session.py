@@ -196,6 +196,24 @@ class Session:
         used = int(keep.any(dim=0).nonzero().max()) + 1 if keep.any() else 0
         self.truncate(start + used)
 
+    def keep_rows(self, counts: list[int]) -> None:
+        """Per row b, keep only its first counts[b] real tokens (rows roll back by different amounts): the
+        rest become holes, and columns no row keeps are cut. Nothing is copied."""
+        if len(counts) != self.batch_size:
+            raise ValueError(f"{len(counts)} counts for a batch of {self.batch_size}")
+        if self.pad_mask is None:
+            self.pad_mask = torch.ones(self.batch_size, self.length, dtype=torch.long)
+        keep = (self.pad_mask.cumsum(dim=1) <= torch.tensor(counts)[:, None]) & self.pad_mask.bool()
+        self.pad_mask = keep.long()
+        used = int(keep.any(dim=0).nonzero().max()) + 1 if keep.any() else 0
+        self.truncate(used)
+
+    def real_tokens(self, b: int) -> list[int]:
+        """The tokens row b's cache holds, without pads and holes."""
+        if self.pad_mask is None:
+            return list(self.tokens[b])
+        return [t for t, m in zip(self.tokens[b], self.pad_mask[b].tolist()) if m]
+
     def defragment(self) -> None:
         """Close the holes: each row's real columns move right-aligned behind left pads (one gather)."""
         if self.pad_mask is None:

@@ -115,3 +115,102 @@ class DraftModel(Stateless):
                 break
         q = None if ctx.sampler.greedy or not qs else torch.stack(qs)
         return Draft.chain(tokens, q)
+
+
+class BatchDrafter:
+    """One draft cache for all rows of a batch: every draft step is one batched draft forward (BASS,
+    Qian et al., arXiv:2404.15778), instead of one forward per row.
+
+    Each row drafts exactly as `DraftModel` would alone — the same processed q, the same SpecDec++ stop
+    rule, the same draws from the row's own generator — only the forwards are shared. Rows roll their
+    draft cache back by different amounts (`Session.keep_rows`: holes, no copy), then the tokens each row
+    lacks are fed in one right-padded forward; rows that join are prefilled and merged, rows that left
+    are dropped, so the draft batch always mirrors the target's live rows.
+    """
+
+    def __init__(self, ctx, draft_lm: LM, num_draft_tokens: int, stop_threshold: float = 1.0):
+        self.ctx, self.lm = ctx, draft_lm
+        self.num_draft_tokens, self.stop_threshold = num_draft_tokens, stop_threshold
+        self.vocab = ctx.lm.vocab_size
+        self.session, self.rows = None, []  # the draft session and the ctx row each of its rows holds
+        self._single = DraftModel.__new__(DraftModel)  # its _q and _confidence, shared
+        self._single.vocab = self.vocab
+
+    def row(self, view) -> "_RowHandle":
+        return _RowHandle(self, view)
+
+    def propose_rows(self, views: list, rows: list[int], limits: list[int]) -> list[Draft]:
+        histories = [in_vocab(v.ids(), self.lm) for v in views]
+        self._align(rows, histories)
+        counts, feeds = [], []
+        for i, h in enumerate(histories):
+            cached = self.session.real_tokens(i)
+            k = next((j for j, (a, b) in enumerate(zip(cached, h[:-1])) if a != b), min(len(cached), len(h) - 1))
+            counts.append(k)
+            feeds.append(h[k:])
+        self.session.keep_rows(counts)
+        logits = self._feed(feeds)
+        budget = [min(limit, self.num_draft_tokens) for limit in limits]
+        tokens, qs, conf = [[] for _ in views], [[] for _ in views], [1.0] * len(views)
+        active = [n > 0 for n in budget]
+        while any(active):
+            for i, view in enumerate(views):
+                if not active[i]:
+                    continue
+                q = self._single._q(view, histories[i] + tokens[i], logits[i : i + 1])
+                x = int(view.sampler.sample(q[None], view.generator))
+                tokens[i].append(x)
+                qs[i].append(q)
+                conf[i] *= self._single._confidence(q, logits[i : i + 1], x, view.sampler.greedy)
+                active[i] = len(tokens[i]) < budget[i] and 1.0 - conf[i] <= self.stop_threshold
+            if any(active):
+                logits = self._feed([[t[-1]] if a else [] for t, a in zip(tokens, active)])
+        greedy = views[0].sampler.greedy if views else True
+        return [Draft.chain(t, None if greedy or not q else torch.stack(q)) for t, q in zip(tokens, qs)]
+
+    def _align(self, rows: list[int], histories: list[list[int]]) -> None:
+        """Make the draft session's rows the live rows, in their order (drop, prefill + merge, reorder)."""
+        if self.session is not None:
+            keep = [i for i, b in enumerate(self.rows) if b in set(rows)]
+            if not keep:
+                self.session, self.rows = None, []
+            elif len(keep) < len(self.rows):
+                self.session.reorder(keep)
+                self.rows = [self.rows[i] for i in keep]
+        new = [b for b in rows if b not in set(self.rows)]
+        if new:
+            joined = self.ctx.session(self.lm, role="draft", batch_size=len(new))
+            prompts = [histories[rows.index(b)][:-1] or histories[rows.index(b)][:1] for b in new]
+            width = max(len(p) for p in prompts)
+            ids = torch.tensor([[self.lm.pad_token_id] * (width - len(p)) + p for p in prompts])
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+            joined.forward(ids, pad_mask=mask, last_only=True)
+            if self.session is None:
+                self.session, self.rows = joined, list(new)
+            else:
+                self.session.defragment()
+                self.session.merge(joined)
+                self.rows += new
+        if self.rows != rows:
+            self.session.reorder([self.rows.index(b) for b in rows])
+            self.rows = list(rows)
+
+    def _feed(self, feeds: list[list[int]]) -> torch.Tensor:
+        """Feed each row its tokens (ragged, right-padded as holes); [R, V] logits after each row's last."""
+        n = max(len(f) for f in feeds)
+        pad = self.lm.pad_token_id
+        ids = torch.tensor([f + [pad] * (n - len(f)) for f in feeds])
+        mask = torch.tensor([[1] * len(f) + [0] * (n - len(f)) for f in feeds])
+        logits = self.session.forward(ids, pad_mask=None if all(len(f) == n for f in feeds) else mask)
+        last = torch.tensor([max(len(f) - 1, 0) for f in feeds])
+        return logits[torch.arange(len(feeds)), last]  # [R, V_draft]
+
+
+class _RowHandle(Stateless):
+    """One row's face of a BatchDrafter (the loop drafts all rows with `batch.propose_rows`)."""
+
+    def __init__(self, batch: BatchDrafter, view):
+        self.batch, self.view = batch, view
+
+    def propose(self, ctx, limit: int) -> Draft:  # a batch of one (the single-row loop)
+        return self.batch.propose_rows([ctx], [getattr(ctx, "b", 0)], [limit])[0]
