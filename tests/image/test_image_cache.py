@@ -53,3 +53,10 @@ def test_cached_zipar_full_window_is_raster():
 def test_kv_cache_flag_is_checked():
     with pytest.raises(ValueError, match="kv_cache"):
         decodelab.generate_image(tiny_image_lm(), 3, kv_cache="yes")
+
+
+def test_timing_rows_compare_cache_off_and_on():
+    from decodelab.image.timing import measure
+
+    row = measure(tiny_image_lm(sharpen=4.0, layers=2), "sjd", {"window": 4}, repeats=1, seed=0)
+    assert row["same_tokens"] and row["s_per_image_cached"] > 0 and row["s_per_image_recompute"] > 0
