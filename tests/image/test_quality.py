@@ -8,6 +8,8 @@ with guidance 2 (77% with the KV cache) and of LPD's with 8 groups (87%); on bui
 The bench (20 per class, docs/VISUAL.md) measures the rates themselves.
 """
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -59,6 +61,11 @@ def test_cli_writes_a_png_and_reports_errors_in_one_line(tmp_path, capsys):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["image", "--label", "3", "--method", "sjd", "--grid", "4", "-p", "window=8", "--out", str(out)]) == 0
     capsys.readouterr()
+    runs = [main(["image", "--label", "5", "--method", "sjd", "--seed", "1", "--json", "--out", str(out)] + flag)
+            for flag in ([], ["--no-kv-cache"])]
+    cached, plain = (json.loads(line) for line in capsys.readouterr().out.strip().splitlines()[-2:])
+    assert runs == [0, 0] and cached["token_ids"] == plain["token_ids"]
+    assert (cached["stats"]["kv_cache"], plain["stats"]["kv_cache"]) == (True, False)
     assert main(["image", "--label", "12", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "label must be an integer class 0–9" in err

@@ -25,6 +25,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--grid", type=int, default=0, help="write a labelled grid of this many samples instead")
     p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="method parameter")
+    p.add_argument("--no-kv-cache", action="store_true", help="recompute the sequence every pass (image/cache.py)")
     p.add_argument("--json", action="store_true", help="print the stats as one JSON line")
     p.set_defaults(func=cmd_image)
     return p
@@ -48,7 +49,8 @@ def cmd_image(args) -> None:
     torch.set_num_threads(1)  # tiny models: one thread is fastest on a shared CPU
     n = max(1, args.grid)
     gens = generate_images(args.model, [args.label] * n, method=args.method, seeds=args.seed,
-                           cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k, **params)
+                           cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
+                           kv_cache=not args.no_kv_cache, **params)
     if args.grid:
         save_grid([(f"{args.method} {args.label}", [g.pixels for g in gens])], args.out)
     else:
