@@ -290,17 +290,6 @@ def test_greedy_probs_are_one_hot_at_penalised_argmax():
         assert torch.equal(sampler.sample(probs, None), best)
 
 
-@pytest.mark.parametrize("params", [{"top_p": 0.9, "temperature": 0.7}, *PIPELINES, {"temperature": 0.0}])
-def test_probs_rows_equal_per_row_probs(params):
-    sampler = Sampler(check_sampling_params(params), prompt_len=3)
-    g = torch.Generator().manual_seed(7)
-    histories = [torch.randint(0, 6, (n,), generator=g).tolist() for n in (4, 5, 6, 9)]
-    logits = make_logits(3, 257, "ties").repeat(2, 1)[:4]
-    rows = sampler.probs_rows(histories, logits)
-    for i, h in enumerate(histories):
-        torch.testing.assert_close(rows[i], sampler.probs(torch.tensor([h]), logits[i : i + 1])[0])
-
-
 def test_sample_is_reproducible_with_a_generator():
     sampler = Sampler(check_sampling_params({"temperature": 1.5}), prompt_len=0)
     probs = sampler.probs(make_history(0, 50), make_logits(0, 50, "normal"))

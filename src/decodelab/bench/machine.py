@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import UserError
+
 BUSY_OTHERS_SHARE = 0.10  # other processes using > 10 % of all cores = a busy machine
 BUSY_LOAD_PER_CORE = 0.5
 
@@ -31,7 +33,7 @@ def set_threads(threads: int | None) -> None:
     if threads is None:
         return
     if threads < 1:
-        raise ValueError(f"--threads must be ≥ 1, got {threads}")
+        raise UserError(f"--threads must be ≥ 1, got {threads}")
     torch.set_num_threads(threads)
 
 

@@ -166,7 +166,7 @@ def propose(logits: torch.Tensor, temperature: float, confidence: str,
     elif confidence == "entropy":
         conf = (p * torch.log(p.clamp_min(1e-300))).sum(-1)  # −H: higher is more certain
     else:
-        raise ValueError(f"unknown confidence {confidence!r}; use one of {list(CONFIDENCES)}")
+        raise UserError(f"unknown confidence {confidence!r}; use one of {list(CONFIDENCES)}")
     return x0, conf
 
 

@@ -20,7 +20,7 @@ from itertools import chain
 import torch
 from torch import nn
 
-from ..errors import ModelError
+from ..errors import ModelError, UserError
 from .lm import LM
 
 _PARTS = ("embed_tokens", "layers", "norm", "rotary_emb")
@@ -42,7 +42,7 @@ def early_exit_lm(lm: LM, layer: int) -> LM:
     """The LM that exits after `layer` (1 ≤ layer ≤ L) of `lm`; built once per layer, kept in lm.state."""
     total = num_layers(lm)
     if not 1 <= layer <= total:
-        raise ValueError(f"exit layer must be in 1..{total}, got {layer}")
+        raise UserError(f"exit layer must be in 1..{total}, got {layer}")
     built = lm.state.setdefault("early_exit", {})
     if layer not in built:
         model = lm.model.truncated(layer) if lm.backend in ("native", "llamacpp") else _build(lm.model, layer)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ModelError
+from ..errors import ModelError, UserError
 from ..model import LM, load
 from ..model.lm import DRAFTS
 from ..verify import Draft
@@ -24,7 +24,7 @@ def resolve_draft(lm: LM, name: str, **load_options) -> LM:
     """
     if name == "auto":
         if lm.name not in DRAFTS:
-            raise ValueError(f"no default draft for {lm.name!r}: pass draft=<model name or directory> "
+            raise UserError(f"no default draft for {lm.name!r}: pass draft=<model name or directory> "
                              "(CLI: --draft DIR)")
         name = DRAFTS[lm.name]
     cache = lm.state.setdefault("drafts", {})

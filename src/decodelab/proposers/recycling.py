@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import UserError
 from ..treeshape import tree_depths
 from ..verify import Draft, Verdict
 
@@ -41,9 +42,9 @@ def parse_widths(text: str) -> tuple[int, ...]:
     try:
         widths = tuple(int(w) for w in text.replace(" ", "").split(",") if w)
     except ValueError:
-        raise ValueError(f"widths must be comma-separated positive integers, got {text!r}") from None
+        raise UserError(f"widths must be comma-separated positive integers, got {text!r}") from None
     if not widths or min(widths) < 1:
-        raise ValueError(f"widths must be comma-separated positive integers, got {text!r}")
+        raise UserError(f"widths must be comma-separated positive integers, got {text!r}")
     return widths
 
 
@@ -61,7 +62,7 @@ def build_template(widths: tuple[int, ...] | list[int], k: int) -> list[tuple[in
         pairs = sorted(((-prob[p] * prior[j], p, j) for p in level for j in range(k)),
                        key=lambda c: (c[0], level.index(c[1]), c[2]))
         if width > len(pairs):
-            raise ValueError(f"level {depth} width {width} > {len(pairs)} = k × previous width")
+            raise UserError(f"level {depth} width {width} > {len(pairs)} = k × previous width")
         chosen = sorted(pairs[:width], key=lambda c: (level.index(c[1]), c[2]))
         level = []
         for neg, parent, rank in chosen:

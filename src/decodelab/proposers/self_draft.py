@@ -29,7 +29,7 @@ from collections import OrderedDict
 
 import torch
 
-from ..errors import ModelError
+from ..errors import ModelError, UserError
 from ..model.early_exit import early_exit_lm, exit_tokens, num_layers
 from ..verify import Draft, Verdict
 from .draft_model import DraftModel
@@ -56,7 +56,7 @@ class SelfDraft:
     def __init__(self, ctx, exit_layer: int, num_draft_tokens: int):
         self.total = num_layers(ctx.lm)
         if exit_layer > self.total:
-            raise ValueError(f"exit_layer must be in 1..{self.total} for {ctx.lm.name} (0 = chosen by DEL)")
+            raise UserError(f"exit_layer must be in 1..{self.total} for {ctx.lm.name} (0 = chosen by DEL)")
         if exit_layer == 0 and self.total < 2:
             raise ModelError(f"{ctx.lm.name}: one layer leaves no earlier exit to draft with")
         self.exit_layer = exit_layer
