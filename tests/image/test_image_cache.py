@@ -25,6 +25,7 @@ def _both(lm, method, sampling, **params):
 @pytest.mark.parametrize("sampling", SAMPLING)
 @pytest.mark.parametrize("method,params,variant", [
     ("raster", {}, "raster"), ("sjd", {"window": 6}, "raster"), ("sjd", {"window": 16, "init": "sample_horizon"}, "raster"),
+    ("sjd", {"window": 6, "init": "repeat_horizon", "update": "reinit"}, "raster"),
     ("nar", {}, "nar"), ("lpd", {"steps": 8}, "lpd")])
 def test_cached_equals_recomputed(method, params, variant, sampling):
     lm = tiny_image_lm(variant=variant, sharpen=4.0, layers=2)

@@ -1,5 +1,7 @@
 """Each method's rule on small hand-made cases and tiny random models."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -75,9 +77,9 @@ def test_sjd_acceptance_rule_hand_cases():
 def test_sjd_greedy_equals_raster_greedy(tiny8):
     greedy = Processing(temperature=0.0)
     r, _ = _run(tiny8, "raster", [0, 4], [0, 1], greedy)
-    for init in ("random", "repeat_horizon", "sample_horizon"):
-        s, stats = _run(tiny8, "sjd", [0, 4], [0, 1], greedy, window=6, init=init)
-        assert torch.equal(s, r), init
+    for init, update in itertools.product(("random", "repeat_horizon", "sample_horizon"), ("jacobi", "reinit")):
+        s, stats = _run(tiny8, "sjd", [0, 4], [0, 1], greedy, window=6, init=init, update=update)
+        assert torch.equal(s, r), (init, update)
         assert all(st["forward_passes"] <= 64 for st in stats)
 
 

@@ -12,6 +12,10 @@ independent images (one `torch.Generator` each) decoded together, and every forw
   token when all are accepted, and the Jacobi update (fresh samples beyond the accepted prefix
   are the next drafts, with their p as q). Exact speculative sampling given the accepted
   prefix, hence lossless.
+  `update="reinit"` (ours, not the paper's) drops the Jacobi iteration: after each step every
+  draft is re-initialised from the accepted prefix by `init` — with `repeat_horizon` a run of
+  copies of the last accepted token, i.e. speculative decoding with a copy drafter. Still exact
+  (each draft is a function of the accepted prefix, q its one-hot or its sampling distribution).
 """
 
 from __future__ import annotations
@@ -161,9 +165,11 @@ def jacobi_update(row: JacobiRow, p: torch.Tensor, new: int, window_end: int, ge
           exact=True, paper="Accelerating Auto-regressive Text-to-Image Generation with Training-free "
           "Speculative Jacobi Decoding (arXiv 2410.01699)",
           window=Param(16, 2, 256, help="L: last accepted token + L-1 drafts"),
-          init=Param("random", choices=("random", "repeat_horizon", "sample_horizon"), help="draft initialisation"))
+          init=Param("random", choices=("random", "repeat_horizon", "sample_horizon"), help="draft initialisation"),
+          update=Param("jacobi", choices=("jacobi", "reinit"), help="next drafts: jacobi = this pass's fresh samples "
+                       "(the paper); reinit = re-initialised from the accepted prefix by `init` (ours)"))
 def sjd(model: ImageModel, labels: torch.Tensor, gens: list[torch.Generator], window: int = 16,
-        init: str = "random") -> tuple[torch.Tensor, list[dict]]:
+        init: str = "random", update: str = "jacobi") -> tuple[torch.Tensor, list[dict]]:
     b, n, k = len(labels), model.spec.n, model.spec.levels
     rows = [JacobiRow(torch.zeros(n, dtype=torch.long), torch.zeros(n, k), torch.full((n, k), 1 / k)) for _ in range(b)]
     while any(r.accepted < n for r in rows):
@@ -179,6 +185,9 @@ def sjd(model: ImageModel, labels: torch.Tensor, gens: list[torch.Generator], wi
             row.dist[row.accepted:end] = p[row.accepted:end]
             row.passes += 1
             row.per_pass.append(new)
-            jacobi_update(row, p, new, end, gens[i])
+            if update == "jacobi":
+                jacobi_update(row, p, new, end, gens[i])
+            else:  # every draft is re-initialised next pass from the accepted prefix
+                row.accepted, row.drafted = row.accepted + new, 0
     out = torch.stack([r.tokens for r in rows])
     return out, [_stats(r.passes, steps=r.passes, accepted_per_pass=r.per_pass, mean_accepted=n / r.passes) for r in rows]
