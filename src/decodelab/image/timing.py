@@ -26,7 +26,8 @@ from .generate import generate_images
 CONFIGS = {
     "builtin:digits": [("raster", {}), ("sjd", {"window": 16}), ("zipar", {"window": 4}), ("nar", {}),
                        ("lpd", {"steps": 8}), ("mulo", {"tau": 0.3})],
-    "builtin:digits16": [("raster", {}), ("sjd", {"window": 16}), ("zipar", {"window": 8}), ("nar", {}),
+    "builtin:digits16": [("raster", {}), ("sjd", {"window": 16}),
+                         ("sjd", {"window": 16, "init": "repeat_horizon", "update": "reinit"}), ("zipar", {"window": 8}), ("nar", {}),
                          ("lpd", {"steps": 20}), ("mulo", {"tau": 0.3})],
 }
 LABELS = list(range(10))
