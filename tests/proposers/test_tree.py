@@ -127,3 +127,21 @@ def test_sampling_distribution_of_first_three_tokens(draft, seeds, depth):
     assert abs(sum(exact.values()) - 1) < 1e-4
     assert chi2_pvalue(samples, exact) > ALPHA, Counter(samples).most_common(5)
     assert len(set(samples)) > 6
+
+
+def test_draft_cache_never_keeps_a_forest_as_a_sequence():
+    """After proposing, the draft's cache holds only the context (a prefix of it): the forest of chains
+    the proposer fed side by side is rolled back, so a later sync cannot keep a second chain's root as
+    if it continued the first (llama.cpp refused that; other backends silently drafted from it)."""
+    from decodelab.engine import Context
+    from decodelab.processors import Sampler
+    from decodelab.proposers.draft_tree import DraftTree
+    from decodelab.stats import Stats
+
+    lm = _with_drafts(tiny_lm("llama", seed=3))
+    ids = lm.encode(PROMPTS[0])
+    ctx = Context(lm, [ids], {}, Sampler({"temperature": 0.0}, len(ids)), None, 20, Stats())
+    proposer = DraftTree(ctx, lm.state["drafts"]["noisy"], branching=3, depth=4, ngram_stage=False)
+    draft = proposer.propose(ctx, 4)
+    assert len(set(p for p in draft.parents if p == -1)) == 1 and draft.parents.count(-1) == 3  # a forest
+    assert proposer.session.real_tokens(0) == ids[: proposer.session.length]

@@ -104,7 +104,8 @@ class DraftTree(Stateless):
         base = len(history)
         while True:
             todo = [c for c in chains if len(c) < depth]
-            if not todo:
+            if not todo:  # the forest's columns are no sequence: never let a later sync keep them as one
+                self.session.truncate(base)
                 return
             feeds = [c + self._guess(history + c, depth - len(c) - 1) for c in todo]
             ids, parents = [], []
