@@ -93,6 +93,7 @@ class Context:
         self.stop: list[str] = []
         self.open = False  # more rows may join: a method idles (yields nothing) instead of ending
         self.row_stats: dict[int, Stats] | None = None  # per-row draft counts (the Engine's rows)
+        self.row_samplers: dict[int, Sampler] = {}  # rows with sampling parameters of their own (Engine.add)
         self._pending = list(range(len(prompts)))  # rows not yet admitted by the method
         self._views: dict[int, RowContext] = {}
 
@@ -114,9 +115,14 @@ class Context:
         new, self._pending = self._pending, []
         return new
 
+    def sampler_of(self, b: int) -> Sampler:
+        """Row b's sampler: its own when it brought sampling parameters, else the batch's."""
+        return self.row_samplers.get(b, self.sampler)
+
     def release(self, b: int) -> None:
         """Row b has left the batch for good: drop what it holds (a long-running server adds rows forever)."""
         self._views.pop(b, None)
+        self.row_samplers.pop(b, None)
         if self.open:
             self.prompts[b], self.out[b] = [], []
 
@@ -177,12 +183,16 @@ class RowContext:
     def __init__(self, parent: Context, b: int):
         self.parent, self.b = parent, b
         self.lm, self.params, self.stats = parent.lm, parent.params, parent.stats
-        self.sampler = parent.sampler.for_row(b, len(parent.prompts[b]))  # row b's grammar state, unpadded
+        self.sampler = parent.sampler_of(b).for_row(b, len(parent.prompts[b]))  # row b's own, unpadded
         self.max_new_tokens = parent.max_new[b]
         self.prompts, self.out = [parent.prompts[b]], [parent.out[b]]
         self.generator = parent.generators[b] if parent.generators else None
         self.generators = [self.generator] if self.generator is not None else None
+        self.row_samplers: dict = {}  # a row's view has one sampler: its own
         self.batch_size = 1
+
+    def sampler_of(self, row: int = 0) -> Sampler:
+        return self.sampler
 
     def ids(self, row: int = 0) -> list[int]:
         return self.parent.ids(self.b)
@@ -367,15 +377,17 @@ class Engine:
             users = ", ".join(sorted(n for n, m in _methods().items() if m.continuous))
             raise UserError(f"method {method!r} cannot take rows into a running batch; continuous methods: {users}")
         self.lm, self.params = lm, self.info.check_params(params)
+        self._given = dict(params)  # what rows that bring their own sampling parameters start from
         self.stats = Stats()
         sampler = Sampler(self.params, prompt_len=0)
         self.ctx = Context(lm, [], self.params, sampler, None, 0, self.stats)
         self.ctx.open = True
-        self.ctx.generators = None if sampler.greedy else []
+        self.ctx.generators = []  # one per row (None for a greedy row)
         self.rows: dict[int, _RowState] = {}
         self._started: dict[int, tuple] = {}  # row → (time added, batch target and draft forward passes then)
         self.ctx.row_stats = {}
         self._logprobs: dict[int, int] = {}  # row → alternatives asked for, for rows that asked
+        self._row_params: dict[int, dict] = {}  # rows with their own sampling parameters
         self._steps = self.info.run(self.ctx)
 
     @property
@@ -384,20 +396,31 @@ class Engine:
         return bool(self.rows)
 
     def add(self, prompt: str | list[int], *, max_new_tokens: int = 64, seed: int | None = None,
-            stop: str | list[str] | None = None, logprobs: int | None = None) -> int:
+            stop: str | list[str] | None = None, logprobs: int | None = None, **sampling) -> int:
         """A new row (text or token ids); it joins the batch at the next step. Returns its row id.
 
-        `logprobs=k`: its Generation carries each token's log p and k alternatives (decodelab/logprobs.py)."""
+        `logprobs=k`: its Generation carries each token's log p and k alternatives (decodelab/logprobs.py).
+        `**sampling` (temperature, top_p, … — SamplingParams names): this row's own sampling parameters;
+        rows with different ones share the batch, each verified and drawn under its own."""
         from .inputs import check_common, check_seed, prompt_ids
         from .logprobs import check_top
+        from .processors import SAMPLING_DEFAULTS
 
         stop = check_common(max_new_tokens, stop)
         check_seed(seed)
         top = check_top(logprobs)
+        own = sorted(set(sampling) - set(SAMPLING_DEFAULTS))
+        if own:
+            raise UserError(f"Engine.add takes sampling parameters only; {own[0]!r} is the method's, set when "
+                            "the Engine is made")
+        params = self.info.check_params({**self._given, **sampling}) if sampling else self.params
         ids = prompt_ids(self.lm, prompt)
-        greedy = self.ctx.generators is None
-        generator = None if greedy else row_generators(seed, 1)[0]
+        sampler = Sampler(params, prompt_len=0) if sampling else self.ctx.sampler
+        generator = None if sampler.greedy else row_generators(seed, 1)[0]
         b = self.ctx.add_row(ids, generator, max_new_tokens)
+        if sampling:
+            self.ctx.row_samplers[b] = sampler
+            self._row_params[b] = params
         self.rows[b] = _RowState(self.lm, stop)
         self.ctx.row_stats[b] = Stats()
         if top is not None:
@@ -411,6 +434,8 @@ class Engine:
             self.ctx.done[b] = True
             self._started.pop(b, None)
             self.ctx.row_stats.pop(b, None)
+            self._row_params.pop(b, None)
+            self._logprobs.pop(b, None)
 
     def step(self) -> list[Event]:
         """One step over the live batch: new text per row, and a last event with its Generation."""
@@ -424,18 +449,19 @@ class Engine:
             self.ctx.row_stats[b].record_step(n)
         if grown:
             self.stats.record_step(sum(grown.values()) / len(grown))
+        live = len(self.rows)  # the batch this step ran
         for b in [b for b, row in self.rows.items() if row.finish]:
-            events.append(self._finish(b))
+            events.append(self._finish(b, live))
         return events
 
-    def _finish(self, b: int) -> Event:
+    def _finish(self, b: int, live: int) -> Event:
         row = self.rows.pop(b)
         t0, passes, draft_passes = self._started.pop(b)
         stats = self.ctx.row_stats.pop(b)  # its steps and drafts; forward passes are the batch's in its lifetime
         stats.new_tokens, stats.forward_passes = len(row.tokens), self.stats.forward_passes - passes
         stats.draft_forward_passes = self.stats.draft_forward_passes - draft_passes
-        stats.wall_time_s, stats.batch_size = time.perf_counter() - t0, len(self.rows) + 1
-        gen = _generation(self.lm, row, stats, self.info.name, self.params)
+        stats.wall_time_s, stats.batch_size = time.perf_counter() - t0, live
+        gen = _generation(self.lm, row, stats, self.info.name, self._row_params.pop(b, self.params))
         if b in self._logprobs:
             from .logprobs import attach
 

@@ -85,3 +85,24 @@ def test_builtin_pyco_rows_joining_equal_each_row_alone(method, params):
         alone = decodelab.generate(lm, PROMPTS[i], method=method, max_new_tokens=12 + 3 * i,
                                    seed=None if seeds is None else seeds[i], **params)
         assert gen.token_ids == alone.token_ids, (method, i)
+
+
+@pytest.mark.parametrize("method", ["sample", "speculative", "pld"])
+def test_rows_with_their_own_sampling_parameters_share_the_batch(method):
+    """Rows with different temperatures / top-p / penalties (greedy rows too) in one running batch: each
+    equals the same request alone, drawn and verified under its own parameters."""
+    lm = SOFT["native"]
+    rows = [dict(temperature=0.0), dict(temperature=1.5, top_p=0.9), dict(temperature=0.7, repetition_penalty=1.3),
+            dict(temperature=1.0, top_k=5)]
+    engine = decodelab.Engine(lm, method, **_needs(method))
+    ids = {engine.add(PROMPTS[i], max_new_tokens=14, seed=50 + i, **kw): i for i, kw in enumerate(rows)}
+    done = {}
+    while engine.busy:
+        done.update({ids[e.row]: e.generation for e in engine.step() if e.generation})
+    for i, kw in enumerate(rows):
+        alone = decodelab.generate(lm, PROMPTS[i], method=method, max_new_tokens=14, seed=50 + i, **kw,
+                                   **_needs(method))
+        assert done[i].token_ids == alone.token_ids, (method, kw)
+        assert done[i].params["temperature"] == kw["temperature"]
+    with pytest.raises(UserError, match="sampling parameters only"):
+        engine.add(PROMPTS[0], num_draft_tokens=2)

@@ -138,3 +138,21 @@ def test_continuous_rows_join_a_running_batch_and_leave_first(served_lm):
             assert _finals(events)[0].token_ids == ref.token_ids
             assert "".join(e.text for e in events) == ref.text
     scheduler.stop()
+
+
+def test_continuous_rows_with_different_temperatures_share_one_batch(served_lm):
+    from decodelab.serve.scheduler import ContinuousScheduler
+
+    scheduler = ContinuousScheduler(served_lm, max_batch=8)
+    logs = [[], [], []]
+    settings = [{"temperature": 0.5}, {"temperature": 3.0, "top_k": 5}, {"temperature": 1.2, "top_p": 0.8}]
+    for events, params in zip(logs, settings):  # all waiting before the worker starts: one step admits all
+        scheduler.submit(_job(served_lm, ["hello"], events, greedy=False, params=params, method="sample"))
+    scheduler.start()
+    _drain(scheduler)
+    scheduler.stop()
+    for events, params in zip(logs, settings):
+        gen = _finals(events)[0]
+        assert gen.stats.batch_size >= 2  # ran beside the others
+        ref = decodelab.generate(served_lm, "hello", method="sample", max_new_tokens=8, seed=5, **params)
+        assert gen.token_ids == ref.token_ids

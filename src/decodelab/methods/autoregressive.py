@@ -54,7 +54,8 @@ def row_probs(ctx, rows: list[int], logits: "torch.Tensor") -> "torch.Tensor":  
     import torch
 
     sampler = ctx.sampler
-    if not sampler.needs_history and sampler.constraint is None and len(sampler.logits_processors) == 0:
+    if not ctx.row_samplers and not sampler.needs_history and sampler.constraint is None \
+            and len(sampler.logits_processors) == 0:
         return sampler.probs(None, logits)
     return torch.cat([ctx.row(b).sampler.probs(torch.tensor([ctx.ids(b)]), logits[i : i + 1])
                       for i, b in enumerate(rows)])
@@ -63,11 +64,12 @@ def row_probs(ctx, rows: list[int], logits: "torch.Tensor") -> "torch.Tensor":  
 def sample_rows(ctx, probs: "torch.Tensor", rows: list[int] | None = None) -> "torch.Tensor":  # noqa: F821
     """[R, V] → [R] tokens, each row drawn with its own generator (argmax when greedy)."""
     rows = rows if rows is not None else list(range(probs.shape[0]))
-    if ctx.generators is None:
+    if ctx.generators is None and not ctx.row_samplers:
         return ctx.sampler.sample(probs, ctx.generator)
     import torch
 
-    return torch.cat([ctx.sampler.sample(probs[i : i + 1], ctx.generators[b]) for i, b in enumerate(rows)])
+    return torch.cat([ctx.sampler_of(b).sample(probs[i : i + 1], ctx.generators[b] if ctx.generators else None)
+                      for i, b in enumerate(rows)])
 
 
 def autoregressive(ctx) -> Iterator[list[list[int]]]:

@@ -141,7 +141,7 @@ def _step(ctx, session, rows: list[int], proposers: dict, wants_hidden: bool) ->
     nodes, emitted = [], [[] for _ in ctx.prompts]
     for i, (b, view, draft) in enumerate(zip(rows, views, drafts)):
         row_logits = logits[i, : 1 + len(draft) + len(draft.aux_tokens)]
-        verdict = verify(draft, _p_at(view, draft, row_logits), view.generator, ctx.sampler.greedy)
+        verdict = verify(draft, _p_at(view, draft, row_logits), view.generator, view.sampler.greedy)
         nodes.append([0] + [1 + j for j in verdict.path])
         emitted[b] = verdict.tokens
         extra = {"hidden": tuple(h[i : i + 1] for h in hidden)} if hidden is not None else {}

@@ -165,8 +165,8 @@ class BatchDrafter:
                 active[i] = len(tokens[i]) < budget[i] and 1.0 - conf[i] <= self.stop_threshold
             if any(active):
                 logits = self._feed([[t[-1]] if a else [] for t, a in zip(tokens, active)])
-        greedy = views[0].sampler.greedy if views else True
-        return [Draft.chain(t, None if greedy or not q else torch.stack(q)) for t, q in zip(tokens, qs)]
+        return [Draft.chain(t, None if v.sampler.greedy or not q else torch.stack(q))
+                for t, q, v in zip(tokens, qs, views)]
 
     def _align(self, rows: list[int], histories: list[list[int]]) -> None:
         """Make the draft session's rows the live rows, in their order (drop, prefill + merge, reorder)."""

@@ -16,7 +16,8 @@ public API only (`decodelab.stream` / `decodelab.generate_batch`):
 to its end. `ContinuousScheduler` (the server's default) is continuous batching (Orca, Yu et al., OSDI
 2022): rows of every request whose method takes joining rows (`MethodInfo.continuous`: greedy, sample,
 every speculative method) join a running `decodelab.Engine` between two steps and leave it as soon as
-they finish or their client goes away; streamed and non-streamed rows share the batch. Both implement
+they finish or their client goes away; streamed and non-streamed rows share the batch, and so do rows
+with different sampling parameters (each row is drawn and verified under its own). Both implement
 `Scheduler`: `submit`, `waiting`, `running`, `start`, `stop`, and the same events.
 """
 
@@ -236,7 +237,8 @@ class BatchingScheduler:
 
 
 class ContinuousScheduler(BatchingScheduler):
-    """Continuous batching: one `decodelab.Engine` per (method, parameters), stepped in turn by the worker.
+    """Continuous batching: one `decodelab.Engine` per (method, method parameters), stepped in turn by the
+    worker; each row brings its own sampling parameters (temperature, top-p, penalties …).
 
     Between two steps the worker admits waiting requests in arrival order while the live rows stay within
     `max_batch` (the oldest waits rather than being overtaken), cancels the rows of clients that went away,
@@ -259,7 +261,8 @@ class ContinuousScheduler(BatchingScheduler):
         info = methods().get(job.method)
         if info is None or not info.continuous or "constraint" in job.params or "token_healing" in job.params:
             return None
-        return job.method, json.dumps(job.params, sort_keys=True)
+        own, _ = _split(job.params)  # rows with different sampling parameters share one engine
+        return job.method, json.dumps(own, sort_keys=True)
 
     def _loop(self) -> None:
         while True:
@@ -302,10 +305,10 @@ class ContinuousScheduler(BatchingScheduler):
                 if engine is None:
                     from ..engine import Engine
 
-                    engine = self._engines[key] = Engine(self.lm, job.method, **job.params)
+                    engine = self._engines[key] = Engine(self.lm, job.method, **_split(job.params)[0])
                 for row in job.rows:
                     b = engine.add(row.prompt, max_new_tokens=job.max_new_tokens, seed=row.seed, stop=job.stop,
-                                   logprobs=job.logprobs)
+                                   logprobs=job.logprobs, **_split(job.params)[1])
                     self._owners[(key, b)] = (job, row)
                 live += len(job.rows)
             except Exception as exc:  # noqa: BLE001 - this request's input; the others go on
@@ -351,3 +354,11 @@ class ContinuousScheduler(BatchingScheduler):
             if event.generation is not None:
                 del self._owners[(key, event.row)]
             self._emit(job, RowEvent(row.index, event.text, event.token_ids, event.generation))
+
+
+def _split(params: dict) -> tuple[dict, dict]:
+    """(the method's own parameters, the sampling parameters) of a request."""
+    from ..processors import SAMPLING_DEFAULTS
+
+    return ({k: v for k, v in params.items() if k not in SAMPLING_DEFAULTS},
+            {k: v for k, v in params.items() if k in SAMPLING_DEFAULTS})
