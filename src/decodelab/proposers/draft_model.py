@@ -77,6 +77,23 @@ def in_vocab(ids: list[int], draft: LM) -> list[int]:
     return [t if t < v else fill for t in ids]
 
 
+def draft_q(ctx, vocab: int, history: list[int], logits: torch.Tensor) -> torch.Tensor:
+    """The draft's processed distribution in the target's vocabulary ([V]), under the row's sampler."""
+    logits = logits[..., :vocab]
+    if logits.shape[-1] < vocab:
+        logits = torch.nn.functional.pad(logits, (0, vocab - logits.shape[-1]), value=float("-inf"))
+    hist = torch.tensor([history]) if ctx.sampler.needs_history else None
+    return ctx.sampler.probs(hist, logits)[0]
+
+
+def confidence(q: torch.Tensor, logits: torch.Tensor, x: int, greedy: bool) -> float:
+    """The draft's estimate that the target keeps x (SpecDec++'s stop rule): q(x) of the processed q it is
+    verified with when sampling; at temperature 0, where q is one-hot, its softmax confidence in x."""
+    if not greedy:
+        return float(q[x])
+    return float(torch.softmax(logits[0].float(), -1)[x]) if x < logits.shape[-1] else 0.0
+
+
 class DraftModel(Stateless):
     def __init__(self, ctx, draft_lm: LM, num_draft_tokens: int, stop_threshold: float = 1.0, session=None):
         self.session = session or ctx.session(draft_lm, role="draft")
@@ -84,33 +101,18 @@ class DraftModel(Stateless):
         self.stop_threshold = stop_threshold
         self.vocab = ctx.lm.vocab_size
 
-    def _q(self, ctx, history: list[int], logits: torch.Tensor) -> torch.Tensor:
-        """The draft's processed distribution in the target's vocabulary: [V]."""
-        logits = logits[..., : self.vocab]
-        if logits.shape[-1] < self.vocab:
-            logits = torch.nn.functional.pad(logits, (0, self.vocab - logits.shape[-1]), value=float("-inf"))
-        hist = torch.tensor([history]) if ctx.sampler.needs_history else None
-        return ctx.sampler.probs(hist, logits)[0]
-
-    def _confidence(self, q: torch.Tensor, logits: torch.Tensor, x: int, greedy: bool) -> float:
-        """The draft's estimate that the target keeps x: q(x) of the processed q it is verified with when
-        sampling; at temperature 0, where q is one-hot, the draft's softmax confidence in its argmax."""
-        if not greedy:
-            return float(q[x])
-        return float(torch.softmax(logits[0].float(), -1)[x]) if x < logits.shape[-1] else 0.0
-
     def propose(self, ctx, limit: int) -> Draft:
         history = in_vocab(ctx.ids(), self.session.lm)
         feed = self.session.sync(history[:-1]) + [history[-1]]
         tokens, qs, p_all = [], [], 1.0
         for _ in range(min(limit, self.num_draft_tokens)):
             logits = self.session.forward(feed, last_only=True)[0, -1:]  # [1, V_draft]
-            q = self._q(ctx, history + tokens, logits)
+            q = draft_q(ctx, self.vocab, history + tokens, logits)
             x = int(ctx.sampler.sample(q[None], ctx.generator))
             tokens.append(x)
             qs.append(q)
             feed = [x]
-            p_all *= self._confidence(q, logits, x, ctx.sampler.greedy)
+            p_all *= confidence(q, logits, x, ctx.sampler.greedy)
             if 1.0 - p_all > self.stop_threshold:
                 break
         q = None if ctx.sampler.greedy or not qs else torch.stack(qs)
@@ -133,8 +135,6 @@ class BatchDrafter:
         self.num_draft_tokens, self.stop_threshold = num_draft_tokens, stop_threshold
         self.vocab = ctx.lm.vocab_size
         self.session, self.rows = None, []  # the draft session and the ctx row each of its rows holds
-        self._single = DraftModel.__new__(DraftModel)  # its _q and _confidence, shared
-        self._single.vocab = self.vocab
 
     def row(self, view) -> "_RowHandle":
         return _RowHandle(self, view)
@@ -157,11 +157,11 @@ class BatchDrafter:
             for i, view in enumerate(views):
                 if not active[i]:
                     continue
-                q = self._single._q(view, histories[i] + tokens[i], logits[i : i + 1])
+                q = draft_q(view, self.vocab, histories[i] + tokens[i], logits[i : i + 1])
                 x = int(view.sampler.sample(q[None], view.generator))
                 tokens[i].append(x)
                 qs[i].append(q)
-                conf[i] *= self._single._confidence(q, logits[i : i + 1], x, view.sampler.greedy)
+                conf[i] *= confidence(q, logits[i : i + 1], x, view.sampler.greedy)
                 active[i] = len(tokens[i]) < budget[i] and 1.0 - conf[i] <= self.stop_threshold
             if any(active):
                 logits = self._feed([[t[-1]] if a else [] for t, a in zip(tokens, active)])
