@@ -66,6 +66,8 @@ class Event:
     token_ids: list[int]
     row: int = 0
     generation: Generation | None = None
+    logprobs: list[float] | None = None  # Engine rows that asked: these tokens' log p (and alternatives)
+    top_logprobs: list[list[tuple[int, float]]] | None = None
 
 
 class Context:
@@ -386,7 +388,7 @@ class Engine:
         self.rows: dict[int, _RowState] = {}
         self._started: dict[int, tuple] = {}  # row → (time added, batch target and draft forward passes then)
         self.ctx.row_stats = {}
-        self._logprobs: dict[int, int] = {}  # row → alternatives asked for, for rows that asked
+        self._scorers: dict = {}  # rows that asked for logprobs → their logprobs.Scorer
         self._row_params: dict[int, dict] = {}  # rows with their own sampling parameters
         self._steps = self.info.run(self.ctx)
 
@@ -424,7 +426,9 @@ class Engine:
         self.rows[b] = _RowState(self.lm, stop)
         self.ctx.row_stats[b] = Stats()
         if top is not None:
-            self._logprobs[b] = top
+            from .logprobs import Scorer
+
+            self._scorers[b] = Scorer(self.lm, ids, top)
         self._started[b] = (time.perf_counter(), self.stats.forward_passes, self.stats.draft_forward_passes)
         return b
 
@@ -435,7 +439,7 @@ class Engine:
             self._started.pop(b, None)
             self.ctx.row_stats.pop(b, None)
             self._row_params.pop(b, None)
-            self._logprobs.pop(b, None)
+            self._scorers.pop(b, None)
 
     def step(self) -> list[Event]:
         """One step over the live batch: new text per row, and a last event with its Generation."""
@@ -452,6 +456,13 @@ class Engine:
         live = len(self.rows)  # the batch this step ran
         for b in [b for b, row in self.rows.items() if row.finish]:
             events.append(self._finish(b, live))
+        for event in events:
+            scorer = self._scorers.get(event.row)
+            if scorer is not None:
+                event.logprobs, event.top_logprobs = scorer.score(event.token_ids)
+                if event.generation is not None:
+                    event.generation.logprobs, event.generation.top_logprobs = scorer.logprobs, scorer.alternatives
+                    del self._scorers[event.row]
         return events
 
     def _finish(self, b: int, live: int) -> Event:
@@ -462,11 +473,7 @@ class Engine:
         stats.draft_forward_passes = self.stats.draft_forward_passes - draft_passes
         stats.wall_time_s, stats.batch_size = time.perf_counter() - t0, live
         gen = _generation(self.lm, row, stats, self.info.name, self._row_params.pop(b, self.params))
-        if b in self._logprobs:
-            from .logprobs import attach
-
-            attach(self.lm, self.ctx.prompts[b], gen, self._logprobs.pop(b))
-        return Event(gen.text[row.sent:], row.unsent, b, gen)
+        return Event(gen.text[row.sent:], row.unsent, b, gen)  # step() adds its logprobs
 
     def close(self) -> None:
         self._steps.close()

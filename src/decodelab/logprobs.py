@@ -46,3 +46,35 @@ def score(lm, prompt: list[int], tokens: list[int], top: int = 0):
 def attach(lm, prompt: list[int], generation, top: int) -> None:
     """Fill `generation.logprobs` and `.top_logprobs` for its token ids."""
     generation.logprobs, generation.top_logprobs = score(lm, prompt, generation.token_ids, top)
+
+
+class Scorer:
+    """One row's logprobs as its tokens stream (the Engine, for streamed responses): the prompt is run once,
+    then each event's tokens in one cached forward; `score`'s numbers over the whole output up to float
+    rounding (≤ 1e-4 in the tests)."""
+
+    @torch.inference_mode()
+    def __init__(self, lm, prompt: list[int], top: int):
+        self.top = top
+        self.session = lm.session()
+        self.last = self.session.forward(prompt, last_only=True)[0, -1].float()  # the next token's logits
+        self.logprobs: list[float] = []
+        self.alternatives: list[list[tuple[int, float]]] = []
+
+    @torch.inference_mode()
+    def score(self, tokens: list[int]):
+        """(log p, alternatives) of these next tokens; they are kept for the row's Generation too."""
+        if not tokens:
+            return [], []
+        logits = self.session.forward(tokens)[0].float()  # [n, V]: the distributions after each token
+        rows = torch.cat([self.last[None], logits[:-1]])
+        self.last = logits[-1]
+        logp = torch.log_softmax(rows, dim=-1)
+        chosen = logp.gather(1, torch.tensor(tokens, device=logp.device)[:, None])[:, 0].tolist()
+        alternatives = [[] for _ in tokens]
+        if self.top:
+            values, ids = logp.topk(self.top, dim=-1)
+            alternatives = [list(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
+        self.logprobs += chosen
+        self.alternatives += alternatives
+        return chosen, alternatives

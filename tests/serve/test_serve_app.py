@@ -80,7 +80,7 @@ def test_queue_full_is_429_and_recovers(served_lm):
     (b'{"prompt": "x", "temperature": -1}', 400, "temperature"),
     (b'{"prompt": [999999]}', 400, "out of range"),
     (b'{"prompt": []}', 400, "empty"),
-    (b'{"prompt": "x", "logprobs": 1, "stream": true}', 400, "logprobs"),
+    (b'{"prompt": "x", "logprobs": 1, "stream": true, "method": "beam"}', 400, "logprobs"),
     (b'{"prompt": "x", "logprobs": 6}', 400, "logprobs"),
     (b'{"prompt": ["a", "b", "c", "d", "e"], "n": 16}', 400, "at most 64"),
     (b'{"prompt": "x", "stop": [""]}', 400, "stop"),

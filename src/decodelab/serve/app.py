@@ -177,7 +177,8 @@ async def _serve(server: Server, request: Request, req, prompts, max_new_tokens,
     gens = await _collect(server, request, job, queue, req.n)
     choices = [shape.full(i, g.text, finish_reason(g)) for i, g in sorted(gens.items())]
     for choice, (i, g) in zip(choices, sorted(gens.items())):
-        choice["logprobs"] = logprobs_block(server.lm, g, shape.object == "chat.completion",
+        choice["logprobs"] = logprobs_block(server.lm, g.token_ids, g.logprobs, g.top_logprobs,
+                                            shape.object == "chat.completion",
                                             len(shape.prefix(i)) if hasattr(shape, "prefix") else 0)
     return {**head, "object": shape.object, "choices": choices, "usage": server.usage(job, gens, req.n),
             "decodelab": server.info_block(job, gens)}
@@ -226,6 +227,7 @@ async def _sse(server: Server, job: Job, first: RowEvent, queue: asyncio.Queue, 
         return "data: " + json.dumps({**head, "object": shape.chunk_object, "choices": choices, **extra}) + "\n\n"
 
     gens: dict = {}
+    offsets: dict[int, int] = {}  # per choice: characters streamed so far (completions' text_offset)
     try:
         if opening := shape.opening(r.index for r in job.rows):
             yield chunk(opening)
@@ -236,9 +238,16 @@ async def _sse(server: Server, job: Job, first: RowEvent, queue: asyncio.Queue, 
                 yield "data: " + json.dumps({"error": {"message": err.message, "code": err.status}}) + "\n\n"
                 break
             finish = None if event.generation is None else finish_reason(event.generation)
-            if event.text or finish:
+            if event.text or finish or event.logprobs:
                 extra = {"decodelab": row_stats(event.index, event.generation)} if finish else {}
-                yield chunk([shape.choice(event.index, event.text, finish)], **extra)
+                choice = shape.choice(event.index, event.text, finish)
+                if event.logprobs is not None:  # this chunk's tokens (the continuous engine scores as it streams)
+                    chat = shape.chunk_object != "text_completion"
+                    start = offsets.get(event.index, 0 if chat else len(shape.prefix(event.index)))
+                    block = logprobs_block(server.lm, event.token_ids, event.logprobs, event.top_logprobs, chat, start)
+                    choice["logprobs"] = block
+                    offsets[event.index] = start + (0 if chat else sum(len(t) for t in block["tokens"]))
+                yield chunk([choice], **extra)
             if event.generation is not None:
                 gens[event.index] = event.generation
             if len(gens) == len(job.rows):

@@ -56,6 +56,8 @@ class RowEvent:
     token_ids: list[int] = field(default_factory=list)
     generation: Generation | None = None
     error: Exception | None = None
+    logprobs: list[float] | None = None  # streamed rows that asked: these tokens' logprobs
+    top_logprobs: list | None = None
 
 
 @dataclass
@@ -353,7 +355,8 @@ class ContinuousScheduler(BatchingScheduler):
             job, row = owner
             if event.generation is not None:
                 del self._owners[(key, event.row)]
-            self._emit(job, RowEvent(row.index, event.text, event.token_ids, event.generation))
+            self._emit(job, RowEvent(row.index, event.text, event.token_ids, event.generation,
+                                     logprobs=event.logprobs, top_logprobs=event.top_logprobs))
 
 
 def _split(params: dict) -> tuple[dict, dict]:

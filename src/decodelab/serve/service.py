@@ -123,6 +123,9 @@ class Server:
         """A validated Job with one row per (prompt, choice); raises ApiError(400) on bad input."""
         top = _logprobs(req)
         method, params = self._params(req)
+        if top is not None and req.stream and (not methods()[method].continuous or _constraint(req) is not None):
+            raise ApiError(400, f"streamed logprobs come from the continuous-batching engine: method {method!r} "
+                                "(or a constraint) needs stream=false for logprobs", "logprobs")
         try:
             checked = methods()[method].check_params(params)
         except ValueError as exc:
@@ -221,24 +224,24 @@ def _logprobs(req: SamplingRequest) -> int | None:
         k = (top or 0) if asked else None
     else:
         k = asked
-    if k is not None and req.stream:
-        raise ApiError(400, "logprobs with stream=true are not supported yet; ask without streaming", "logprobs")
     return k
 
 
-def logprobs_block(lm, gen: Generation, chat: bool, offset: int = 0) -> dict | None:
-    """OpenAI's logprobs object of one choice (completions or chat shape), None when not asked."""
-    if gen.logprobs is None:
+def logprobs_block(lm, token_ids: list[int], logprobs: list[float] | None, top_logprobs, chat: bool,
+                   offset: int = 0) -> dict | None:
+    """OpenAI's logprobs object of one choice or one streamed chunk (completions or chat shape), None when
+    not asked."""
+    if logprobs is None:
         return None
-    texts = [lm.decode([t]) for t in gen.token_ids]
-    alts = [[(lm.decode([i]), lp) for i, lp in row] for row in gen.top_logprobs]
+    texts = [lm.decode([t]) for t in token_ids]
+    alts = [[(lm.decode([i]), lp) for i, lp in row] for row in top_logprobs]
     if chat:
         def item(text, lp):
             return {"token": text, "logprob": lp, "bytes": list(text.encode("utf-8"))}
         return {"content": [{**item(t, lp), "top_logprobs": [item(a, alp) for a, alp in row]}
-                            for t, lp, row in zip(texts, gen.logprobs, alts)]}
+                            for t, lp, row in zip(texts, logprobs, alts)]}
     offsets = [offset + sum(len(x) for x in texts[:i]) for i in range(len(texts))]
-    return {"tokens": texts, "token_logprobs": gen.logprobs,
+    return {"tokens": texts, "token_logprobs": logprobs,
             "top_logprobs": [_by_text(row) for row in alts] if any(alts) else None, "text_offset": offsets}
 
 
