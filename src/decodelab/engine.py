@@ -125,8 +125,10 @@ class Context:
         """Row b has left the batch for good: drop what it holds (a long-running server adds rows forever)."""
         self._views.pop(b, None)
         self.row_samplers.pop(b, None)
-        if self.open:
+        if self.open:  # a long-running Engine adds rows forever: keep nothing of the rows that left
             self.prompts[b], self.out[b] = [], []
+            if self.generators is not None:
+                self.generators[b] = None
 
     def row(self, b: int) -> "RowContext":
         """Row b's narrow view: what a proposer needs of one sequence in a batch (one per row)."""
@@ -361,8 +363,9 @@ class Engine:
     Orca's iteration-level scheduling (Yu et al., OSDI 2022): every `step()` runs one batched target
     forward over the rows alive now; a row added with `add()` is prefilled and merged into the batch
     before the next step (`Session.merge`), and a finished or cancelled row leaves at once. Rows share the
-    method and its parameters; each has its own prompt, seed, `max_new_tokens` and stop strings, and its
-    tokens are those it would get alone with the same seed (tests/methods/test_engine_continuous.py).
+    method and its own parameters (a draft, widths …); each has its own prompt, seed, `max_new_tokens`,
+    stop strings and, when given, sampling parameters, and its tokens are those it would get alone with
+    the same seed and parameters (tests/methods/test_engine_continuous.py).
 
         engine = Engine(lm, "pld")
         row = engine.add(lm.encode("def f(x):"), max_new_tokens=64, seed=0)
