@@ -250,3 +250,22 @@ def test_a_token_outside_the_grammar_stops_the_row_with_the_reason():
     events = list(run_method(info, TINY, [TINY.encode("x")], params, 10, None, [], grammar))
     g = events[-1].generation
     assert g.finish_reason == "stop" and g.incomplete is True and "not allowed" in g.error
+
+
+@pytest.mark.parametrize("method", LOSSLESS)
+def test_constrained_batch_rows_equal_rows_alone(method):
+    """One constraint over a ragged batch, every lossless method, greedy and sampled: each row is the row
+    generated alone (its own grammar state, its own seed) — the batch runs as one batch, not row by row."""
+    prompts = [p for p, _ in TINY_CASES]
+    constraint = {"regex": r"[a-d]{1,6}(xy|z)+"}
+    for temperature in (0.0, 0.9) if method != "greedy" else (0.0,):
+        batch = decodelab.generate_batch(TINY, prompts, method=method, max_new_tokens=20, seed=11,
+                                         temperature=temperature, constraint=constraint, **_needs(method),
+                                         **CPU_SIZES.get(method, {}))
+        assert batch[0].stats.batch_size == len(prompts)  # one batch
+        for b, (prompt, got) in enumerate(zip(prompts, batch)):
+            alone = decodelab.generate(TINY, prompt, method=method, max_new_tokens=20, seed=11 + b,
+                                       temperature=temperature, constraint=constraint, **_needs(method),
+                                       **CPU_SIZES.get(method, {}))
+            assert (got.token_ids, got.finish_reason) == (alone.token_ids, alone.finish_reason), (method, b)
+            assert satisfied(constraint, got.text) or got.finish_reason == "length"
