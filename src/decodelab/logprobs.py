@@ -34,6 +34,11 @@ def score(lm, prompt: list[int], tokens: list[int], top: int = 0):
     if not tokens:
         return [], []
     logits = lm.session().forward(prompt + tokens)[0, len(prompt) - 1 : -1].float()  # [n, V]
+    return _of(logits, tokens, top)
+
+
+def _of(logits: torch.Tensor, tokens: list[int], top: int):
+    """logits [n, V] of the distributions the n tokens were drawn from → (log p of each, top alternatives)."""
     logp = torch.log_softmax(logits, dim=-1)
     chosen = logp.gather(1, torch.tensor(tokens, device=logp.device)[:, None])[:, 0].tolist()
     alternatives = [[] for _ in tokens]
@@ -67,14 +72,8 @@ class Scorer:
         if not tokens:
             return [], []
         logits = self.session.forward(tokens)[0].float()  # [n, V]: the distributions after each token
-        rows = torch.cat([self.last[None], logits[:-1]])
+        chosen, alternatives = _of(torch.cat([self.last[None], logits[:-1]]), tokens, self.top)
         self.last = logits[-1]
-        logp = torch.log_softmax(rows, dim=-1)
-        chosen = logp.gather(1, torch.tensor(tokens, device=logp.device)[:, None])[:, 0].tolist()
-        alternatives = [[] for _ in tokens]
-        if self.top:
-            values, ids = logp.topk(self.top, dim=-1)
-            alternatives = [list(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
         self.logprobs += chosen
         self.alternatives += alternatives
         return chosen, alternatives

@@ -72,6 +72,14 @@ def sample_rows(ctx, probs: "torch.Tensor", rows: list[int] | None = None) -> "t
                       for i, b in enumerate(rows)])
 
 
+def emitted_by_row(ctx, rows: list[int], tokens: list[list[int]]) -> list[list[int]]:
+    """One step's item: the tokens of each of `rows`, nothing for the batch's other rows."""
+    emitted = [[] for _ in ctx.prompts]
+    for b, t in zip(rows, tokens):
+        emitted[b] = t
+    return emitted
+
+
 def autoregressive(ctx) -> Iterator[list[list[int]]]:
     """One token per live row per step; rows join (prefilled apart, then merged) and leave between steps."""
     import torch
@@ -87,10 +95,7 @@ def autoregressive(ctx) -> Iterator[list[list[int]]]:
             yield []
             continue
         tokens = sample_rows(ctx, row_probs(ctx, rows, logits), rows)  # [R]
-        emitted = [[] for _ in ctx.prompts]
-        for b, t in zip(rows, tokens.tolist()):
-            emitted[b] = [t]
-        yield emitted
+        yield emitted_by_row(ctx, rows, [[t] for t in tokens.tolist()])
         session, rows, tokens = retire(ctx, session, rows, tokens)
         if not rows:
             logits = None

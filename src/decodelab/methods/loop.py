@@ -15,7 +15,7 @@ import torch
 from ..constraints import prune
 from ..treeshape import tree_depths
 from ..verify import Draft, verify
-from .autoregressive import admit, prefill, retire, row_probs, sample_rows
+from .autoregressive import admit, emitted_by_row, prefill, retire, row_probs, sample_rows
 
 
 def _clip(draft: Draft, limit: int) -> Draft:
@@ -116,10 +116,7 @@ def batched_loop(ctx, make_proposer) -> Iterator[list[list[int]]]:
             for b in joined:
                 proposers[b] = make_proposer(ctx.row(b))
             wants_hidden = any(getattr(p, "wants_hidden", False) for p in proposers.values())
-            emitted = [[] for _ in ctx.prompts]
-            for b, t in zip(joined, first):
-                emitted[b] = [t]
-            yield emitted
+            yield emitted_by_row(ctx, joined, [[t] for t in first])
         session, rows = retire(ctx, session, rows)
         for b in [b for b in proposers if ctx.done[b]]:
             del proposers[b]

@@ -303,14 +303,15 @@ class ContinuousScheduler(BatchingScheduler):
             if job.cancelled.is_set():
                 continue
             try:
+                own, sampling = _split(job.params)
                 engine = self._engines.get(key)
                 if engine is None:
                     from ..engine import Engine
 
-                    engine = self._engines[key] = Engine(self.lm, job.method, **_split(job.params)[0])
+                    engine = self._engines[key] = Engine(self.lm, job.method, **own)
                 for row in job.rows:
                     b = engine.add(row.prompt, max_new_tokens=job.max_new_tokens, seed=row.seed, stop=job.stop,
-                                   logprobs=job.logprobs, **_split(job.params)[1])
+                                   logprobs=job.logprobs, **sampling)
                     self._owners[(key, b)] = (job, row)
                 live += len(job.rows)
             except Exception as exc:  # noqa: BLE001 - this request's input; the others go on
