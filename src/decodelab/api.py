@@ -132,7 +132,7 @@ def next_token_probs(lm: LM, prompt: str | list[int], *, generated: list[int] | 
     first one's."""
     sampling = SamplingParams.from_dict(_with_sampling(dict(params)))
     ids = prompt_ids(lm, prompt)
-    tail = [] if generated is None else prompt_ids(lm, list(generated)) if generated else []
+    tail = prompt_ids(lm, list(generated)) if generated else []  # checked like a prompt (ids in the vocabulary)
     logits = lm.session().forward(ids + tail, last_only=True)[:, -1]
     sampler = Sampler(sampling.to_dict(), prompt_len=len(ids))
     return sampler.probs(torch.tensor([ids + tail]), logits)[0]
