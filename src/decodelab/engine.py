@@ -91,6 +91,7 @@ class Context:
         self.generators: list[torch.Generator] | None = None  # one per row (row_generators)
         self.done: list[bool] = [False] * len(prompts)  # rows the engine has finished (EOS, stop, length)
         self.candidates: list[list[tuple[list[int], float]]] = [[] for _ in prompts]  # search/meta: ranked
+        self.log_z: list[list[float]] = [[] for _ in prompts]  # per row: log Z_t of each sampled token
         self.seed: int | list[int] | None = None  # the request's seed and stop strings (set by run_method)
         self.stop: list[str] = []
         self.open = False  # more rows may join: a method idles (yields nothing) instead of ending
@@ -107,6 +108,7 @@ class Context:
         self.max_new.append(max_new_tokens)
         self.done.append(False)
         self.candidates.append([])
+        self.log_z.append([])
         if self.generators is not None:
             self.generators.append(generator)
         self._pending.append(b)
@@ -126,9 +128,13 @@ class Context:
         self._views.pop(b, None)
         self.row_samplers.pop(b, None)
         if self.open:  # a long-running Engine adds rows forever: keep nothing of the rows that left
-            self.prompts[b], self.out[b] = [], []
+            self.prompts[b], self.out[b], self.log_z[b] = [], [], []
             if self.generators is not None:
                 self.generators[b] = None
+
+    def kept_log_z(self, b: int, n: int) -> list[float] | None:
+        """log Z_t of row b's first n tokens (Stats.log_z); None unless the sampler drew every one."""
+        return self.log_z[b][:n] if len(self.log_z[b]) >= n else None
 
     def row(self, b: int) -> "RowContext":
         """Row b's narrow view: what a proposer needs of one sequence in a batch (one per row)."""
@@ -346,6 +352,7 @@ def run_method(info, lm: LM, prompts: list[list[int]], params: dict, max_new_tok
     for b, row in enumerate(rows):
         row_stats = stats if len(rows) == 1 else replace(
             stats, new_tokens=len(row.tokens), drafted=list(stats.drafted), accepted=list(stats.accepted))
+        row_stats.log_z = ctx.kept_log_z(b, len(row.tokens))
         gen = _generation(lm, row, row_stats, info.name, params)
         if mask is not None:
             gen.incomplete, gen.error = not row.grammar_done, row.error
@@ -475,6 +482,7 @@ class Engine:
         stats.new_tokens, stats.forward_passes = len(row.tokens), self.stats.forward_passes - passes
         stats.draft_forward_passes = self.stats.draft_forward_passes - draft_passes
         stats.wall_time_s, stats.batch_size = time.perf_counter() - t0, live
+        stats.log_z = self.ctx.kept_log_z(b, len(row.tokens))
         gen = _generation(self.lm, row, stats, self.info.name, self._row_params.pop(b, self.params))
         return Event(gen.text[row.sent:], row.unsent, b, gen)  # step() adds its logprobs
 

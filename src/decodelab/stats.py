@@ -28,6 +28,9 @@ class Stats:
     accepted: list[int] = field(default_factory=list)  # per draft position: times it was accepted
     batch_size: int = 1
     forced_tokens: int = 0  # constrained speculative methods: grammar-forced tokens fed as drafts
+    # sampling: log Z_t, the log of the kept mass, for each emitted token (processors/distortion.py);
+    # None when greedy or when the method does not draw every token from the sampler (speculative, search)
+    log_z: list[float] | None = None
 
     def count_forward(self, role: str, seconds: float) -> None:
         if role == "target":
@@ -75,6 +78,12 @@ class Stats:
         return sum(self.accepted) / drafted if drafted else None
 
     @property
+    def log_distortion(self) -> float | None:
+        """log ε = −Σ_t log Z_t, the sequence's local normalisation distortion (Kempton & Burrell,
+        arXiv:2503.21929): the sampler drew the text with probability p(y)^{1/τ} · ε."""
+        return None if self.log_z is None else -sum(self.log_z)
+
+    @property
     def draft_time_share(self) -> float:
         return self.draft_time_s / self.wall_time_s if self.wall_time_s > 0 else 0.0
 
@@ -92,4 +101,5 @@ class Stats:
             "forward_passes_per_token": round(self.forward_passes_per_token, 4),
             "acceptance_rate": None if self.acceptance_rate is None else round(self.acceptance_rate, 4),
             "acceptance_by_position": [round(a, 4) for a in self.acceptance_by_position],
+            **({} if self.log_z is None else {"log_z": self.log_z, "log_distortion": self.log_distortion}),
         }

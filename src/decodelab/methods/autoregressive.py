@@ -56,9 +56,20 @@ def row_probs(ctx, rows: list[int], logits: "torch.Tensor") -> "torch.Tensor":  
     sampler = ctx.sampler
     if not ctx.row_samplers and not sampler.needs_history and sampler.constraint is None \
             and len(sampler.logits_processors) == 0:
-        return sampler.probs(None, logits)
-    return torch.cat([ctx.row(b).sampler.probs(torch.tensor([ctx.ids(b)]), logits[i : i + 1])
-                      for i, b in enumerate(rows)])
+        pairs = [sampler.probs_and_log_z(None, logits)]
+    else:
+        pairs = [ctx.row(b).sampler.probs_and_log_z(torch.tensor([ctx.ids(b)]), logits[i : i + 1])
+                 for i, b in enumerate(rows)]
+    _record_log_z(ctx, rows, pairs)
+    return torch.cat([p for p, _ in pairs])
+
+
+def _record_log_z(ctx, rows: list[int], pairs: list) -> None:
+    """Each row's log Z_t (None when greedy) into ctx.log_z: the token drawn next is emitted (Stats.log_z)."""
+    zs = [z for probs, log_z in pairs for z in (log_z.tolist() if log_z is not None else [None] * len(probs))]
+    for b, z in zip(rows, zs):
+        if z is not None:
+            ctx.log_z[b].append(z)
 
 
 def sample_rows(ctx, probs: "torch.Tensor", rows: list[int] | None = None) -> "torch.Tensor":  # noqa: F821

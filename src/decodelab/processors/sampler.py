@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import torch
 
+from decodelab.processors.distortion import log_kept_mass
 from decodelab.processors.history import NoRepeatNGram, PresenceFrequencyPenalty, RepetitionPenalty
 from decodelab.processors.params import SAMPLING_DEFAULTS
 from decodelab.processors.warpers import EpsilonCutoff, EtaCutoff, MinP, Temperature, TopK, TopP, Typical
@@ -76,7 +77,8 @@ class Sampler:
 
     def __init__(self, params: dict, prompt_len: int, constraint: Processor | None = None,
                  healing: Processor | None = None):
-        self.greedy: bool = {**SAMPLING_DEFAULTS, **params}["temperature"] == 0
+        self.temperature: float = {**SAMPLING_DEFAULTS, **params}["temperature"]
+        self.greedy: bool = self.temperature == 0
         self.logits_processors = build_logits_processors(params, prompt_len)
         self.constraint = constraint
         self.logits_processors += [p for p in (constraint, healing) if p is not None]
@@ -101,10 +103,17 @@ class Sampler:
 
     def probs(self, input_ids: torch.LongTensor, logits: torch.FloatTensor) -> torch.FloatTensor:
         # input_ids: [B, L]; logits: [B, V] → [B, V] float32 distribution (one-hot when greedy)
+        return self.probs_and_log_z(input_ids, logits)[0]
+
+    def probs_and_log_z(self, input_ids: torch.LongTensor, logits: torch.FloatTensor):
+        """`probs`, and log Z_t [B] — the log of the mass the warpers kept (processors/distortion.py);
+        None when greedy."""
+        processed = _apply(self.logits_processors, input_ids, logits)
         if not self.greedy:
-            return _softmax(self.process(input_ids, logits))
-        best = _apply(self.logits_processors, input_ids, logits).argmax(dim=-1, keepdim=True)  # [B, 1]
-        return torch.zeros_like(logits, dtype=torch.float32).scatter_(-1, best, 1.0)
+            warped = _apply(self.warpers, input_ids, processed)
+            return _softmax(warped), log_kept_mass(processed, warped, self.temperature)
+        best = processed.argmax(dim=-1, keepdim=True)  # [B, 1]
+        return torch.zeros_like(logits, dtype=torch.float32).scatter_(-1, best, 1.0), None
 
     def sample(self, probs: torch.FloatTensor, generator: torch.Generator | None = None) -> torch.LongTensor:
         # probs: [B, V] → [B] token ids
