@@ -5,6 +5,7 @@ Penalties live in `history`, warpers in `warpers`, parameter checking in `params
 in `sampler`; each module cites its papers.
 """
 
+from decodelab.processors.bregman import BregmanTopK
 from decodelab.processors.history import NoRepeatNGram, PresenceFrequencyPenalty, RepetitionPenalty
 from decodelab.processors.params import SAMPLING_DEFAULTS, SamplingParams, check_sampling_params
 from decodelab.processors.sampler import (
@@ -17,6 +18,7 @@ from decodelab.processors.warpers import EpsilonCutoff, EtaCutoff, MinP, Tempera
 
 __all__ = [
     "SAMPLING_DEFAULTS",
+    "BregmanTopK",
     "EpsilonCutoff",
     "EtaCutoff",
     "MinP",

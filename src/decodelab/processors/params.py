@@ -25,6 +25,8 @@ SAMPLING_DEFAULTS: dict[str, float | int] = {
     "presence_penalty": 0.0,
     "frequency_penalty": 0.0,
     "no_repeat_ngram_size": 0,
+    "bregman_alpha": 1.0,
+    "bregman_lambda": 0.0,
 }
 
 GREEDY_EPS = 1e-5  # 0 < temperature < this is greedy, as in vLLM's SamplingParams (_SAMPLING_EPS)
@@ -42,6 +44,8 @@ _RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
     "presence_penalty": ("a number in [-2, 2]", lambda v: -2 <= v <= 2),
     "frequency_penalty": ("a number in [-2, 2]", lambda v: -2 <= v <= 2),
     "no_repeat_ngram_size": ("an integer >= 0 (0 means off)", lambda v: v >= 0),
+    "bregman_alpha": ("a number > 0 (1 is the KL divergence: adaptive top-k)", lambda v: v > 0),
+    "bregman_lambda": ("a number >= 0 (0 means off)", lambda v: v >= 0),
 }
 
 
@@ -93,6 +97,8 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     no_repeat_ngram_size: int = 0
+    bregman_alpha: float = 1.0  # Bregman adaptive top-k (processors/bregman.py), on when bregman_lambda > 0
+    bregman_lambda: float = 0.0
 
     def __post_init__(self):
         checked = check_sampling_params(asdict(self))

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import torch
 
+from decodelab.processors.bregman import BregmanTopK
 from decodelab.processors.distortion import log_kept_mass
 from decodelab.processors.history import NoRepeatNGram, PresenceFrequencyPenalty, RepetitionPenalty
 from decodelab.processors.params import SAMPLING_DEFAULTS
@@ -35,7 +36,8 @@ def build_logits_processors(params: dict, prompt_len: int) -> list[Processor]:
 
 
 def build_warpers(params: dict) -> list[Processor]:
-    """The warpers that `params` switch on, in Hugging Face's order (none for temperature 0)."""
+    """The warpers that `params` switch on, in Hugging Face's order (none for temperature 0), then
+    Bregman top-k (Noarov et al., arXiv:2505.19371)."""
     p = {**SAMPLING_DEFAULTS, **params}
     if p["temperature"] == 0:
         return []
@@ -48,7 +50,8 @@ def build_warpers(params: dict) -> list[Processor]:
         (p["epsilon_cutoff"] > 0, EpsilonCutoff, "epsilon_cutoff"),
         (p["eta_cutoff"] > 0, EtaCutoff, "eta_cutoff"),
     ]
-    return [cls(p[name]) for on, cls, name in switched if on]
+    bregman = [BregmanTopK(p["bregman_alpha"], p["bregman_lambda"])] if p["bregman_lambda"] > 0 else []
+    return [cls(p[name]) for on, cls, name in switched if on] + bregman  # last: it rescales for α ≠ 1
 
 
 def _apply(chain: list[Processor], input_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
