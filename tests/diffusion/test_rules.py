@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from decodelab.diffusion.rules import Buffered, Factor, LocalLeap, Schedule, Threshold
+from decodelab.diffusion.rules import Buffered, EntropyBound, Factor, LocalLeap, Schedule, Threshold
 from decodelab.diffusion.sampling import Step, top_k_mask
 
 X = float("-inf")
@@ -58,3 +58,11 @@ def test_buffered_rule_commits_the_stable_part_of_the_buffer():
     s3 = step([[X, X, 0.7, 0.6, 0.5, 0.4, X, X]])
     s3.x0[0, 3] = 5  # V = 2 at step 2 buffered {1, 2}; 3 was not in it, so only 2 (same argmax) is kept
     assert rule.select(s3)[0].nonzero().flatten().tolist() == [2]
+
+
+def test_entropy_bound_commits_the_largest_prefix_within_the_budget():
+    # conf = −H: entropies 0.05, 0.3, 0.02, (committed), 0.1 → sorted 0.02, 0.05, 0.1, 0.3
+    s = step([[-0.05, -0.3, -0.02, X, -0.1]])
+    picks = {g: EntropyBound(0, 5, g).select(s)[0].nonzero().flatten().tolist() for g in (0.0, 0.02, 0.07, 0.17)}
+    # Σ_{j≤k} H(j) − max: k=1: 0; k=2: 0.02; k=3: 0.07; k=4: 0.17
+    assert picks == {0.0: [2], 0.02: [0, 2], 0.07: [0, 2, 4], 0.17: [0, 1, 2, 4]}

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import decodelab
+import decodelab.tasks
 from decodelab.diffusion import sampling
 from decodelab.diffusion.rules import Threshold
 
@@ -85,7 +86,8 @@ CASES = [("llada", {}), ("llada", {"block_length": 4, "steps": 6}), ("dream", {"
          ("dream", {"alg": "entropy", "alg_temp": 0.7, "temperature": 1.0}), ("fastdllm", {"threshold": 0.5}),
          ("fastdllm", {"factor": 2.0}), ("localleap", {"threshold": 0.6, "relaxed_threshold": 0.3}),
          ("adablock", {"delimiters": "|", "threshold": 0.5}),
-         ("llada", {"remasking": "random", "temperature": 1.0}), ("ccd", {"warmup": 1, "steps": 6})]
+         ("llada", {"remasking": "random", "temperature": 1.0}), ("ccd", {"warmup": 1, "steps": 6}),
+         ("ebsampler", {"gamma": 0.5, "eot": True})]
 
 
 @pytest.mark.parametrize("method,params", CASES)
@@ -155,3 +157,13 @@ def test_stream_yields_committed_text_as_it_is_fixed(tiny):
     final = events[-1].generation
     assert "".join(e.text for e in events) == final.text
     assert sum(len(e.token_ids) for e in events) == len(final.token_ids)
+
+
+def test_ebsampler_budget_zero_is_one_token_per_step_and_a_budget_saves_passes(tiny):
+    one = decodelab.generate(tiny, PROMPTS[0], method="ebsampler", max_new_tokens=11, gamma=0.0)
+    assert one.stats.forward_passes == 11  # only the lowest-entropy position fits a zero budget
+    lm = decodelab.load("builtin:tasks-diffusion")
+    prompt = decodelab.tasks.make("copy", 1, 0)[0].prompt
+    passes = [decodelab.generate(lm, prompt, method="ebsampler", max_new_tokens=24, gamma=g).stats.forward_passes
+              for g in (0.0, 1.0)]
+    assert passes[1] < passes[0] == 24

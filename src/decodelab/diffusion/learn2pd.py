@@ -55,17 +55,19 @@ class Learned(Rule):
         prob = torch.sigmoid(features(step) @ self.weights)  # [B, G]
         out = top1(step.conf) | ((prob >= self.accept) & torch.isfinite(step.conf))
         if self.eos_id is not None:
-            out |= self._end_of_text(step, out)
+            out |= end_of_text(step, out, self.eos_id)
         return out
 
-    def _end_of_text(self, step: Step, out: torch.Tensor) -> torch.Tensor:
-        """Masked positions after a committed (or now committing) EOS: set to EOS."""
-        fixed = step.canvas.canvas == self.eos_id
-        eos_now = fixed | (out & (step.x0 == self.eos_id))
-        after = eos_now.long().cumsum(-1) > 0
-        after &= ~eos_now & step.masked
-        step.x0[after] = self.eos_id
-        return after
+
+def end_of_text(step: Step, out: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """Learn2PD's End-of-Text prediction: the masked positions after a committed (or now committing) EOS,
+    their proposals set to EOS."""
+    fixed = step.canvas.canvas == eos_id
+    eos_now = fixed | (out & (step.x0 == eos_id))
+    after = eos_now.long().cumsum(-1) > 0
+    after &= ~eos_now & step.masked
+    step.x0[after] = eos_id
+    return after
 
 
 def load_filter(path: Path) -> dict:

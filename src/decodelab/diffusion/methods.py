@@ -13,7 +13,17 @@ import torch
 
 from ..errors import UserError
 from ..methods.registry import Param, register
-from .rules import AdaBlock, Buffered, DreamSchedule, Factor, LocalLeap, Mixture, Schedule, Threshold
+from .rules import (
+    AdaBlock,
+    Buffered,
+    DreamSchedule,
+    EntropyBound,
+    Factor,
+    LocalLeap,
+    Mixture,
+    Schedule,
+    Threshold,
+)
 from .sampling import decode, gen_length_of
 
 LLADA = "Large Language Diffusion Models (arXiv:2502.09992)"
@@ -71,6 +81,19 @@ def fastdllm(ctx) -> Iterator[list[list[int]]]:
     return decode(ctx, rule, cache=p["cache"])
 
 
+@register("ebsampler", description="EB-sampler: commit the lowest-entropy positions while their summed entropy "
+          "minus the largest stays ≤ gamma (an error budget per step); optional End-of-Text truncation.",
+          lossless=False, paper="Accelerated Sampling from Masked Diffusion Models via Entropy Bounded Unmasking "
+          "(arXiv:2505.24857)", batched=True, kind="diffusion",
+          params={"gamma": Param(0.1, 0.0, 1e6, help="entropy budget per step (nats); larger = more per step"),
+                  "eot": Param(False, choices=(False, True), help="Learn2PD's End-of-Text truncation: after a committed EOS, all EOS"),
+                  "block_length": _block(0), "cache": CACHE})
+def ebsampler(ctx) -> Iterator[list[list[int]]]:
+    p = ctx.params
+    eos = min(ctx.lm.eos_token_ids) if p["eot"] and ctx.lm.eos_token_ids else None
+    return decode(ctx, EntropyBound(p["block_length"], gen_length_of(ctx), p["gamma"], eos), cache=p["cache"])
+
+
 @register("localleap", description="LocalLeap: anchors (confidence ≥ threshold) lower the bar to "
           "relaxed_threshold within radius positions; otherwise Fast-dLLM's threshold rule.",
           lossless=False, paper="Accelerating Diffusion LLM Inference via Local Determinism Propagation (LocalLeap)",
@@ -106,17 +129,23 @@ def ccd(ctx) -> Iterator[list[list[int]]]:
     return decode(ctx, Buffered(p["block_length"], gen_length_of(ctx), p["steps"], p["expand_ratio"], p["warmup"]), cache=p["cache"])
 
 
-@register("sspd", description="Self-speculative decoding: one pass drafts the next draft_length stepwise "
-          "commits; one batched call verifies the chain on the canvases it implies. Output equals llada at one "
-          "token per step (temperature 0); each call evaluates up to draft_length canvases per row.",
+@register("sspd", description="Self-speculative decoding: one pass drafts the next stepwise commits; one "
+          "batched call verifies a tree of draft_length canvases (best-first over the draft's next positions and "
+          "tokens, or a chain). Output equals llada at one token per step (temperature 0); each call evaluates up "
+          "to draft_length canvases per row.",
           lossless=False, paper="Self Speculative Decoding for Diffusion Large Language Models (arXiv:2510.04147)",
           batched=True, kind="diffusion",
-          params={"draft_length": Param(4, 1, 256, help="k: positions drafted (and canvases verified) per call"),
+          params={"draft_length": Param(4, 1, 256, help="node budget: distinct canvases verified per call"),
+                  "tree": Param("tree", choices=("tree", "chain"),
+                                help="tree: best-first over (position rank, token rank); chain: the draft order"),
+                  "tree_width": Param(3, 1, 64, help="tree: a node's children are its next tree_width drafted "
+                                      "positions, each with its top-2 tokens"),
                   "block_length": _block(0)})
 def sspd(ctx) -> Iterator[list[list[int]]]:
     from .sspd import decode_sspd
 
-    return decode_sspd(ctx, ctx.params["block_length"], ctx.params["draft_length"])
+    p = ctx.params
+    return decode_sspd(ctx, p["block_length"], p["draft_length"], p["tree"], p["tree_width"])
 
 
 @register("apd", description="Adaptive parallel decoding: the diffusion model drafts the next max_draft "

@@ -11,6 +11,10 @@
   with confidence ≥ τ; or, sorted c(1) ≥ c(2) ≥ …, the longest prefix with c(j) ≥ 1 − f/(j + 1).
 - `LocalLeap` — "Accelerating Diffusion LLM Inference via Local Determinism Propagation":
   anchors are positions with conf ≥ τ; within radius r of an anchor the bar drops to τ_relaxed.
+- `EntropyBound` — EB-sampler ("Accelerated Sampling from Masked Diffusion Models via Entropy Bounded
+  Unmasking", arXiv:2505.24857): sort the candidates by entropy H(1) ≤ H(2) ≤ …, commit the largest
+  k with Σ_{j≤k} H(j) − max_{j≤k} H(j) ≤ γ (so the first always goes in; γ = 0 is one per step unless
+  some are certain); optionally Learn2PD's End-of-Text truncation.
 - `AdaBlock` — "AdaBlock-dLLM: Semantic-Aware Diffusion LLM Inference via Adaptive Block Size": the block ends right after the most confident
   predicted delimiter in a window of ⌊0.25·gen_length⌋ positions if its confidence ≥ δ, else after
   the default block length; inside, Fast-dLLM's threshold rule.
@@ -94,6 +98,25 @@ class Factor(Rule):
         ok[:, 0] = True
         n = ok.long().cumprod(dim=-1).sum(-1)  # longest prefix where every c(j) passes
         return top_k_mask(step.conf, n)
+
+
+class EntropyBound(Rule):
+    confidence = "entropy"  # conf = −H, so the loop's top-1 fallback is the lowest-entropy position
+
+    def __init__(self, block_length: int, gen_length: int, gamma: float, eos_id: int | None = None):
+        super().__init__(block_length, gen_length)
+        self.gamma, self.eos_id = gamma, eos_id
+
+    def select(self, step: Step) -> torch.Tensor:
+        entropy = -step.conf.sort(dim=-1, descending=True).values  # H(1) ≤ H(2) ≤ …; +inf = not a candidate
+        before = torch.cumsum(entropy, -1) - entropy  # Σ_{j≤k} H(j) − H(k), and H(k) is the max of the first k
+        ok = (before <= self.gamma + 1e-12) & torch.isfinite(entropy)
+        out = top_k_mask(step.conf, ok.long().cumprod(-1).sum(-1))
+        if self.eos_id is not None:
+            from .learn2pd import end_of_text
+
+            out |= end_of_text(step, out, self.eos_id)
+        return out
 
 
 class LocalLeap(Rule):
