@@ -26,7 +26,7 @@ def _both(lm, method, sampling, **params):
 @pytest.mark.parametrize("method,params,variant", [
     ("raster", {}, "raster"), ("sjd", {"window": 6}, "raster"), ("sjd", {"window": 16, "init": "sample_horizon"}, "raster"),
     ("sjd", {"window": 6, "init": "repeat_horizon", "update": "reinit"}, "raster"),
-    ("nar", {}, "nar"), ("lpd", {"steps": 8}, "lpd")])
+    ("nar", {}, "nar"), ("lpd", {"steps": 8}, "lpd"), ("lpd", {"steps": 8, "cfg_schedule": "linear"}, "lpd")])
 def test_cached_equals_recomputed(method, params, variant, sampling):
     lm = tiny_image_lm(variant=variant, sharpen=4.0, layers=2)
     if variant != "raster":  # the variant models are found beside the raster model
@@ -35,7 +35,8 @@ def test_cached_equals_recomputed(method, params, variant, sampling):
     assert plain == cached and passes == cached_passes
 
 
-@pytest.mark.parametrize("params", [{"window": 2}, {"window": 5}, {"min_window": 1}, {"min_window": 3}])
+@pytest.mark.parametrize("params", [{"window": 2}, {"window": 5}, {"min_window": 1}, {"min_window": 3},
+                                    {"window": 2, "placeholder": "above"}, {"min_window": 3, "placeholder": "above"}])
 def test_zipar_cache_masks_match_recomputation_on_one_layer(params):
     lm = tiny_image_lm(sharpen=4.0)
     for sampling in SAMPLING[1:]:

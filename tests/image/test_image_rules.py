@@ -8,11 +8,11 @@ import torch
 from conftest import tiny_image_lm
 
 from decodelab.image import image_methods, layouts
-from decodelab.image.lpd import _chebyshev, _neighbour_score, lpd_order
+from decodelab.image.lpd import _chebyshev, _neighbour_score, _query_probs, linear_cfg, lpd_order
 from decodelab.image.methods import JacobiRow, verify_window
 from decodelab.image.model import ImageModel, Processing
 from decodelab.image.mulo import accepted_mask, expand_islands
-from decodelab.image.zipar import settle, zipar_ready
+from decodelab.image.zipar import settle, zipar_placeholders, zipar_ready
 
 
 def _run(lm, method, labels, seeds, processing=None, **params):
@@ -50,6 +50,24 @@ def test_zipar_row_rule():
     assert zipar_ready([7, 0, 0, 0], 8, 2) == [0]
     assert zipar_ready([8, 2, 0, 0], 8, 2) == [1, 2]
     assert zipar_ready([8, 3, 2, 0], 8, 2) == [1, 3]  # row 2 at column 2 needs row 1 ≥ 4; row 3 may start
+
+
+def test_zipar_placeholder_rules():
+    # 4×4 grid: row 0 complete, row 1 holds 3, row 2 holds 2, row 3 starts (its input slot x_{2,3} is missing)
+    tokens = torch.arange(16) + 100
+    counts = [4, 3, 2, 0]
+    latest, above = tokens.clone(), tokens.clone()
+    zipar_placeholders(latest, counts, [3], 4, "latest")
+    zipar_placeholders(above, counts, [3], 4, "above")
+    assert latest[11] == tokens[6]  # the latest token of row i-2 = 1 (x_{1,2}), LlamaGen port
+    assert above[11] == tokens[3]  # x_{0,3}: the last column of the nearest complete row above
+    counts = [4, 3, 0, 0]  # row 2 starts while row 1 is incomplete: row 0 is the nearest complete row
+    above = tokens.clone()
+    zipar_placeholders(above, counts, [2], 4, "above")
+    assert above[7] == tokens[3] and torch.equal(above[:7], tokens[:7])
+    untouched = tokens.clone()
+    zipar_placeholders(untouched, [4, 4, 0, 0], [2], 4, "above")  # row 1 complete: nothing is missing
+    assert torch.equal(untouched, tokens)
 
 
 def test_zipar_full_window_is_raster(tiny8):
@@ -141,6 +159,24 @@ def test_lpd_takes_one_pass_per_group():
     lm = tiny_image_lm(variant="lpd")
     tokens, stats = _run(lm, "lpd", [1, 2], [0, 1], steps=8)
     assert [s["forward_passes"] for s in stats] == [8, 8] and tokens.shape == (2, 64)
+
+
+@pytest.mark.parametrize("kv_cache", [False, True])
+def test_lpd_linear_cfg_ramp(kv_cache):
+    # one group of all 64 queries: the token decoded rank-th gets 1 + (cfg - 1)·rank/64
+    lm = tiny_image_lm(variant="lpd")
+    orders = [lpd_order(8, 8, 1, 1, torch.Generator().manual_seed(s)) for s in (0, 1)]
+    gid = torch.zeros(2, 64, dtype=torch.long)
+    labels, tokens, attend = torch.tensor([3, 8]), torch.zeros(2, 64, dtype=torch.long), layouts.lpd_mask(gid)
+    scale = linear_cfg(orders, 64, 3.0)
+    assert scale[0, orders[0][0][0]] == 1.0 and scale[1, orders[1][0][32]] == 2.0
+    ramp = _query_probs(ImageModel(lm, Processing(cfg_scale=3.0), kv_cache=kv_cache), labels, tokens, attend, gid, 0, scale)
+    for rank in (0, 20, 63):
+        fixed = _query_probs(ImageModel(lm, Processing(cfg_scale=1 + 2 * rank / 64)), labels, tokens, attend, gid, 0)
+        for row in (0, 1):
+            cell = orders[row][0][rank]
+            assert torch.allclose(ramp[row, cell], fixed[row, cell], atol=1e-5)
+    assert not torch.allclose(ramp, _query_probs(ImageModel(lm, Processing(cfg_scale=3.0)), labels, tokens, attend, gid, 0))
 
 
 def test_mulo_acceptance_and_islands():

@@ -30,11 +30,15 @@ from .plots import save_grid
 CONFIGS = {
     8: [("raster", {}), ("raster (2nd run)", {}), ("sjd", {"window": 16}), ("sjd", {"window": 16, "init": "sample_horizon"}),
         ("sjd", {"window": 16, "init": "repeat_horizon", "update": "reinit"}),
-        ("zipar", {"window": 4}), ("zipar", {"window": 2}), ("zipar", {"min_window": 2}), ("nar", {}),
+        ("zipar", {"window": 4}), ("zipar", {"window": 2}), ("zipar", {"min_window": 2}),
+        ("zipar", {"window": 4, "placeholder": "above"}), ("zipar", {"window": 2, "placeholder": "above"}),
+        ("zipar", {"min_window": 2, "placeholder": "above"}), ("nar", {}),
         ("lpd", {"steps": 8}), ("lpd", {"steps": 16}), ("mulo", {"tau": 0.3}), ("mulo", {"tau": 0.1, "radius": 0})],
     16: [("raster", {}), ("raster (2nd run)", {}), ("sjd", {"window": 16}), ("sjd", {"window": 16, "init": "sample_horizon"}),
          ("sjd", {"window": 16, "init": "repeat_horizon", "update": "reinit"}),
          ("zipar", {"window": 8}), ("zipar", {"window": 6}), ("zipar", {"window": 4}), ("zipar", {"min_window": 4}),
+         ("zipar", {"window": 6, "placeholder": "above"}), ("zipar", {"window": 4, "placeholder": "above"}),
+         ("zipar", {"min_window": 4, "placeholder": "above"}),
          ("nar", {}), ("lpd", {"steps": 20}), ("lpd", {"steps": 32}), ("mulo", {"tau": 0.3}),
          ("mulo", {"tau": 0.1, "radius": 0})],
 }

@@ -10,8 +10,9 @@ group, every unselected cell is scored Σ 1/‖c - s‖₂ over the selected cel
 8-neighbourhood; candidates with score ≥ 1 are taken in descending score order (random ties)
 unless within Chebyshev distance ≤ ρ of a cell already in this group; the rest of the group is
 filled by farthest-point sampling from this group's members. Group sizes follow the
-increasing-cosine schedule (layouts.group_sizes). Guidance uses a constant scale (the paper's
-linear CFG ramp is not implemented).
+increasing-cosine schedule (layouts.group_sizes). Guidance: `cfg_schedule="constant"` (default)
+uses cfg_scale for every token; `"linear"` is the authors' ramp, scale = 1 + (cfg - 1)·rank/N for
+the token decoded rank-th (0-based, in group order then order inside the group).
 """
 
 from __future__ import annotations
@@ -72,21 +73,35 @@ def lpd_order(height: int, width: int, steps: int, rho: int, gen: torch.Generato
     return groups
 
 
-def _query_probs(model: ImageModel, labels, tokens, attend, gid, k: int) -> torch.Tensor:
-    """Probabilities [B, N, K] read from the position queries, right at group k's positions.
+def linear_cfg(orders: list[list[list[int]]], n: int, cfg_scale: float) -> torch.Tensor:
+    """[B, N] guidance scale of every raster position: 1 + (cfg - 1)·rank/N, rank = its 0-based
+    index in the decoding order (groups in order, members in group order)."""
+    scale = torch.empty(len(orders), n)
+    for row, groups in enumerate(orders):
+        flat = torch.tensor([c for group in groups for c in group])
+        scale[row, flat] = 1 + (cfg_scale - 1) * torch.arange(n, dtype=torch.float32) / n
+    return scale
+
+
+def _query_probs(model: ImageModel, labels, tokens, attend, gid, k: int,
+                 scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Probabilities [B, N, K] read from the position queries, right at group k's positions
+    (`scale` [B, N]: per-position guidance scales, or None for cfg_scale).
     Cached: feeds group k-1's tokens (the class token for k = 0) and group k's queries only — a
     context token sees no later group, so its cached state never goes stale."""
     b, n = tokens.shape
     ids, positions = layouts.lpd_inputs(tokens, model.spec.mask_id)
     if not model.kv_cache:
-        return model.probs(labels, ids, positions, attend)[:, n + 1:]
+        cond, uncond = model.guided_forward(labels, ids, positions, attend)
+        return model.gray_probs(cond[:, n + 1:], None if uncond is None else uncond[:, n + 1:], scale)
     fed = [torch.cat([torch.tensor([0]) if k == 0 else torch.nonzero(g == k - 1).flatten() + 1,
                       torch.nonzero(g == k).flatten() + n + 1]) for g in gid]
     slots = torch.stack(fed)  # [B, |g_{k-1}| + |g_k|]: the same group sizes in every row
     rows = torch.arange(b)[:, None]
     mask = torch.cat([attend[rows, slots], torch.zeros(*slots.shape, 1, dtype=torch.bool)], dim=-1)
+    slot_scale = None if scale is None else scale.gather(1, (slots - n - 1).clamp(min=0))  # context slots: unused
     probs = model.gray_probs(*model.cached_forward(labels, ids.gather(1, slots), slots, slots <= n, mask,
-                                                   positions.gather(1, slots)))
+                                                   positions.gather(1, slots)), slot_scale)
     out = probs.new_zeros(b, 2 * n + 1, model.spec.levels)
     out[rows, slots] = probs
     return out[:, n + 1:]
@@ -96,9 +111,11 @@ def _query_probs(model: ImageModel, labels, tokens, attend, gid, k: int) -> torc
           exact=False, paper="Locality-aware Parallel Decoding for Efficient Autoregressive Image Generation "
           "(arXiv 2507.01957)", variant="lpd",
           steps=Param(0, 0, 4096, help="number of groups (0 = 8 on 8×8, 20 on 16×16)"),
-          rho=Param(-1, -1, 64, help="Chebyshev exclusion radius inside a group (-1 = 1 on 8×8, 2 on 16×16)"))
+          rho=Param(-1, -1, 64, help="Chebyshev exclusion radius inside a group (-1 = 1 on 8×8, 2 on 16×16)"),
+          cfg_schedule=Param("constant", choices=("constant", "linear"), help="guidance per token: constant = "
+                             "cfg_scale; linear = 1 + (cfg_scale - 1)·rank/N (the authors' ramp)"))
 def lpd(model: ImageModel, labels: torch.Tensor, gens: list[torch.Generator], steps: int = 0,
-        rho: int = -1) -> tuple[torch.Tensor, list[dict]]:
+        rho: int = -1, cfg_schedule: str = "constant") -> tuple[torch.Tensor, list[dict]]:
     spec = model.spec
     n = spec.n
     steps = steps or (8 if n <= 64 else 20)
@@ -112,8 +129,9 @@ def lpd(model: ImageModel, labels: torch.Tensor, gens: list[torch.Generator], st
             gid[row, group] = k
     tokens = torch.zeros(len(labels), n, dtype=torch.long)
     attend = layouts.lpd_mask(gid)
+    scale = linear_cfg(orders, n, model.processing.cfg_scale) if cfg_schedule == "linear" and model.guided else None
     for k in range(steps):
-        probs = _query_probs(model, labels, tokens, attend, gid, k)
+        probs = _query_probs(model, labels, tokens, attend, gid, k, scale)
         for row, (groups, gen) in enumerate(zip(orders, gens)):
             group = torch.tensor(groups[k])
             tokens[row, group] = sample(probs[row, group], [gen] * len(group))

@@ -129,9 +129,12 @@ class Processing:
     temperature: float = 1.0
     top_k: int = 0
 
-    def probs(self, cond: torch.Tensor, uncond: torch.Tensor | None) -> torch.Tensor:
-        """cond/uncond logits [..., K] → probabilities [..., K] (one-hot argmax at temperature 0)."""
-        logits = cond if uncond is None else uncond + self.cfg_scale * (cond - uncond)
+    def probs(self, cond: torch.Tensor, uncond: torch.Tensor | None,
+              scale: torch.Tensor | None = None) -> torch.Tensor:
+        """cond/uncond logits [..., K] → probabilities [..., K] (one-hot argmax at temperature 0).
+        `scale` [..., 1] replaces cfg_scale per position (LPD's linear guidance schedule)."""
+        scale = self.cfg_scale if scale is None else scale
+        logits = cond if uncond is None else uncond + scale * (cond - uncond)
         if self.temperature == 0:
             return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).to(logits.dtype)
         logits = logits / self.temperature
@@ -183,10 +186,13 @@ class ImageModel:
         """Gray-level distributions [B, n, K] at the fed slots (raster layout: slot p predicts x_p)."""
         return self.gray_probs(*self.cached_forward(labels, ids, slots, visible))
 
-    def gray_probs(self, cond: torch.Tensor, uncond: torch.Tensor | None) -> torch.Tensor:
-        """(cond, uncond-or-None) logits [..., V] → gray-level distributions [..., K] after processing."""
+    def gray_probs(self, cond: torch.Tensor, uncond: torch.Tensor | None,
+                   scale: torch.Tensor | None = None) -> torch.Tensor:
+        """(cond, uncond-or-None) logits [..., V] → gray-level distributions [..., K] after processing
+        (`scale` [...]: a per-position guidance scale instead of cfg_scale)."""
         k = self.spec.levels
-        return self.processing.probs(cond[..., :k], None if uncond is None else uncond[..., :k])
+        return self.processing.probs(cond[..., :k], None if uncond is None else uncond[..., :k],
+                                     None if scale is None else scale[..., None])
 
     @property
     def guided(self) -> bool:

@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import random
+import time
 from pathlib import Path
 
 import torch
@@ -111,7 +112,9 @@ def _grid_tensors(part: str, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def train(grid: int, variant: str, out: Path, steps: int, batch_size: int = BATCH, lr: float = 2e-3,
-          seed: int = 0, eval_every: int = 100, init: Path | None = None) -> dict:
+          seed: int = 0, eval_every: int = 100, init: Path | None = None, minutes: float = 0) -> dict:
+    """`minutes` > 0 bounds the run: the cosine schedule follows max(step / steps, elapsed / minutes)
+    and training stops (with a final evaluation) once that reaches 1."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     spec = ImageSpec(grid, grid, LEVELS, variant)
@@ -122,30 +125,36 @@ def train(grid: int, variant: str, out: Path, steps: int, batch_size: int = BATC
     val_x, val_y = _grid_tensors("val", grid)
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "training_log.jsonl").open("w")
-    best, best_state = math.inf, None
+    best, best_state, start, done = math.inf, None, time.monotonic(), 0
     for step in range(1, steps + 1):
+        progress = max(step / steps, (time.monotonic() - start) / (60 * minutes) if minutes > 0 else 0)
+        last = step == steps or progress >= 1
         model.train()
         idx = torch.randint(len(train_y), (batch_size,))
         labels = torch.where(torch.rand(batch_size) < LABEL_DROPOUT, 10, train_y[idx])
         for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, step / 100) * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps)))
+            group["lr"] = lr * min(1.0, step / 100) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(progress, 1.0))))
         loss = batch_loss(model, spec, train_x[idx], labels, rng)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if step % eval_every == 0 or step == steps:
+        done = step
+        if step % eval_every == 0 or last:
             val = _evaluate(model, spec, val_x, val_y, random.Random(1))
             log.write(json.dumps({"step": step, "train_loss": round(loss.item(), 4), "val_loss": round(val, 4)}) + "\n")
             log.flush()
             if val < best:
                 best, best_state = val, {k: v.clone() for k, v in model.state_dict().items()}
+        if last:
+            break
     model.load_state_dict(best_state)
-    summary = {"grid": grid, "variant": variant, "levels": LEVELS, "steps": steps, "batch_size": batch_size,
+    summary = {"grid": grid, "variant": variant, "levels": LEVELS, "steps": done, "batch_size": batch_size,
                "lr": lr, "seed": seed, "label_dropout": LABEL_DROPOUT, "best_val_loss_nats_per_token": round(best, 4),
                "params": sum(p.numel() for p in model.parameters()),
                "command": f"python -m decodelab.image.train --grid {grid} --variant {variant} --steps {steps} "
-                          f"--batch-size {batch_size} --lr {lr}{f' --init {init}' if init else ''} --out {out}",
+                          f"--batch-size {batch_size} --lr {lr} --seed {seed}{f' --init {init}' if init else ''}"
+                          f"{f' --minutes {minutes}' if minutes else ''} --out {out}",
                "hardware": "shared 2-core CPU (nice -n 10)", "initialised_from": warm}
     save(model, spec, out, summary)
     return summary
@@ -166,6 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=900)
     p.add_argument("--batch-size", type=int, default=BATCH)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--minutes", type=float, default=0, help="wall-clock bound (the cosine schedule follows it)")
     p.add_argument("--init", type=Path, help="continue from this model directory's weights")
     p.add_argument("--out", type=Path)
     p.add_argument("--all", action="store_true", help="train every embedded image model into src/decodelab/builtin")
@@ -179,7 +190,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.out is None:
         p.error("--out is required without --all")
-    print(json.dumps(train(args.grid, args.variant, args.out, args.steps, args.batch_size, args.lr, init=args.init)))
+    print(json.dumps(train(args.grid, args.variant, args.out, args.steps, args.batch_size, args.lr, seed=args.seed,
+                           init=args.init, minutes=args.minutes)))
 
 
 if __name__ == "__main__":

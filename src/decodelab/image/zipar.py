@@ -6,8 +6,13 @@ attention over the decoded tokens only (undecoded slots masked explicitly).
 
 * Fixed window s (the released code): row 0 is decoded sequentially, then row i ≥ 1 advances
   while row i-1 holds ≥ min(c_i + s, W) tokens ⇒ 2W + (H-2)·s passes; s = W is raster decoding.
-  A new row's first input slot (x_{i-1,W-1}, not decoded yet) holds a copy of the latest token of
-  row i-2, as in the authors' LlamaGen port.
+  A new row's first input slot (x_{i-1,W-1}, not decoded yet) holds a placeholder (overwritten once
+  the real token is decoded; no other slot sees it): `placeholder="latest"` (default) = a copy of the
+  latest token of row i-2, as in the authors' LlamaGen port; `placeholder="above"` (ours) = the token
+  in the last column of the nearest complete row above, x_{k,W-1} — the vertical neighbour of the
+  missing token. The raster model predicts x_{i,0} from that slot's input: on builtin:digits16 the
+  latest token of row i-2 is often a stroke pixel mid-row, and x_{i,0} (background in almost every
+  digit) then costs ~2.8 nats instead of ~0.003 with s ≤ 6 (`python -m decodelab.image.diagnose zipar`).
 * Adaptive window (the ICML version, `min_window` = s_min > 0): row i ≥ 2 starts as soon as row
   i-1 holds s_min settled tokens; its first token x is tentative. Every later pass re-predicts it
   with the wider context: accept if r < min(1, p_new(x)/p_old(x)), else resample from
@@ -37,12 +42,20 @@ def zipar_ready(counts: list[int], width: int, window: int) -> list[int]:
     return ready
 
 
-def zipar_placeholders(tokens: torch.Tensor, counts: list[int], rows: list[int], width: int) -> None:
-    """A new row i's first input slot is x_{i-1,W-1}, not decoded yet: put a copy of the latest
-    token of row i-2 there (it is masked from every other slot)."""
+PLACEHOLDERS = ("latest", "above")
+
+
+def zipar_placeholders(tokens: torch.Tensor, counts: list[int], rows: list[int], width: int,
+                       rule: str = "latest") -> None:
+    """A new row i's first input slot is x_{i-1,W-1}, not decoded yet: put a placeholder there (it
+    is masked from every other slot) — "latest": the latest token of row i-2 (LlamaGen port);
+    "above": x_{k,W-1} of the nearest complete row k ≤ i-2 (row 0 is complete before row 2 starts)."""
     for i in rows:
         if counts[i] == 0 and i >= 2 and counts[i - 1] < width:
-            tokens[(i - 1) * width + width - 1] = tokens[(i - 2) * width + counts[i - 2] - 1]
+            source = (i - 2) * width + counts[i - 2] - 1
+            if rule == "above":
+                source = next(k for k in range(i - 2, -1, -1) if counts[k] >= width) * width + width - 1
+            tokens[(i - 1) * width + width - 1] = tokens[source]
 
 
 def settle(x: int, p_old: torch.Tensor, p_new: torch.Tensor, r: float, gen: torch.Generator) -> tuple[int, bool]:
@@ -57,11 +70,13 @@ def settle(x: int, p_old: torch.Tensor, p_new: torch.Tensor, r: float, gen: torc
 @register("zipar", description="ZipAR next-set prediction: rows decoded in parallel, staggered by a window",
           exact=False, paper="ZipAR: Parallel Auto-regressive Image Generation through Spatial Locality "
           "(arXiv 2412.04062)", window=Param(4, 1, 256, help="s: columns row i-1 must lead by (fixed window)"),
-          min_window=Param(0, 0, 256, help="s_min of the adaptive window (ICML version); 0 = fixed window"))
+          min_window=Param(0, 0, 256, help="s_min of the adaptive window (ICML version); 0 = fixed window"),
+          placeholder=Param("latest", choices=PLACEHOLDERS, help="a new row's missing input x_{i-1,W-1}: latest = "
+                            "latest token of row i-2 (LlamaGen port); above = x_{k,W-1} of the nearest complete row (ours)"))
 def zipar(model: ImageModel, labels: torch.Tensor, gens: list[torch.Generator], window: int = 4,
-          min_window: int = 0) -> tuple[torch.Tensor, list[dict]]:
+          min_window: int = 0, placeholder: str = "latest") -> tuple[torch.Tensor, list[dict]]:
     if min_window:
-        return adaptive_zipar(model, labels, gens, min(min_window, model.spec.width))
+        return adaptive_zipar(model, labels, gens, min(min_window, model.spec.width), placeholder)
     b, (h, w) = len(labels), (model.spec.height, model.spec.width)
     tokens = torch.zeros(b, h * w, dtype=torch.long)
     known = torch.zeros(b, h * w, dtype=torch.bool)
@@ -69,7 +84,7 @@ def zipar(model: ImageModel, labels: torch.Tensor, gens: list[torch.Generator], 
     while min(counts) < w:
         ready = zipar_ready(counts, w, min(window, w))
         for row in tokens:
-            zipar_placeholders(row, counts, ready, w)
+            zipar_placeholders(row, counts, ready, w, placeholder)
         positions = [i * w + counts[i] for i in ready]
         probs = frontier_probs(model, labels, tokens, known, [positions] * b)
         for p in positions:
@@ -115,7 +130,8 @@ class AdaptiveRows:
         return min(self.counts) >= self.w
 
 
-def adaptive_zipar(model: ImageModel, labels, gens, s_min: int) -> tuple[torch.Tensor, list[dict]]:
+def adaptive_zipar(model: ImageModel, labels, gens, s_min: int,
+                   placeholder: str = "latest") -> tuple[torch.Tensor, list[dict]]:
     b, (h, w) = len(labels), (model.spec.height, model.spec.width)
     tokens = torch.zeros(b, h * w, dtype=torch.long)
     known = torch.zeros(b, h * w, dtype=torch.bool)  # settled tokens only
@@ -125,7 +141,8 @@ def adaptive_zipar(model: ImageModel, labels, gens, s_min: int) -> tuple[torch.T
         for img, (state, plan) in enumerate(zip(rows, plans)):
             starting = [i for i, act in plan if act in ("start", "recheck")]
             settled_counts = [state.settled(i) for i in range(h)]
-            zipar_placeholders(tokens[img], [0 if i in starting else c for i, c in enumerate(settled_counts)], starting, w)
+            zipar_placeholders(tokens[img], [0 if i in starting else c for i, c in enumerate(settled_counts)], starting, w,
+                               placeholder)
         queries = [[i * w + state.counts[i] * (act == "next") for i, act in plan] for state, plan in zip(rows, plans)]
         probs = frontier_probs(model, labels, tokens, known, queries)
         for img, (state, plan) in enumerate(zip(rows, plans)):
