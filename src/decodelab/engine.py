@@ -356,8 +356,15 @@ def run_method(info, lm: LM, prompts: list[list[int]], params: dict, max_new_tok
         gen = _generation(lm, row, row_stats, info.name, params)
         if mask is not None:
             gen.incomplete, gen.error = not row.grammar_done, row.error
-        gen.candidates = [Candidate(lm.decode(t), list(t), float(s)) for t, s in ctx.candidates[b]]
+        gen.candidates = [_candidate(lm, stop, healed[b], t, s) for t, s in ctx.candidates[b]]
         yield Event(gen.text[row.sent:], row.unsent, b, gen)
+
+
+def _candidate(lm: LM, stop: list[str], healed: str, tokens: list[int], score: float) -> Candidate:
+    """A ranked alternative cut as the returned text is: tokens up to EOS or a stop string, text without them."""
+    row = _RowState(lm, stop, healed=healed)
+    row.add(list(tokens), len(tokens))
+    return Candidate(_final_text(lm, row), row.tokens, float(score))
 
 
 def _generation(lm: LM, row: "_RowState", stats: Stats, method: str, params: dict) -> Generation:
