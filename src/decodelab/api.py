@@ -58,7 +58,11 @@ def _validate(lm, prompts, method, max_new_tokens, seed, stop, params):
     if not isinstance(healing, bool):
         raise UserError(f"token_healing must be True or False, got {healing!r}")
     if (grammar is not None or healing) and info.kind != "causal":  # never silently unconstrained
-        raise UserError(f"constraint / token_healing are not supported by {info.kind} method {info.name!r}")
+        from .constraints.diffusion import refusal
+
+        reason = refusal(info, grammar, healing)
+        if reason:
+            raise UserError(reason)
     checked = info.check_params(params)
     stop = check_common(max_new_tokens, stop)
     check_seed(seed)

@@ -5,7 +5,7 @@ processor the `Sampler` runs (one `RowConstraint` per row); `prune` cuts drafts 
 grammar rejects; `HealingMask` and `heal` implement token healing. Around them: timing.py (cheap
 timers for mask / check / fast-forward time), validity.py (does a text satisfy a constraint),
 json_suite.py + bench.py (the `json` bench suite), fastforward.py (plain decoding that feeds forced
-tokens). See docs/CONSTRAINTS.md.
+tokens), diffusion.py (the diffusion samplers under a grammar). See docs/CONSTRAINTS.md.
 """
 
 from decodelab.constraints.healing import HealingMask, heal, row_processors

@@ -42,7 +42,8 @@ def llg_tokenizer(lm):
             tok = llguidance.hf.from_tokenizer(lm.tokenizer, n_vocab=lm.vocab_size,
                                                eos_token=sorted(lm.eos_token_ids) or None)
         except Exception as exc:  # noqa: BLE001 - slow tokenizers, exotic vocabularies
-            raise UserError(f"constraints need a fast (Rust) tokenizer: {_one_line(str(exc))}") from None
+            raise UserError(f"constraints need a tokenizer llguidance can convert (a fast byte-level BPE or "
+                            f"SentencePiece one); {lm.name}'s: {_one_line(str(exc))}") from None
         lm.state["llguidance_tokenizer"] = tok
     return lm.state["llguidance_tokenizer"]
 

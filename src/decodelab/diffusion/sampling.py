@@ -204,6 +204,7 @@ def decode(ctx, rule: Rule, cfg_scale: float = 0.0, cache: str = "none") -> Iter
     """The shared loop: yields each row's newly contiguous committed tokens after every step.
 
     cache: "none", or Fast-dLLM's approximate "prefix" / "dual" cache (diffusion/cache.py)."""
+    from ..constraints.diffusion import canvas_grammar
     from .cache import check_cache
 
     check_sampling(ctx.params)
@@ -212,6 +213,7 @@ def decode(ctx, rule: Rule, cfg_scale: float = 0.0, cache: str = "none") -> Iter
     canvas = new_canvas(ctx, gen_length, ctx.lm.mask_token_id)
     gens, blocks = row_generators(ctx), _Blocks(ctx.batch_size)
     temperature = float(ctx.params.get("temperature", 0.0))
+    grammar = canvas_grammar(ctx)  # constraints/diffusion.py; None without a constraint
     index = 0
     while canvas.masked.any():
         if kv is not None:
@@ -219,12 +221,16 @@ def decode(ctx, rule: Rule, cfg_scale: float = 0.0, cache: str = "none") -> Iter
         logits = forward(ctx, canvas, cfg_scale, kv)
         x0, conf = propose(logits, temperature, rule.confidence, gens)
         x0, conf = x0.to(canvas.ids.device), conf.nan_to_num(nan=-1e300, posinf=1e300, neginf=-1e300)
+        if grammar is not None:  # the first masked position proposes only what its grammar state allows
+            grammar.propose_first(canvas, logits, x0, conf, temperature, rule.confidence, gens)
         step = Step(conf.masked_fill(~canvas.masked, NEG_INF), x0, canvas.masked.clone(), index, gens, logits, canvas)
         candidates = canvas.masked & blocks.window(rule, step)
         step.conf = step.conf.masked_fill(~candidates, NEG_INF)
         commit = rule.select(step) & candidates
         stuck = candidates.any(-1) & ~commit.any(-1)
         commit |= top1(step.conf) & stuck[:, None]  # never hang: the most confident one goes in
+        if grammar is not None:  # only commits that keep the canvas inside a valid grammar prefix
+            commit = grammar.filter(canvas, step.x0, commit)
         if not commit.any():  # cannot happen while the guard holds; fail loudly rather than loop
             raise RuntimeError("diffusion step committed nothing while masks remain")
         canvas.canvas[commit] = step.x0[commit]  # a rule may replace proposals (APD's mixture argmax)
