@@ -15,7 +15,7 @@ import torch
 from ..constraints import prune
 from ..treeshape import tree_depths
 from ..verify import Draft, verify
-from .autoregressive import admit, emitted_by_row, prefill, retire, row_probs, sample_rows
+from .autoregressive import admit, emitted_by_row, retire, row_probs, sample_rows
 
 
 def _clip(draft: Draft, limit: int) -> Draft:
@@ -59,41 +59,17 @@ def _p_at(ctx, draft: Draft, logits: torch.Tensor):
 
 
 def speculative_loop(ctx, make_proposer) -> Iterator[list[list[int]]]:
-    """Prefill, then propose → verify → accept, yielding the tokens of each step.
+    """Prefill, then propose → verify → accept, yielding the tokens of each step (`batched_loop`, for one
+    row as for many).
 
-    make_proposer(view) builds one proposer for a (row) context; a batch gets one per row. A proposer
-    instance is accepted too, for one row."""
+    make_proposer(view) builds one proposer for a row's view (`ctx.row(b)`); a proposer instance is
+    accepted too, for a batch of one row."""
     if hasattr(make_proposer, "propose"):
-        if ctx.batch_size != 1:
+        if ctx.batch_size != 1 or ctx.open:
             raise ValueError("a proposer instance drafts for one row; pass a factory for a batch")
-        return _single_loop(ctx, make_proposer)
-    if ctx.batch_size != 1 or ctx.open:
-        return batched_loop(ctx, make_proposer)
-    return _single_loop(ctx, make_proposer(ctx))
-
-
-def _single_loop(ctx, proposer) -> Iterator[list[list[int]]]:
-    session = ctx.session()
-    ctx.target_session = session  # proposers that share the target's cache (early exits) draft into it
-    first = ctx.sampler.sample(ctx.sampler.probs(torch.tensor([ctx.prompts[0]]), prefill(ctx, session)),
-                               ctx.generator)
-    yield [[int(first)]]
-    wants_hidden = getattr(proposer, "wants_hidden", False)
-    while True:
-        limit = min(ctx.remaining() - 1, ctx.lm.max_length - session.length - 1)
-        draft = _fit(_draft(ctx, proposer, limit), ctx.lm.max_length - session.length - 1)
-        if draft.is_chain():
-            out = session.forward([ctx.ids()[-1]] + draft.tokens, hidden=wants_hidden)
-        else:
-            parents = [-1] + [p + 1 for p in draft.parents + draft.aux_parents]
-            out = session.forward([ctx.ids()[-1]] + draft.tokens + draft.aux_tokens, parents=parents,
-                                  hidden=wants_hidden)
-        logits, extra = (out[0][0], {"hidden": out[1]}) if wants_hidden else (out[0], {})
-        verdict = verify(draft, _p_at(ctx, draft, logits), ctx.generator, ctx.sampler.greedy)
-        session.accept([0] + [1 + i for i in verdict.path])  # pending token + accepted path
-        proposer.observe(ctx, draft, verdict, logits, **extra)
-        ctx.stats.record_drafts(draft.depth(), len(verdict.path))
-        yield [verdict.tokens]
+        proposer = make_proposer
+        return batched_loop(ctx, lambda view: proposer)
+    return batched_loop(ctx, make_proposer)
 
 
 def batched_loop(ctx, make_proposer) -> Iterator[list[list[int]]]:
@@ -114,6 +90,8 @@ def batched_loop(ctx, make_proposer) -> Iterator[list[list[int]]]:
             joined = rows[len(rows) - logits.shape[0]:]
             first = sample_rows(ctx, row_probs(ctx, joined, logits), joined).tolist()
             for b in joined:
+                if not ctx.open and ctx.batch_size == 1:  # one row for good: drafts may share its cache
+                    ctx.row(b).target_session = session  # (early exits, proposers/self_draft.py)
                 proposers[b] = make_proposer(ctx.row(b))
             wants_hidden = any(getattr(p, "wants_hidden", False) for p in proposers.values())
             yield emitted_by_row(ctx, joined, [[t] for t in first])
@@ -147,7 +125,7 @@ def _step(ctx, session, rows: list[int], proposers: dict, wants_hidden: bool) ->
         if ctx.row_stats is not None:
             ctx.row_stats[b].record_drafts(draft.depth(), len(verdict.path))
     session.accept_rows(nodes)
-    if session.length - max(int(m.sum()) for m in session.pad_mask) > HOLES_BEFORE_DEFRAGMENT:
+    if session.holes() > HOLES_BEFORE_DEFRAGMENT:
         session.defragment()
     return emitted
 

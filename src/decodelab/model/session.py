@@ -187,6 +187,8 @@ class Session:
         start, n = self._last
         if self.length != start + n or len(nodes) != self.batch_size:
             raise ValueError("accept_rows() takes one node list per row and must follow its forward")
+        if self.batch_size == 1:  # one row: keep its path compactly, no holes
+            return self.accept(nodes[0])
         keep = torch.zeros(self.batch_size, n, dtype=torch.long)
         for b, row in enumerate(nodes):
             keep[b, row] = 1
@@ -207,6 +209,12 @@ class Session:
         self.pad_mask = keep.long()
         used = int(keep.any(dim=0).nonzero().max()) + 1 if keep.any() else 0
         self.truncate(used)
+
+    def holes(self) -> int:
+        """Cache columns the fullest row does not use (pads and holes every row shares at most)."""
+        if self.pad_mask is None:
+            return 0
+        return self.length - int(self.pad_mask.sum(dim=1).max())
 
     def real_tokens(self, b: int) -> list[int]:
         """The tokens row b's cache holds, without pads and holes."""
