@@ -35,6 +35,22 @@ def test_cached_equals_recomputed(method, params, variant, sampling):
     assert plain == cached and passes == cached_passes
 
 
+@pytest.mark.parametrize("sampling", SAMPLING)
+@pytest.mark.parametrize("params", [{"tau": 0.3}, {"tau": 0.2, "radius": 0}])  # 0.2: a third rejected, many islands
+def test_mulo_cached_equals_recomputed(params, sampling):
+    # two-layer target and drafter: a stale drafter row, a verify pass that skipped the slots
+    # after a rejected draft or an island pass letting accepted tokens see rejected drafts
+    # would change later tokens
+    lm = tiny_image_lm(sharpen=4.0, layers=2)
+    lm.state["image:drafter"] = tiny_image_lm(4, 4, sharpen=4.0, layers=2, seed=1)
+    runs = [decodelab.generate_images(lm, LABELS, method="mulo", seeds=3, kv_cache=flag, **sampling, **params)
+            for flag in (False, True)]
+    plain, cached = ([(g.token_ids, g.stats["forward_passes"], g.stats["resampled"]) for g in run] for run in runs)
+    assert plain == cached
+    if sampling.get("temperature") != 0:
+        assert sum(r for _, _, r in cached) > 0  # islands were resampled
+
+
 @pytest.mark.parametrize("params", [{"window": 2}, {"window": 5}, {"min_window": 1}, {"min_window": 3},
                                     {"window": 2, "placeholder": "above"}, {"min_window": 3, "placeholder": "above"}])
 def test_zipar_cache_masks_match_recomputation_on_one_layer(params):

@@ -106,15 +106,20 @@ def _scatter(probs: torch.Tensor, slots: torch.Tensor, upto: int) -> torch.Tenso
     return out[:, :upto]
 
 
-def window_probs(model, labels: torch.Tensor, tokens: torch.Tensor, starts: list[int], ends: list[int]) -> torch.Tensor:
+def window_probs(model, labels: torch.Tensor, tokens: torch.Tensor, starts: list[int], ends: list[int],
+                 known: torch.Tensor | None = None) -> torch.Tensor:
     """tokens [B, N] → p [B, max(ends), K]: for row b and starts[b] ≤ j < ends[b], x_j's distribution
-    given every token before j (drafts included). Raster decoding and SJD's verify pass.
+    given every token before j (drafts included) — or only the `known` [B, N] ones (MuLo-SD's
+    island resampling). Raster decoding, SJD's verify pass, MuLo-SD's drafter and target.
 
-    Cached: feeds only slots starts[b]..ends[b]-1; the tokens before starts[b] must be those the
-    cache was fed (an accepted prefix never changes) — checked."""
+    Cached: feeds only slots starts[b]..ends[b]-1 (slot s visible iff x_{s-1} is known); the
+    slots before starts[b] must hold what recomputation would give (the caller refeeds from the
+    first slot whose input or visibility changed; an accepted prefix never changes) — checked
+    that they were fed and visible."""
     upto = max(ends)
     if not model.kv_cache:
-        return model.raster_probs(labels, tokens, torch.ones_like(tokens, dtype=torch.bool), upto=upto)
+        known = torch.ones_like(tokens, dtype=torch.bool) if known is None else known
+        return model.raster_probs(labels, tokens, known, upto=upto)
     cache = model.cache(len(labels))
     width = max(e - s for s, e in zip(starts, ends))
     slots = torch.full((len(labels), width), -1, dtype=torch.long)
@@ -123,7 +128,11 @@ def window_probs(model, labels: torch.Tensor, tokens: torch.Tensor, starts: list
             if not bool(cache.valid[row, :s].all()):
                 raise RuntimeError("window_probs: the prefix before the window was never fed to the cache")
             slots[row, : e - s] = torch.arange(s, e)
-    return _scatter(model.cached_probs(labels, _inputs(tokens, slots), slots, slots >= 0), slots, upto)
+    visible = slots >= 0
+    if known is not None:
+        slot_known = torch.cat([known.new_ones(len(labels), 1), known[:, :-1]], dim=1)
+        visible &= slot_known.gather(1, slots.clamp(min=0))
+    return _scatter(model.cached_probs(labels, _inputs(tokens, slots), slots, visible), slots, upto)
 
 
 def frontier_probs(model, labels: torch.Tensor, tokens: torch.Tensor, known: torch.Tensor,

@@ -91,7 +91,7 @@ def generate_images(lm, labels: list[int], *, method: str = "raster", seeds: lis
 
     kv_cache: feed only new tokens through the slot cache (cache.py) instead of recomputing the
     sequence every pass; same tokens for raster, SJD, NAR and LPD; ZipAR's cached states are frozen
-    when fed, as in its released code. MuLo-SD always recomputes."""
+    when fed, as in its released code; MuLo-SD's drafter and target both use it (same tokens)."""
     lm = as_image_lm(lm)
     info = image_methods().get(method)
     if info is None:

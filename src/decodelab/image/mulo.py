@@ -13,6 +13,13 @@ code — the cycle follows a secondary summary). One cycle on our toy:
    8-connected islands, and the islands are resampled by the target concurrently, one token per
    island per pass, in raster order, each token conditioned on the accepted tokens before it.
 Target passes = Σ_cycles (1 + largest island); drafter passes are counted separately.
+
+With `kv_cache=True` (default) both models feed the slot cache (cache.py) and each pass refeeds
+only from the first slot whose input or visibility changed since it was fed: the drafter from the
+low-resolution row the new pooled prefix replaced, the target's verify pass from the first slot
+after the previous cycle's first rejected token, each island pass from the cycle's first rejected
+token to the furthest island head (later accepted tokens must not see rejected drafts). Same
+passes and the same tokens as recomputing the sequence (`kv_cache=False`; tested).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import torch
 
 from ..errors import UserError
 from ..methods.registry import Param
+from .cache import window_probs
 from .data import dequantise, pool_pixels, quantise
 from .methods import register, sample
 from .model import ImageModel
@@ -68,24 +76,29 @@ def _downsample(tokens: torch.Tensor, rows: int, width: int, levels: int) -> tor
 
 
 def draft_row(drafter: ImageModel, labels, prefix: torch.Tensor, row: int, gens) -> torch.Tensor:
-    """Sample low-resolution row `row` [B, w] given the pooled prefix rows (raster, one pass a token)."""
-    w = drafter.spec.width
-    tokens = torch.zeros(len(labels), drafter.spec.n, dtype=torch.long)
+    """Sample low-resolution row `row` [B, w] given the pooled prefix rows (raster, one pass a token).
+    Cached: the first pass refeeds from low-resolution row `row`-1's first token on (the drafter fed
+    its own draft there; the pooled accepted rows replace it)."""
+    w, b = drafter.spec.width, len(labels)
+    tokens = torch.zeros(b, drafter.spec.n, dtype=torch.long)
     tokens[:, : row * w] = prefix
-    known = torch.zeros_like(tokens, dtype=torch.bool)
-    known[:, : row * w] = True
+    start = max(0, (row - 1) * w + 1)
     for p in range(row * w, (row + 1) * w):
-        tokens[:, p] = sample(drafter.raster_probs(labels, tokens, known, upto=p + 1)[:, p], gens)
-        known[:, p] = True
+        tokens[:, p] = sample(window_probs(drafter, labels, tokens, [start] * b, [p + 1] * b)[:, p], gens)
+        start = p + 1
     return tokens[:, row * w:(row + 1) * w]
 
 
 def resample_islands(model: ImageModel, labels, tokens, known, islands: list[list[list[int]]], gens) -> None:
     """Resample every row's islands (raster positions), one token per island per pass; a row alone
-    would need 1 + its largest island's size passes per cycle (what its stats count)."""
+    would need 1 + its largest island's size passes per cycle (what its stats count). Cached: each
+    pass refeeds a row's slots from its first island token to its furthest island head."""
     queues = [[list(island) for island in row_islands] for row_islands in islands]
+    first = [min((p for island in row for p in island), default=0) for row in islands]
     while any(q for row in queues for q in row):
-        probs = model.raster_probs(labels, tokens, known)
+        heads = [[island[0] for island in row if island] for row in queues]
+        ends = [max(h) + 1 if h else 0 for h in heads]
+        probs = window_probs(model, labels, tokens, [f if e else 0 for f, e in zip(first, ends)], ends, known)
         for b, row in enumerate(queues):
             for island in row:
                 if island:
@@ -105,7 +118,7 @@ def mulo(model: ImageModel, labels: torch.Tensor, gens: list[torch.Generator], t
          neighbours: int = 2, radius: int = 1, drafter: str = "auto", lm=None) -> tuple[torch.Tensor, list[dict]]:
     spec = model.spec
     h, w, k = spec.height, spec.width, spec.levels
-    draft_model = ImageModel(_drafter(lm or model.lm, drafter), model.processing)
+    draft_model = ImageModel(_drafter(lm or model.lm, drafter), model.processing, kv_cache=model.kv_cache)
     if (draft_model.spec.height * 2, draft_model.spec.width * 2) != (h, w):
         raise UserError(f"drafter grid {draft_model.spec.height}×{draft_model.spec.width} is not half of {h}×{w}")
     b = len(labels)
@@ -113,11 +126,12 @@ def mulo(model: ImageModel, labels: torch.Tensor, gens: list[torch.Generator], t
     known = torch.zeros(b, spec.n, dtype=torch.bool)
     rows_stats = [{"forward_passes": 0, "accepted": 0, "resampled": 0,
                    "draft_forward_passes": draft_model.spec.n} for _ in range(b)]
+    stale = [0] * b  # per image: the first target slot whose cached state may differ from recomputation
     for r in range(h // 2):
         low = draft_row(draft_model, labels, _downsample(tokens, 2 * r, w, k), r, gens)  # [B, w/2]
         block = slice(2 * r * w, (2 * r + 2) * w)
         tokens[:, block] = low.repeat_interleave(2, dim=1).repeat(1, 2)  # nearest ×2 up-sampling
-        p = model.raster_probs(labels, tokens, torch.ones_like(known), upto=(2 * r + 2) * w)[:, block]
+        p = window_probs(model, labels, tokens, stale, [(2 * r + 2) * w] * b)[:, block]
         ok = accepted_mask(p.reshape(-1, k), tokens[:, block].reshape(-1), min(neighbours, k), tau).view(b, 2, w)
         islands = []
         for row in range(b):
@@ -127,6 +141,7 @@ def mulo(model: ImageModel, labels: torch.Tensor, gens: list[torch.Generator], t
             rows_stats[row]["resampled"] += len(redo)
             rows_stats[row]["forward_passes"] += 1 + max(map(len, islands[-1]), default=0)
             rows_stats[row]["accepted"] += 2 * w - len(redo)
+            stale[row] = min(redo) + 1 if redo else (2 * r + 2) * w
         known[:, block] = True
         for row, row_islands in enumerate(islands):
             for island in row_islands:
