@@ -86,6 +86,10 @@ def run(args) -> None:
         from ..search.compare import bench_quality
 
         return bench_quality(args)
+    if any(s.strip() == "digits" for arg in args.suite or [] for s in arg.split(",")):
+        from ..image.bench import run_suite  # image models: its own protocol (docs/VISUAL.md)
+
+        return run_suite(args)
     if args.repeats < 1 or args.max_new_tokens < 1:
         raise UserError("--repeats and --max-new-tokens must be ≥ 1")
     if args.limit is not None and args.limit < 1:

@@ -116,7 +116,9 @@ def _json_prompts(constrained: bool = True) -> list[Prompt]:
 
 
 def list_suites() -> dict[str, str]:
-    return {name: f"v{v} [{task}] {desc}" for name, (v, task, desc, _) in BUILTIN.items()}
+    image = {"digits": "v1 [image] every image method on builtin:digits / --model builtin:digits16 "
+                       "(decodelab.image.bench; --limit = images per class)"}
+    return {**{name: f"v{v} [{task}] {desc}" for name, (v, task, desc, _) in BUILTIN.items()}, **image}
 
 
 def load_suite(name: str) -> Suite:

@@ -8,7 +8,8 @@ NLL per token of the samples under the raster model, the digit classifier's accu
 class-conditional samples, and the per-position marginal KL to an independent set of raster
 samples (a second raster run gives the noise floor). Writes `bench-<grid>.json`, a Markdown
 table on stdout, and `samples-<grid>.png` (two samples per class per method). No timings: the
-numbers are meant to be rerun anywhere.
+numbers are meant to be rerun anywhere. The same bench runs as the shared bench's `digits` suite:
+`decodelab bench --suite digits [--model builtin:digits16] [--limit IMAGES_PER_CLASS] [--methods sjd,nar]`.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import UserError
 from .data import split
 from .generate import generate_images
+from .methods import SAMPLING
 from .metrics import classifier, marginal_kl, nll_per_token
 from .model import image_spec
 from .plots import save_grid
@@ -87,6 +90,64 @@ def reference_accuracy() -> dict:
     return {"real_val": clf.accuracy(images, labels), "quantised_val": clf.accuracy(dequantise(quantise(images)), labels)}
 
 
+def run_bench(model: str, per_class: int | None, seed: int, sampling: dict, only: list[str] | None, kv_cache: bool,
+              out: Path, tag: str, command: str) -> dict:
+    """Run the configs of the model's grid; writes bench-<grid>[-tag].json and the sample grid PNG
+    under `out` and returns the report. per_class None: 20 images per class on 8×8, 5 on 16×16."""
+    from ..model import load
+
+    lm = load(model)
+    grid = image_spec(lm).height
+    per_class = per_class or (20 if grid <= 8 else 5)
+    known = {name.split(" ")[0] for name, _ in CONFIGS[grid]}
+    if only and not set(only) <= known:
+        raise UserError(f"unknown image method(s) {sorted(set(only) - known)}; the digits suite runs {sorted(known)}")
+    labels = [c for c in range(10) for _ in range(per_class)]
+    results, rows = {}, []
+    for name, params in CONFIGS[grid]:
+        if only and name.split(" ")[0] not in only and not name.startswith("raster"):
+            continue
+        label = f"{name} {_params(params)}".strip() if params else name
+        results[label] = run_config(lm, name, params, labels, seed + (10_000 if "2nd" in name else 0), sampling, kv_cache)
+        print(f"# done {label}", file=sys.stderr, flush=True)
+    raster_passes = float(np.mean(results["raster"]["forward_passes"]))
+    for label, res in results.items():
+        ref = results["raster (2nd run)"] if label == "raster" else results["raster"]
+        rows.append({"label": label, **summarise(lm, res, ref, labels, raster_passes)})
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"model": model, "grid": grid, "per_class": per_class, "seed": seed, **sampling, "kv_cache": kv_cache,
+              "classifier_reference": reference_accuracy(), "rows": rows, "command": command}
+    suffix = f"{grid}{'-' + tag if tag else ''}"
+    (out / f"bench-{suffix}.json").write_text(json.dumps(report, indent=1) + "\n")
+    picks = [i for c in range(10) for i in range(c * per_class, c * per_class + min(2, per_class))]
+    save_grid([(label, [res["pixels"][i] for i in picks]) for label, res in results.items()],
+              out / f"samples-{suffix}.png", title=f"{model}: two samples per class 0–9, cfg {sampling['cfg_scale']}")
+    return report
+
+
+def run_suite(args) -> None:
+    """`decodelab bench --suite digits`: this bench through the shared CLI. --model (default
+    builtin:digits), --methods (image methods; raster always runs), --limit (images per class;
+    default 20 on 8×8, 5 on 16×16), --seed, --out, --json and -p cfg_scale= / temperature=."""
+    from ..cli import parse_params
+
+    suites = [s.strip() for arg in args.suite for s in arg.split(",") if s.strip()]
+    if suites != ["digits"]:
+        raise UserError("the digits suite runs alone (image models, not text prompts): --suite digits")
+    sampling = {"cfg_scale": 1.0, "temperature": 1.0}
+    given = parse_params(args.param, {k: SAMPLING[k].default for k in sampling})
+    if set(given) - set(sampling):
+        raise UserError(f"the digits suite takes -p cfg_scale=… and -p temperature=… only, got {sorted(set(given) - set(sampling))}")
+    sampling.update({k: SAMPLING[k].check(k, v) for k, v in given.items()})
+    model = args.model or "builtin:digits"
+    only = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    command = " ".join(["decodelab bench --suite digits --model", model, f"--seed {args.seed}"]
+                       + [f"--limit {args.limit}"] * bool(args.limit) + [f"--methods {args.methods}"] * bool(args.methods)
+                       + [f"-p {p}" for p in args.param])
+    report = run_bench(model, args.limit, args.seed, sampling, only, True, Path(args.out), "", command)
+    print(json.dumps({"out": args.out, "rows": report["rows"]}) if args.json else table(report["rows"]))
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="builtin:digits")
@@ -105,34 +166,10 @@ def main(argv: list[str] | None = None) -> None:
         print(table(json.loads(args.table.read_text())["rows"]))
         return
     torch.set_num_threads(1)
-    from ..model import load
-
-    lm = load(args.model)
-    grid = image_spec(lm).height
-    labels = [c for c in range(10) for _ in range(args.per_class)]
     sampling = {"cfg_scale": args.cfg_scale, "temperature": args.temperature}
-    results, rows = {}, []
-    for name, params in CONFIGS[grid]:
-        if args.only and name.split(" ")[0] not in args.only and not name.startswith("raster"):
-            continue
-        seed = args.seed + (10_000 if "2nd" in name else 0)
-        label = f"{name} {_params(params)}".strip() if params else name
-        results[label] = run_config(lm, name, params, labels, seed, sampling, not args.no_kv_cache)
-        print(f"# done {label}", flush=True)
-    raster_passes = float(np.mean(results["raster"]["forward_passes"]))
-    for label, res in results.items():
-        ref = results["raster (2nd run)"] if label == "raster" else results["raster"]
-        rows.append({"label": label, **summarise(lm, res, ref, labels, raster_passes)})
-    args.out.mkdir(parents=True, exist_ok=True)
-    report = {"model": args.model, "grid": grid, "per_class": args.per_class, "seed": args.seed, **sampling,
-              "kv_cache": not args.no_kv_cache,
-              "classifier_reference": reference_accuracy(), "rows": rows,
-              "command": "python -m decodelab.image.bench " + " ".join(argv)}
-    (args.out / f"bench-{grid}{'-' + args.tag if args.tag else ''}.json").write_text(json.dumps(report, indent=1) + "\n")
-    picks = [i for c in range(10) for i in range(c * args.per_class, c * args.per_class + 2)]
-    save_grid([(label, [res["pixels"][i] for i in picks]) for label, res in results.items()],
-              args.out / f"samples-{grid}{'-' + args.tag if args.tag else ''}.png", title=f"{args.model}: two samples per class 0–9, cfg {args.cfg_scale}")
-    print(table(rows))
+    report = run_bench(args.model, args.per_class, args.seed, sampling, args.only, not args.no_kv_cache, args.out,
+                       args.tag, "python -m decodelab.image.bench " + " ".join(argv))
+    print(table(report["rows"]))
     print(json.dumps({"classifier_reference": report["classifier_reference"]}))
 
 
