@@ -78,8 +78,10 @@ class HealingMask:
         return scores.masked_fill(~self.allowed.to(scores.device), -float("inf"))
 
 
-def row_processors(lm, prompts: list[list[int]], grammar: Grammar | None, token_healing: bool):
-    """(prompts, GrammarMask or None, HealingMask or None, re-covered text per row) for one batch."""
+def row_processors(lm, prompts: list[list[int]], grammar: Grammar | list[Grammar] | None, token_healing: bool):
+    """(prompts, GrammarMask or None, HealingMask or None, re-covered text per row) for one batch.
+
+    `grammar` may be a list with one grammar per row: a batch whose rows follow different constraints."""
     from .matcher import GrammarMask
 
     healed = [""] * len(prompts)
@@ -88,6 +90,9 @@ def row_processors(lm, prompts: list[list[int]], grammar: Grammar | None, token_
     width = max(len(p) for p in prompts)
     mask = None
     if grammar is not None:
-        mask = GrammarMask([healed_grammar(grammar, h) for h in healed], width, lm.eos_token_ids)
+        grammars = grammar if isinstance(grammar, list) else [grammar] * len(prompts)
+        if len(grammars) != len(prompts):
+            raise ValueError(f"{len(grammars)} grammars for {len(prompts)} rows")
+        mask = GrammarMask([healed_grammar(g, h) for g, h in zip(grammars, healed)], width, lm.eos_token_ids)
     healer = HealingMask(lm, healed, width) if any(healed) else None
     return prompts, mask, healer, healed
