@@ -23,6 +23,7 @@ def test_bench_digits_suite(tmp_path, capsys):
     (["--suite", "digits,code"], "runs alone"),
     (["--suite", "digits", "-p", "top_k=3"], "cfg_scale"),
     (["--suite", "digits", "--methods", "speculative"], "unknown image method"),
+    (["--suite", "digits", "--limit", "0"], "images per class"),
 ])
 def test_bench_digits_suite_refuses_bad_input(tmp_path, capsys, args, message):
     assert main(["bench", *args, "--out", str(tmp_path)]) == 2

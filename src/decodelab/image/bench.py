@@ -134,6 +134,8 @@ def run_suite(args) -> None:
     suites = [s.strip() for arg in args.suite for s in arg.split(",") if s.strip()]
     if suites != ["digits"]:
         raise UserError("the digits suite runs alone (image models, not text prompts): --suite digits")
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit (images per class) must be ≥ 1, got {args.limit}")
     sampling = {"cfg_scale": 1.0, "temperature": 1.0}
     given = parse_params(args.param, {k: SAMPLING[k].default for k in sampling})
     if set(given) - set(sampling):
