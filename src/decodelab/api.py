@@ -28,9 +28,7 @@ def _run(lm, prompts, method, max_new_tokens, seed, stop, params) -> Iterator[Ev
         raise
     except ValueError as exc:  # a check below the boundary (a grammar's compiler, say): still the input's fault
         raise UserError(str(exc)) from None
-    # token healing under a speculative method is untested as a batch: those rows run one by one
-    per_row = healing and info.name not in ("greedy", "sample")
-    if len(ids) > 1 and (not info.batched or per_row):
+    if len(ids) > 1 and not info.batched:
         events = _one_by_one(info, lm, ids, checked, max_new_tokens, seed, stop, grammar, healing)
     else:
         events = run_method(info, lm, ids, checked, max_new_tokens, seed, stop, grammar, healing)
