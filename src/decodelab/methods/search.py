@@ -243,3 +243,29 @@ def superposed(ctx) -> Iterator[list[list[int]]]:
     p = ctx.params
     return _emit_best(ctx, [superposed_search(ctx, p["num_drafts"], p["num_tokens"], p["alpha"],
                                               p["ngram_corpus"], p["ngram_chars"])])
+
+
+@register("autodeco", description="AutoDeco: heads on the frozen model predict each token's temperature and top-p; "
+          "sample from top-P̂ of softmax(l/T̂) (shipped heads: builtin:pyco).", lossless=False,
+          paper="The End of Manual Decoding: Towards Truly End-to-End Language Models (arXiv:2510.26697)",
+          batched=True, temperature=1.0, family="decoding", params={
+              "heads": Param("", help="safetensors file of the heads ('' = the shipped ones for builtin:pyco)"),
+          })
+def autodeco(ctx) -> Iterator[list[list[int]]]:
+    from ..search.autodeco import autodeco as autodeco_loop
+    from ..search.autodeco import load_heads
+
+    p = ctx.params
+    if p["temperature"] != 1.0 or p["top_p"] != 1.0:
+        raise UserError("autodeco predicts its own temperature and top-p per token; leave temperature and top_p unset")
+    return autodeco_loop(ctx, load_heads(ctx.lm, p["heads"] or None))
+
+
+def _autodeco_reason(lm) -> str | None:
+    from ..search.autodeco import DEFAULT_HEADS, hidden_size
+
+    return None if hidden_size(lm) == 384 and lm.vocab_size == 8192 and DEFAULT_HEADS.is_file() else \
+        f"autodeco's shipped heads are for builtin:pyco; {lm.name} needs heads= trained for it"
+
+
+autodeco.supports = _autodeco_reason

@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch
 
 
-def log_kept_mass(processed: torch.Tensor, warped: torch.Tensor, temperature: float) -> torch.Tensor:
+def log_kept_mass(processed: torch.Tensor, warped: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
     """log Z_t = log Σ_{v kept} p(v)^{1/τ}, p = softmax(processed); kept = tokens the warpers did not set
-    to -inf. processed, warped: [B, V] logits before / after the warpers → [B] float32."""
+    to -inf. processed, warped: [B, V] logits before / after the warpers; τ a number or [B, 1] → [B] float32."""
     logp = processed.float().log_softmax(dim=-1)  # [B, V]
     kept = ~torch.isneginf(warped)
     return torch.where(kept, logp / temperature, float("-inf")).logsumexp(dim=-1)
