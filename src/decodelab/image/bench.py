@@ -42,7 +42,8 @@ CONFIGS = {
          ("zipar", {"window": 8}), ("zipar", {"window": 6}), ("zipar", {"window": 4}), ("zipar", {"min_window": 4}),
          ("zipar", {"window": 6, "placeholder": "above"}), ("zipar", {"window": 4, "placeholder": "above"}),
          ("zipar", {"min_window": 4, "placeholder": "above"}),
-         ("nar", {}), ("lpd", {"steps": 20}), ("lpd", {"steps": 32}), ("mulo", {"tau": 0.3}),
+         ("nar", {}), ("lpd", {"steps": 20}), ("lpd", {"steps": 32}), ("lpd", {"steps": 20, "cfg_schedule": "linear"}),
+         ("mulo", {"tau": 0.3}),
          ("mulo", {"tau": 0.1, "radius": 0})],
 }
 
