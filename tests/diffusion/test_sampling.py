@@ -167,3 +167,27 @@ def test_ebsampler_budget_zero_is_one_token_per_step_and_a_budget_saves_passes(t
     passes = [decodelab.generate(lm, prompt, method="ebsampler", max_new_tokens=24, gamma=g).stats.forward_passes
               for g in (0.0, 1.0)]
     assert passes[1] < passes[0] == 24
+
+
+def test_learn2pd_mlp_filter_sees_neighbours_fits_loads_and_runs(tiny, tmp_path):
+    import json
+
+    from decodelab.diffusion import learn2pd
+
+    x, y = learn2pd.collect(tiny, [tiny.encode(p) for p in PROMPTS], 8, context=True)
+    assert x.shape == (3 * 36, len(learn2pd.MLP_FEATURES))
+    first = x[:8]  # the first step of row 0: every position masked, so neighbours are p(x0) or 1 at the edges
+    assert first[0, 4] == 1.0 and first[-1, 5] == 1.0 and torch.allclose(first[1:, 4], first[:-1, 0])
+    assert torch.all(first[:, 6] == 1.0)  # the whole canvas is masked
+    model = learn2pd.fit_mlp(x, y, steps=30)
+    spec = {"kind": "mlp", "features": list(learn2pd.MLP_FEATURES),
+            "state": {k: v.tolist() for k, v in model.state_dict().items()}}
+    path = tmp_path / "mlp.json"
+    path.write_text(json.dumps(spec))
+    strict = decodelab.generate(tiny, PROMPTS[0], method="learn2pd", max_new_tokens=8, filter=str(path), accept=1.0)
+    assert strict.token_ids == decodelab.generate(tiny, PROMPTS[0], method="llada", max_new_tokens=8).token_ids
+    loose = decodelab.generate(tiny, PROMPTS[0], method="learn2pd", max_new_tokens=8, filter=str(path), accept=0.0)
+    assert loose.stats.forward_passes == 1
+    path.write_text(json.dumps({**spec, "state": {}}))
+    with pytest.raises(ValueError, match="cannot read the learn2pd filter"):
+        decodelab.generate(tiny, PROMPTS[0], method="learn2pd", filter=str(path))

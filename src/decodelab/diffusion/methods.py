@@ -170,7 +170,8 @@ def apd(ctx) -> Iterator[list[list[int]]]:
           lossless=False, paper="Learning to Parallel: Accelerating Diffusion Large Language Models via Adaptive "
           "Parallel Decoding (Learn2PD)", batched=True, kind="diffusion",
           params={"accept": Param(0.9, 0.0, 1.0, help="commit when the filter's probability ≥ this"),
-                  "filter": Param("", help="filter JSON; default: learn2pd.json beside the model"),
+                  "filter": Param("", help="filter JSON; default: learn2pd.json beside the model; 'mlp': "
+                                  "learn2pd-mlp.json beside it (the MLP variant)"),
                   "block_length": _block(0), "cache": CACHE})
 def learn2pd(ctx) -> Iterator[list[list[int]]]:
     from pathlib import Path
@@ -178,10 +179,12 @@ def learn2pd(ctx) -> Iterator[list[list[int]]]:
     from .learn2pd import Learned, load_filter
 
     p = ctx.params
-    path = Path(p["filter"]) if p["filter"] else Path(ctx.lm.model.name_or_path) / "learn2pd.json"
+    beside = {"": "learn2pd.json", "mlp": "learn2pd-mlp.json"}
+    path = Path(ctx.lm.model.name_or_path) / beside[p["filter"]] if p["filter"] in beside else Path(p["filter"])
     spec = load_filter(path)
     eos = min(ctx.lm.eos_token_ids) if ctx.lm.eos_token_ids else None
-    return decode(ctx, Learned(p["block_length"], gen_length_of(ctx), spec["weights"], p["accept"], eos), cache=p["cache"])
+    rule = Learned(p["block_length"], gen_length_of(ctx), spec.get("mlp") or spec["weights"], p["accept"], eos)
+    return decode(ctx, rule, cache=p["cache"])
 
 
 def ar_model(lm, name: str):

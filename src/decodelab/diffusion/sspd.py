@@ -252,7 +252,8 @@ def _rank(draft: Draft, masked: torch.Tensor, edge: tuple[int, int]) -> tuple[in
 
 def measure(lm, items: list[tuple[str, int]], configs: list[dict]) -> list[dict]:
     """Per config: forward calls, canvases evaluated and tokens per item, and the share of outputs equal to
-    one-token-per-step `llada` (counted, not timed). items: (prompt, max_new_tokens)."""
+    one-token-per-step `llada` with the first config's block_length (counted, not timed).
+    items: (prompt, max_new_tokens)."""
     from .. import generate
 
     canvases = [0]
@@ -260,7 +261,8 @@ def measure(lm, items: list[tuple[str, int]], configs: list[dict]) -> list[dict]
         0, canvases[0] + (kwargs.get("input_ids") if "input_ids" in kwargs else args[0]).shape[0]), with_kwargs=True)
     try:
         rows, base = [], None
-        for params in [{"method": "llada"}, *({"method": "sspd", **c} for c in configs)]:
+        stepwise = {"method": "llada", "block_length": configs[0].get("block_length", 0) if configs else 0}
+        for params in [stepwise, *({"method": "sspd", **c} for c in configs)]:
             canvases[0], calls, tokens, outs = 0, 0, 0, []
             for prompt, max_new in items:
                 g = generate(lm, prompt, max_new_tokens=max_new, **params)
@@ -304,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| method | verify | node budget | calls/item | calls/token | canvases/item | identical to llada |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r.get('tree', '—')} | {r.get('draft_length', '—')} | {r['calls_per_item']:.2f} | "
+        print(f"| {r['method']} | {r.get('tree', 'stepwise')} | {r.get('draft_length', '—')} | {r['calls_per_item']:.2f} | "
               f"{r['calls_per_token']:.2f} | {r['canvases_per_item']:.2f} | {100 * r['identical']:.1f}% |")
 
 
