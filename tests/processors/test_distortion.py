@@ -21,7 +21,7 @@ from transformers.generation.logits_process import (
 
 import decodelab
 from decodelab.processors import Sampler
-from tests.fakes import soft_lm
+from tests.fakes import soft_lm, tiny_lm
 
 CASES = [  # several truncation samplers, each with and without temperature
     {"top_k": 5},
@@ -121,3 +121,14 @@ def test_engine_rows_record_their_own_log_z():
         alone = decodelab.generate(lm, PROMPTS[i], method="sample", max_new_tokens=8, seed=7 + i, top_p=0.7 + 0.1 * i)
         assert done[r].token_ids == alone.token_ids
         assert done[r].stats.log_z == pytest.approx(alone.stats.log_z, abs=2e-4)
+
+
+def test_overflowed_scores_take_the_samplers_limit():
+    """+inf scores (an extreme penalty) share the mass as the Sampler draws it: log Z_t stays finite."""
+    logits = torch.randn(2, 30)
+    logits[0, [3, 7]] = float("inf")
+    _, log_z = Sampler({"top_k": 5, "temperature": 2.0}, prompt_len=0).probs_and_log_z(None, logits)
+    assert math.isfinite(log_z[1]) and log_z[0].item() == pytest.approx(math.log(2 * 0.5 ** 0.5))
+    g = decodelab.generate(tiny_lm("llama"), "0", method="sample", max_new_tokens=1, seed=0,
+                           repetition_penalty=1e-300, temperature=3.4028235677973366e38)
+    assert all(math.isfinite(z) for z in g.stats.log_z)  # τ beyond float32: once NaN

@@ -19,9 +19,19 @@ from __future__ import annotations
 import torch
 
 
+def inf_limit(scores: torch.Tensor) -> torch.Tensor:
+    """[B, V] scores with the rows that hold +inf (a penalty or temperature that overflowed) taken to their
+    limit: 0 for the +inf tokens, -inf for the rest, so they share the mass equally instead of turning NaN."""
+    top = torch.isposinf(scores)  # [B, V]
+    if not top.any():
+        return scores
+    limit = torch.where(top, 0.0, float("-inf"))
+    return torch.where(top.any(dim=-1, keepdim=True), limit, scores)
+
+
 def log_kept_mass(processed: torch.Tensor, warped: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
     """log Z_t = log Σ_{v kept} p(v)^{1/τ}, p = softmax(processed); kept = tokens the warpers did not set
     to -inf. processed, warped: [B, V] logits before / after the warpers; τ a number or [B, 1] → [B] float32."""
-    logp = processed.float().log_softmax(dim=-1)  # [B, V]
-    kept = ~torch.isneginf(warped)
-    return torch.where(kept, logp / temperature, float("-inf")).logsumexp(dim=-1)
+    logp = inf_limit(processed).double().log_softmax(dim=-1)  # [B, V], p as the Sampler draws it
+    kept = ~torch.isneginf(warped)  # float64: a τ beyond float32's range stays finite (−inf / τ = −inf)
+    return torch.where(kept, logp / temperature, float("-inf")).logsumexp(dim=-1).float()

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 
 from decodelab.processors.bregman import BregmanTopK
-from decodelab.processors.distortion import log_kept_mass
+from decodelab.processors.distortion import inf_limit, log_kept_mass
 from decodelab.processors.history import NoRepeatNGram, PresenceFrequencyPenalty, RepetitionPenalty
 from decodelab.processors.params import SAMPLING_DEFAULTS
 from decodelab.processors.warpers import EpsilonCutoff, EtaCutoff, MinP, Temperature, TopK, TopP, Typical
@@ -63,11 +63,7 @@ def _apply(chain: list[Processor], input_ids: torch.Tensor, logits: torch.Tensor
 def _softmax(scores: torch.FloatTensor) -> torch.FloatTensor:
     """softmax, with +inf scores (a penalty or temperature that overflowed) taken to their limit:
     the +inf tokens share the mass equally, instead of every probability turning NaN."""
-    top = torch.isposinf(scores)  # [B, V]
-    if top.any():
-        limit = torch.where(top, 0.0, float("-inf"))
-        scores = torch.where(top.any(dim=-1, keepdim=True), limit, scores)
-    return scores.float().softmax(dim=-1)
+    return inf_limit(scores).float().softmax(dim=-1)
 
 
 class Sampler:
