@@ -132,3 +132,15 @@ def test_overflowed_scores_take_the_samplers_limit():
     g = decodelab.generate(tiny_lm("llama"), "0", method="sample", max_new_tokens=1, seed=0,
                            repetition_penalty=1e-300, temperature=3.4028235677973366e38)
     assert all(math.isfinite(z) for z in g.stats.log_z)  # τ beyond float32: once NaN
+
+
+@pytest.mark.parametrize("alpha", [1.0, 2.0])
+def test_bregman_log_z_is_the_kept_mass(alpha):
+    logits = 2.0 * torch.randn(3, 200, generator=torch.Generator().manual_seed(1))
+    params = {"bregman_alpha": alpha, "bregman_lambda": 0.02, "temperature": 0.9}
+    probs, log_z = Sampler(params, prompt_len=0).probs_and_log_z(None, logits)
+    p = logits.double().softmax(-1)
+    kept = probs > 0
+    assert 1 < kept.sum(-1).min() and kept.sum(-1).max() < 200
+    direct = torch.stack([(p[b][kept[b]] ** (1 / 0.9)).sum().log() for b in range(3)]).float()
+    torch.testing.assert_close(log_z, direct, atol=1e-4, rtol=1e-4)
