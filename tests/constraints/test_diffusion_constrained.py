@@ -172,3 +172,19 @@ def test_unsupported_is_one_line(pyco_diffusion):
     with pytest.raises(UserError, match="llguidance") as err:
         decodelab.generate(tasks, "copy : 1 2 =", method="llada", constraint={"regex": "[0-9]"})
     assert "\n" not in str(err.value)
+
+
+def test_the_diffusion_json_bench_runs_and_counts(tmp_path):
+    """python -m decodelab.constraints.diffusion_bench on one prompt, a short canvas: counts only."""
+    from decodelab.constraints import diffusion_bench
+
+    result = diffusion_bench.main(["--limit", "1", "--max-new-tokens", "16", "--out", str(tmp_path)])
+    assert [(r["method"], r["constrained"]) for r in result["rows"]] == [
+        ("llada", False), ("llada", True), ("fastdllm", False), ("fastdllm", True)]
+    for r in result["rows"]:
+        assert r["items"] == 1 and 1 <= r["passes_per_item"] <= 16
+        assert (r["grammar_ms_per_item"] > 0) == r["constrained"]
+        if r["constrained"]:
+            assert r["valid"] == r["complete"]  # a constrained output that completes always validates
+    assert "| sampler | grammar | valid |" in (tmp_path / "diffusion.md").read_text()
+    assert "machine_load" in (tmp_path / "diffusion.json").read_text()

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import torch
 
+from . import timing
 from .matcher import RowConstraint
 
 # the diffusion methods whose loop is diffusion.sampling.decode (they call the two hooks below)
@@ -150,8 +151,9 @@ class CanvasGrammar:
     def _valid(self, b: int, witness: list[int]) -> bool:
         """The witness up to its first EOS is a valid prefix, and that EOS (if any) comes where the
         grammar may end."""
+        t0 = timing.clock()  # a constraint check (constraints/timing.py)
         end = next((i for i, t in enumerate(witness) if t in self.eos), len(witness))
         row = self.rows[b]
-        if not row.seek(witness[:end]) or row.error:
-            return False
-        return end == len(witness) or row.accepting
+        ok = row.seek(witness[:end]) and not row.error and (end == len(witness) or row.accepting)
+        timing.record_check(timing.clock() - t0)
+        return ok
