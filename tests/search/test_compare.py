@@ -36,14 +36,18 @@ def test_pareto_front_by_hand():
 
 def test_tiny_end_to_end_writes_table_json_and_plot(tmp_path):
     lm = tiny_lm("llama", seed=1)
-    grid = [("greedy", "greedy", {}, 1), ("beam K=2", "beam", {"num_beams": 2}, 2)]
+    grid = [("greedy", "greedy", {}, 1), ("beam K=2", "beam", {"num_beams": 2}, 2),
+            ("top_k=5", "sample", {"top_k": 5}, 1), ("autodeco", "autodeco", {}, 1)]  # no heads for it: skipped
     result = run_quality(lm, 2, 4, 0, 2, tmp_path, grid=grid)
     rows = result["rows"]
+    assert [r["method"] for r in rows] == ["greedy", "beam K=2", "top_k=5"]
+    assert rows[0]["log_eps_per_token"] is None and rows[2]["log_eps_per_token"] > 0  # top-k truncates: Z < 1
     assert [r["cost"] for r in rows] == [r["forward_passes"] * r["width"] for r in rows]
     assert rows[0]["forward_passes"] == 4 and rows[1]["width"] == 2
     assert json.loads((tmp_path / "quality.json").read_text())["rows"][0]["method"] == "greedy"
     assert (tmp_path / "quality.png").stat().st_size > 1000
     assert "| beam K=2 | 2 |" in (tmp_path / "quality.md").read_text()
+    assert "| — |" in (tmp_path / "quality.md").read_text()
 
 
 def test_bench_quality_refuses_other_suites():

@@ -54,6 +54,10 @@ def method_grid(width: int) -> list[tuple[str, str, dict, int]]:
         ("sample T=0.8 p=0.95", "sample", {"temperature": 0.8, "top_p": 0.95}, 1),
         ("sample T=1 min_p=0.1", "sample", {"temperature": 1.0, "min_p": 0.1}, 1),
         ("typical 0.95", "sample", {"temperature": 1.0, "typical_p": 0.95}, 1),
+        ("sample top_k=10", "sample", {"top_k": 10}, 1),
+        ("bregman a=1 l=0.05", "sample", {"bregman_alpha": 1.0, "bregman_lambda": 0.05}, 1),
+        ("bregman a=2 l=0.05", "sample", {"bregman_alpha": 2.0, "bregman_lambda": 0.05}, 1),
+        ("autodeco", "autodeco", {}, 1),  # pyco's shipped heads: skipped on other models
         (f"best_of_n N={w} T=0.8", "best_of_n", {"num_samples": w, "temperature": 0.8, "top_p": 0.95}, w),
         (f"mbr N={w} T=0.8", "mbr", {"num_samples": w, "temperature": 0.8, "top_p": 0.95}, w),
         (f"cntp N_max={w}", "cntp", {"max_trials": w}, w),  # W only on uncertain steps: cost is a bound
@@ -131,8 +135,17 @@ def evaluate(lm, prompts: list[str], entry: tuple, max_new: int, seed: int) -> d
         "mean_logprob": logprob, "perplexity": math.exp(-logprob),
         "rep_2": sum(rep2(g.token_ids) for g in gens) / len(gens),
         "distinct_2": len(set(grams)) / max(len(grams), 1),
+        "log_eps_per_token": distortion_per_token(gens),
         "wall_time_s": wall,
     }
+
+
+def distortion_per_token(gens) -> float | None:
+    """Mean over completions of log ε / tokens = −Σ_t log Z_t / n (Stats.log_distortion, Kempton & Burrell,
+    arXiv:2503.21929); None for methods that do not draw every token from the sampler."""
+    if any(g.stats.log_z is None for g in gens):
+        return None
+    return sum(g.stats.log_distortion / max(len(g.token_ids), 1) for g in gens) / len(gens)
 
 
 def body_similarity(lm, prompt: str, completion: str) -> float:
@@ -157,12 +170,17 @@ METRICS = ("syntax_valid", "edit_sim")
 def markdown(rows: list[dict]) -> str:
     fronts = {m: pareto(rows, m) for m in METRICS}
     out = ["| method | W | forward passes | cost (passes × W) | syntax valid | edit sim | perplexity | rep-2 "
-           "| distinct-2 | Pareto (syntax / edit) |", "|---" * 10 + "|"]
+           "| distinct-2 | log ε / token | Pareto (syntax / edit) |", "|---" * 11 + "|"]
     for i, r in enumerate(rows):
         front = " / ".join("✓" if fronts[m][i] else "·" for m in METRICS)
         out.append(f"| {r['method']} | {r['width']} | {r['forward_passes']} | {r['cost']} | {r['syntax_valid']:.2f} | "
-                   f"{r['edit_sim']:.3f} | {r['perplexity']:.2f} | {r['rep_2']:.3f} | {r['distinct_2']:.3f} | {front} |")
+                   f"{r['edit_sim']:.3f} | {r['perplexity']:.2f} | {r['rep_2']:.3f} | {r['distinct_2']:.3f} | "
+                   f"{_or_dash(r.get('log_eps_per_token'))} | {front} |")
     return "\n".join(out)
+
+
+def _or_dash(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3f}"
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -200,7 +218,7 @@ def run_quality(lm, limit: int | None, max_new: int, seed: int, width: int, out:
 
     prompts = [p.text for p in load_suite("code").prompts[:limit]]
     before, start = machine.snapshot(), machine.sample()
-    rows = [evaluate(lm, prompts, entry, max_new, seed) for entry in grid or method_grid(width)]
+    rows = [evaluate(lm, prompts, entry, max_new, seed) for entry in runnable(lm, grid or method_grid(width))]
     load_info = machine.report(before, machine.others_share(start, machine.sample()), machine.snapshot())
     for m in METRICS:
         for r, on in zip(rows, pareto(rows, m)):
@@ -214,6 +232,14 @@ def run_quality(lm, limit: int | None, max_new: int, seed: int, width: int, out:
         (out / "quality.md").write_text(markdown(rows) + "\n")
         plot(rows, out / "quality.png")
     return result
+
+
+def runnable(lm, grid: list[tuple]) -> list[tuple]:
+    """The grid entries whose method can run on lm (a method's `supports(lm)` gives a reason it cannot)."""
+    from ..methods import methods
+
+    table = methods()
+    return [e for e in grid if getattr(table[e[1]].run, "supports", lambda lm: None)(lm) is None]
 
 
 def bench_quality(args) -> None:
