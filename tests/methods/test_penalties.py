@@ -7,12 +7,15 @@ a later step can silently change the distribution. Three checks:
   N = 2000 samples drawn as batches (row i has seed i, so a batch draws what N single runs would);
 - row b of a ragged batch with penalties equals the row alone with seed s + b (each row counts its own
   generated tokens after its own prompt, not the padded batch's);
-- `next_token_probs(generated=...)` penalises generated tokens and never the prompt.
+- `next_token_probs(generated=...)` penalises generated tokens and never the prompt;
+- at temperature 0 every lossless method with every history processor on gives greedy's tokens with the
+  same processors, over outputs long enough that rejected drafts come before later tokens (each row's
+  penalty state is rolled back over them: processors/history.py `TokenHistory`).
 """
 
 import pytest
 import torch
-from test_batched import PROMPTS, SOFT, _needs
+from test_batched import LOSSLESS, PROMPTS, SOFT, _needs
 from test_distribution import DEPTH, PROMPT, TARGET
 
 import decodelab
@@ -68,6 +71,22 @@ def test_ragged_batch_rows_with_penalties_equal_rows_alone(method, backend):
     for b, (prompt, got) in enumerate(zip(PROMPTS, batch)):
         alone = decodelab.generate(lm, prompt, method=method, max_new_tokens=20, seed=40 + b, **params)
         assert got.token_ids == alone.token_ids, (method, b)
+
+
+HISTORY = dict(temperature=0, repetition_penalty=1.4, presence_penalty=0.6, frequency_penalty=0.4,
+               no_repeat_ngram_size=3)
+
+
+@pytest.mark.parametrize("backend", ["transformers", "native"])
+@pytest.mark.parametrize("method", [m for m in LOSSLESS if m not in ("greedy", "sample")])
+def test_lossless_methods_with_penalties_equal_penalised_greedy(method, backend):
+    lm = SOFT[backend]
+    batch = decodelab.generate_batch(lm, PROMPTS, method=method, max_new_tokens=40, **HISTORY, **_needs(method))
+    drafted = sum(batch[0].stats.drafted) - sum(batch[0].stats.accepted)
+    assert drafted > 0, method  # some drafts were rejected: the state had to roll back
+    for prompt, got in zip(PROMPTS, batch):
+        want = decodelab.generate(lm, prompt, method="greedy", max_new_tokens=40, **HISTORY)
+        assert got.token_ids == want.token_ids, (method, prompt)
 
 
 def test_next_token_probs_penalises_generated_tokens_not_the_prompt():

@@ -138,6 +138,15 @@ MUTANTS = [
         "a row of a left-padded batch counts presence/frequency penalties from the padded width, not its own prompt",
     ),
     Mutant(
+        "penalty-state-not-rolled-back",
+        "src/decodelab/processors/history.py",
+        "            self._update(k, mine[k:], -1)\n",
+        "            pass\n",
+        ("tests/processors/test_history_state.py::test_row_view_equals_recomputing_from_the_history[0-1]",
+         "tests/methods/test_penalties.py::test_lossless_methods_with_penalties_equal_penalised_greedy[speculative-native]"),
+        "a row's penalty state keeps counting the draft tokens a verifier rejected",
+    ),
+    Mutant(
         "merge-ignores-joining-shift",
         "src/decodelab/model/native.py",
         "            new[:, B:, :, other_shift : other_shift + other_length] = o[:, :, :, :other_length]\n",

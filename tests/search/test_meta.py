@@ -121,3 +121,13 @@ def test_meta_methods_under_a_grammar_constraint():
         assert re.fullmatch("[ab]{2,6}", g.text) and len(g.candidates) == 3
         assert all(re.fullmatch("[ab]{2,6}", lm.decode([t for t in c.token_ids if t not in lm.eos_token_ids]))
                    for c in g.candidates)
+
+
+@pytest.mark.parametrize("penalty", [{"repetition_penalty": 1.3}, {"presence_penalty": 0.5, "frequency_penalty": 0.2}])
+def test_best_of_n_with_penalties_is_the_best_of_the_same_penalised_samples(penalty):
+    """Penalties are sampling parameters like any other (they were once taken for token healing and refused)."""
+    lm = _soft_lm()
+    kw = dict(seed=3, max_new_tokens=6, temperature=0.9, **penalty)
+    samples = decodelab.generate_batch(lm, PROMPTS[:1], method="sample", n=4, **kw)
+    best = decodelab.generate(lm, PROMPTS[0], method="best_of_n", num_samples=4, **kw)
+    assert best.token_ids in [s.token_ids for s in samples]

@@ -58,8 +58,10 @@ def run_inner(ctx, inner: str, prompts: list[list[int]], n: int, seed) -> list:
 def inner_constraint(sampler):
     """The request's compiled grammar (one per request), for the inner method's own matchers; None
     without one. Token healing is refused: the prompts the meta method sees were already backed up."""
+    from ..constraints.healing import HealingMask
+
     mask = sampler.constraint
-    if any(hasattr(p, "for_row") and p is not mask for p in sampler.logits_processors):
+    if any(isinstance(p, HealingMask) for p in sampler.logits_processors):
         raise UserError("the meta methods do not support token_healing")
     return mask.rows[0].grammar if mask is not None else None
 
