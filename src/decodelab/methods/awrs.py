@@ -27,6 +27,7 @@ import torch
 from ..constraints.awrs import awrs_token
 from ..errors import UserError
 from ..processors import Sampler
+from ..processors.distortion import inf_limit
 from .autoregressive import prefill
 from .registry import Param, register
 
@@ -70,7 +71,9 @@ def _step(ctx, free: Sampler, particle: _Particle, logits: torch.Tensor) -> tupl
     accept = _acceptor(ctx.lm, particle)
     if free.greedy:  # logit order (penalties applied), no randomness
         return _greedy_first(free.process(history, logits[None])[0], accept), 0.0
-    logp = free.probs(history, logits[None])[0].log()
+    # log-softmax in float64, not log(probs): a token whose p underflows to 0 in float32 keeps a finite
+    # log p, so a grammar that allows only such tokens (a peaked model off its track) still gets a draw
+    logp = inf_limit(free.process(history, logits[None])).double().log_softmax(dim=-1)[0]
     token, log_w, _ = awrs_token(logp, accept, ctx.generator, weight=ctx.params["n_particles"] > 1)
     return token, log_w
 
