@@ -64,8 +64,10 @@ def beam_log_probs(sampler, history: torch.Tensor | None, logits: torch.Tensor) 
 def beam_sampler(sampler, k: int):
     """The sampler for B·K beam rows: a grammar constraint gets one matcher per beam, forked from its
     prompt's (each beam's matcher seeks its own history at every step, so reordering beams is free)."""
+    from ..constraints.healing import HealingMask
+
     mask = sampler.constraint
-    if any(hasattr(p, "for_row") and p is not mask for p in sampler.logits_processors):
+    if any(isinstance(p, HealingMask) for p in sampler.logits_processors):  # penalties have row views too
         raise UserError("beam does not support token_healing yet")
     if mask is None:
         return sampler
