@@ -135,8 +135,9 @@ def test_continuous_rows_join_a_running_batch_and_leave_first(served_lm):
         assert _finals(short)[0].stats.batch_size == 2  # it ran beside the long row
         for events, prompt, n in ((long, "def f(x):", 48), (short, "hello world", 3)):
             ref = decodelab.generate(served_lm, prompt, method=method, max_new_tokens=n, seed=5, **params)
-            assert _finals(events)[0].token_ids == ref.token_ids
-            assert "".join(e.text for e in events) == ref.text
+            assert _finals(events)[0].token_ids == ref.token_ids and _finals(events)[0].text == ref.text
+        assert "".join(e.text for e in long) == _finals(long)[0].text  # streamed: the pieces make the text
+        assert len(short) == 1  # not streamed: one event, the row's end (no wake-up per token)
     scheduler.stop()
 
 

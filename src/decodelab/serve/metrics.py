@@ -47,6 +47,7 @@ class Metrics:
         self.accepted_per_pos = Counter("decodelab:spec_decode_num_accepted_tokens_per_pos",
                                         "Accepted drafted tokens by draft position.",
                                         ["model_name", "method", "position"], registry=r)
+        self._children: dict[str, tuple] = {}  # method → its per-token counters (on_tokens)
 
     def _histogram(self, name: str, doc: str, labels: list[str]) -> Histogram:
         return Histogram(name, doc, labels, buckets=LATENCY_BUCKETS, registry=self.registry)
@@ -57,15 +58,24 @@ class Metrics:
         self.waiting.labels(self.model).set_function(lambda: scheduler.waiting)
 
     def on_tokens(self, job, event, previous: float | None, now: float, first: bool) -> None:
-        """Called by the scheduler for each event that carries tokens."""
+        """Called by the scheduler for each event that carries tokens (the per-token path: labelled
+        children are looked up once per method, not once per call)."""
         k = len(event.token_ids)
-        self.generation_tokens.labels(self.model).inc(k)
+        tokens, ttft, itl = self._per_token(job.method)
+        tokens.inc(k)
         if first:
-            self.ttft.labels(self.model, job.method).observe(now - job.created)
+            ttft.observe(now - job.created)
         if previous is not None:  # the event's tokens arrived together: spread the gap over them
-            itl = self.itl.labels(self.model, job.method)
             for _ in range(k):
                 itl.observe((now - previous) / k)
+
+    def _per_token(self, method: str) -> tuple:
+        children = self._children.get(method)
+        if children is None:
+            children = self._children[method] = (self.generation_tokens.labels(self.model),
+                                                  self.ttft.labels(self.model, method),
+                                                  self.itl.labels(self.model, method))
+        return children
 
     def on_row_done(self, job, generation) -> None:
         """Speculative counters from one finished row (rows of a batch share their Stats: skipped)."""

@@ -201,7 +201,8 @@ class BatchingScheduler:
                 self.observer.on_tokens(job, event, previous, now, first)
         if event.generation is not None and self.observer is not None:
             self.observer.on_row_done(job, event.generation)
-        job.emit(event)
+        if job.stream or event.generation is not None or event.error is not None:
+            job.emit(event)  # a non-streamed request reads only each row's end: no wake-up per token
 
     def _stream_row(self, job: Job, row: Row) -> None:
         from .. import stream
