@@ -138,6 +138,15 @@ MUTANTS = [
         "a row of a left-padded batch counts presence/frequency penalties from the padded width, not its own prompt",
     ),
     Mutant(
+        "diffusion-grammar-commits-unchecked-picks",
+        "src/decodelab/constraints/diffusion.py",
+        "            if self._valid(b, cand):\n",
+        "            if True:\n",
+        ("tests/constraints/test_diffusion_constrained.py::test_every_output_is_valid_and_complete_on_a_random_model[fastdllm]",
+         "tests/constraints/test_diffusion_constrained.py::test_a_short_canvas_ends_length_with_a_valid_prefix"),
+        "a diffusion sampler under a grammar commits its parallel picks without checking that the prefix stays valid",
+    ),
+    Mutant(
         "penalty-state-not-rolled-back",
         "src/decodelab/processors/history.py",
         "            self._update(k, mine[k:], -1)\n",
