@@ -51,7 +51,7 @@ def _validate(lm, prompts, method, max_new_tokens, seed, stop, params):
 
         raise UserError(kind_error(lm, info))
     params = _with_sampling(dict(params))
-    grammar = compile_constraint(lm, params.pop("constraint", None))
+    grammar = _grammars(lm, info, params.pop("constraint", None), len(prompts))
     healing = params.pop("token_healing", False)
     if not isinstance(healing, bool):
         raise UserError(f"token_healing must be True or False, got {healing!r}")
@@ -70,6 +70,20 @@ def _validate(lm, prompts, method, max_new_tokens, seed, stop, params):
     return info, ids, checked, stop, grammar, healing
 
 
+def _grammars(lm, info, spec, rows: int):
+    """One compiled grammar for every row, or (a list of constraints, one per prompt) one per row."""
+    if not isinstance(spec, (list, tuple)):
+        return compile_constraint(lm, spec)
+    if len(spec) != rows:
+        raise UserError(f"{len(spec)} constraints for {rows} prompts: give one per prompt (or one dict for all)")
+    if not (info.continuous or info.name == "awrs" or info.kind == "diffusion"):
+        raise UserError(f"method {info.name!r} takes one constraint for the whole batch, not one per prompt; "
+                        "per-prompt constraints: greedy, sample, awrs, the speculative methods, diffusion samplers")
+    if any(c is None for c in spec):
+        raise UserError("a list of per-prompt constraints needs a constraint for every prompt (no None)")
+    return [compile_constraint(lm, c) for c in spec]
+
+
 def _with_sampling(params: dict) -> dict:
     """`sampling=SamplingParams(...)` spread into the parameters (a name given both ways is an error)."""
     sampling = params.pop("sampling", None)
@@ -86,7 +100,8 @@ def _with_sampling(params: dict) -> dict:
 def _one_by_one(info, lm, ids, params, max_new_tokens, seed, stop, grammar=None, healing=False) -> Iterator[Event]:
     for b, prompt in enumerate(ids):
         row_seed = seed[b] if isinstance(seed, (list, tuple)) else None if seed is None else seed + b
-        for event in run_method(info, lm, [prompt], params, max_new_tokens, row_seed, stop, grammar, healing):
+        row_grammar = grammar[b] if isinstance(grammar, list) else grammar
+        for event in run_method(info, lm, [prompt], params, max_new_tokens, row_seed, stop, row_grammar, healing):
             event.row = b
             yield event
 
@@ -111,11 +126,19 @@ def generate_batch(lm: LM, prompts: list[str | list[int]], *, method: str = "gre
                    **params) -> list[Generation]:
     """Generate for several prompts (× n samples each, prompt-major): one batch for every batched method.
 
-    Row i uses seed `seed + i` (or `seed[i]`): a row's output does not depend on the other rows."""
+    Row i uses seed `seed + i` (or `seed[i]`): a row's output does not depend on the other rows.
+    `constraint=` is one constraint for every row, or a list with one per prompt (greedy, sample, awrs,
+    the speculative methods and the diffusion samplers: each row follows its own grammar in one batch)."""
     if not prompts:
         raise UserError("prompts is empty")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise UserError(f"n must be an integer ≥ 1, got {n!r}")
+    per_prompt = params.get("constraint")
+    if isinstance(per_prompt, (list, tuple)):  # one constraint per prompt: each of its n samples follows it
+        if len(per_prompt) != len(prompts):
+            raise UserError(f"{len(per_prompt)} constraints for {len(prompts)} prompts: give one per prompt "
+                            "(or one dict for all)")
+        params = {**params, "constraint": [c for c in per_prompt for _ in range(n)]}
     prompts = [p for p in prompts for _ in range(n)]
     results: dict[int, Generation] = {}
     for event in _run(lm, list(prompts), method, max_new_tokens, seed, stop, params):
