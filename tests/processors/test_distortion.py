@@ -21,7 +21,7 @@ from transformers.generation.logits_process import (
 
 import decodelab
 from decodelab.processors import Sampler
-from tests.fakes import soft_lm, tiny_lm
+from tests.fakes import noisy_copy, soft_lm, tiny_lm
 
 CASES = [  # several truncation samplers, each with and without temperature
     {"top_k": 5},
@@ -144,3 +144,20 @@ def test_bregman_log_z_is_the_kept_mass(alpha):
     assert 1 < kept.sum(-1).min() and kept.sum(-1).max() < 200
     direct = torch.stack([(p[b][kept[b]] ** (1 / 0.9)).sum().log() for b in range(3)]).float()
     torch.testing.assert_close(log_z, direct, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["speculative", "pld", "recycling"])
+def test_speculative_methods_record_log_z_of_every_emitted_token(method):
+    """Lossless methods emit several tokens per verify step (accepted drafts, a residual draw, the bonus):
+    each token's log Z_t is the target's at its position, as if it had been sampled one by one."""
+    lm = soft_lm("llama")
+    lm.state["drafts"] = {"tiny-draft": noisy_copy(lm, 0.3)}  # often accepted, sometimes not
+    kw = {"draft": "tiny-draft"} if method == "speculative" else {}
+    params = CASES[7]
+    gens = decodelab.generate_batch(lm, PROMPTS, method=method, max_new_tokens=16, seed=3, **params, **kw)
+    assert sum(gens[0].stats.accepted) > 0  # some steps emitted more than one token
+    for prompt, gen in zip(PROMPTS, gens):
+        assert len(gen.stats.log_z) == len(gen.token_ids)
+        assert gen.stats.log_z == pytest.approx(teacher_forced_log_z(lm, prompt, gen.token_ids, params), abs=2e-4)
+    alone = decodelab.generate(lm, PROMPTS[0], method=method, max_new_tokens=16, seed=3, **params, **kw)
+    assert alone.stats.log_z == pytest.approx(teacher_forced_log_z(lm, PROMPTS[0], alone.token_ids, params), abs=2e-4)

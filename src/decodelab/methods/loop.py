@@ -38,24 +38,41 @@ def _fit(draft: Draft, room: int) -> Draft:
     return Draft(draft.tokens[:room], draft.parents[:room], q)
 
 
-def _p_at(ctx, draft: Draft, logits: torch.Tensor):
-    """Lazy p(node) from the verify logits; history = context + path to the node."""
-    sampler, base = ctx.sampler, ctx.ids()
-    if not sampler.needs_history:
-        probs = sampler.probs(None, logits)  # [1 + n(+aux), V] all at once
+class _TargetP:
+    """Lazy p(node) from the verify logits (history = context + path to the node; node −1 is the pending
+    position), remembering log Z_t at every node it evaluates (processors/distortion.py)."""
 
-        def p_batched(node: int) -> torch.Tensor:
-            return probs[node + 1]
-        return p_batched
+    def __init__(self, ctx, draft: Draft, logits: torch.Tensor):
+        self.sampler, self.base, self.draft, self.logits = ctx.sampler, ctx.ids(), draft, logits
+        self.log_z: dict[int, float] = {}
+        self.all = None
+        if not self.sampler.needs_history:  # [1 + n(+aux), V] all at once
+            self.all, log_z = self.sampler.probs_and_log_z(None, logits)
+            if log_z is not None:
+                self.log_z = dict(enumerate(log_z.tolist(), start=-1))
 
-    def p_history(node: int) -> torch.Tensor:
+    def __call__(self, node: int) -> torch.Tensor:
+        if self.all is not None:
+            return self.all[node + 1]
         path, j = [], node
         while j >= 0:
-            path.append(draft.tokens[j])
-            j = draft.parents[j]
-        history = torch.tensor([base + path[::-1]])
-        return sampler.probs(history, logits[node + 1 : node + 2])[0]
-    return p_history
+            path.append(self.draft.tokens[j])
+            j = self.draft.parents[j]
+        history = torch.tensor([self.base + path[::-1]])
+        probs, log_z = self.sampler.probs_and_log_z(history, self.logits[node + 1 : node + 2])
+        if log_z is not None:
+            self.log_z[node] = float(log_z[0])
+        return probs[0]
+
+    def record(self, ctx, b: int, path: list[int], emitted: int) -> None:
+        """Row b's log Z_t for the tokens this step emitted: the pending position, then the accepted path's
+        nodes (the bonus token is drawn at the last one). Nothing when greedy."""
+        if self.sampler.greedy:
+            return
+        for node in ([-1] + path)[:emitted]:
+            if node not in self.log_z:
+                self(node)
+            ctx.log_z[b].append(self.log_z[node])
 
 
 def speculative_loop(ctx, make_proposer) -> Iterator[list[list[int]]]:
@@ -116,7 +133,9 @@ def _step(ctx, session, rows: list[int], proposers: dict, wants_hidden: bool) ->
     nodes, emitted = [], [[] for _ in ctx.prompts]
     for i, (b, view, draft) in enumerate(zip(rows, views, drafts)):
         row_logits = logits[i, : 1 + len(draft) + len(draft.aux_tokens)]
-        verdict = verify(draft, _p_at(view, draft, row_logits), view.generator, view.sampler.greedy)
+        target = _TargetP(view, draft, row_logits)
+        verdict = verify(draft, target, view.generator, view.sampler.greedy)
+        target.record(ctx, b, verdict.path, len(verdict.tokens))
         nodes.append([0] + [1 + j for j in verdict.path])
         emitted[b] = verdict.tokens
         extra = {"hidden": tuple(h[i : i + 1] for h in hidden)} if hidden is not None else {}
