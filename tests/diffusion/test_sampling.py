@@ -191,3 +191,10 @@ def test_learn2pd_mlp_filter_sees_neighbours_fits_loads_and_runs(tiny, tmp_path)
     path.write_text(json.dumps({**spec, "state": {}}))
     with pytest.raises(ValueError, match="cannot read the learn2pd filter"):
         decodelab.generate(tiny, PROMPTS[0], method="learn2pd", filter=str(path))
+
+
+def test_the_shipped_mlp_filter_loads_offline_and_parallelises():
+    lm = decodelab.load("builtin:tasks-diffusion")
+    item = decodelab.tasks.make("copy", 1, 0)[0]
+    g = decodelab.generate(lm, item.prompt, method="learn2pd", filter="mlp", accept=0.93, max_new_tokens=24)
+    assert g.stats.forward_passes < 12 and lm.mask_token_id not in g.token_ids
