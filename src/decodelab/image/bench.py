@@ -92,12 +92,15 @@ def reference_accuracy() -> dict:
 
 
 def run_bench(model: str, per_class: int | None, seed: int, sampling: dict, only: list[str] | None, kv_cache: bool,
-              out: Path, tag: str, command: str) -> dict:
+              out: Path, tag: str, command: str, lpd: Path | None = None) -> dict:
     """Run the configs of the model's grid; writes bench-<grid>[-tag].json and the sample grid PNG
-    under `out` and returns the report. per_class None: 20 images per class on 8×8, 5 on 16×16."""
+    under `out` and returns the report. per_class None: 20 images per class on 8×8, 5 on 16×16.
+    `lpd`: an LPD model directory to use instead of the one beside the model."""
     from ..model import load
 
     lm = load(model)
+    if lpd is not None:
+        lm.state["image:lpd"] = load(str(lpd))
     grid = image_spec(lm).height
     per_class = per_class or (20 if grid <= 8 else 5)
     known = {name.split(" ")[0] for name, _ in CONFIGS[grid]}
@@ -162,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-kv-cache", action="store_true", help="recompute the sequence every pass (image/cache.py)")
     p.add_argument("--out", type=Path, default=Path("docs/visual"))
     p.add_argument("--tag", default="", help="suffix of the output files (bench-<grid>-<tag>.json, samples-…png)")
+    p.add_argument("--lpd", type=Path, help="an LPD model directory instead of the one beside --model")
     p.add_argument("--table", type=Path, help="only print the Markdown table of a saved bench-*.json")
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
@@ -171,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     sampling = {"cfg_scale": args.cfg_scale, "temperature": args.temperature}
     report = run_bench(args.model, args.per_class, args.seed, sampling, args.only, not args.no_kv_cache, args.out,
-                       args.tag, "python -m decodelab.image.bench " + " ".join(argv))
+                       args.tag, "python -m decodelab.image.bench " + " ".join(argv), args.lpd)
     print(table(report["rows"]))
     print(json.dumps({"classifier_reference": report["classifier_reference"]}))
 

@@ -16,7 +16,8 @@ from:
   locality-aware order at the same schedule, and with 256 groups (one token per step: any-order
   autoregression, whose mean CE is comparable to the raster model's). Then LPD samples: the raster
   model's NLL of every sampled token (raster teacher forcing), averaged by the group it was decoded
-  in — which tokens the parallel decoding gets wrong.
+  in — which tokens the parallel decoding gets wrong — and, on 16×16, the share of 2×2 blocks
+  whose cells differ (a broken copy), beside raster samples' share.
 
 Prints JSON lines. No timings.
 """
@@ -136,6 +137,12 @@ def _block_mates(gid: torch.Tensor, ce: torch.Tensor, h: int, w: int) -> dict:
             round(float(ce[~known].mean()), 4), "share_block_mate_known": round(float(known.float().mean()), 3)}
 
 
+def _nonuniform(tokens: torch.Tensor, h: int) -> float:
+    """Share of the 2×2 blocks of a ×2-upsampled grid whose four cells differ (0 in the data)."""
+    blocks = tokens.view(-1, h // 2, 2, h // 2, 2).permute(0, 1, 3, 2, 4).reshape(-1, 4)
+    return round(float((blocks.max(-1).values != blocks.min(-1).values).float().mean()), 4)
+
+
 def lpd_sample_nll(lm, steps: int, per_class: int, seed: int) -> dict:
     """LPD samples' tokens scored by the raster model, averaged by decoding group."""
     from .generate import generate_images
@@ -147,7 +154,11 @@ def lpd_sample_nll(lm, steps: int, per_class: int, seed: int) -> dict:
         p = ImageModel(lm, Processing()).raster_probs(torch.tensor(labels), tokens, torch.ones_like(tokens, dtype=torch.bool))
     nll = -torch.log(p.gather(-1, tokens[..., None]).squeeze(-1).clamp_min(1e-30))
     gid = _group_ids([g.stats["order"] for g in gens], tokens.shape[1])
+    raster = torch.tensor([g.token_ids for g in generate_images(lm, labels, method="raster", seeds=seed)])
+    spec = image_spec(lm)
+    blocks = {"nonuniform_blocks": _nonuniform(tokens, spec.height), "raster_nonuniform_blocks": _nonuniform(raster, spec.height)}
     return {"method": "lpd samples", "steps": steps, "images": len(labels), "nll_under_raster": round(float(nll.mean()), 4),
+            **(blocks if spec.height == 16 else {}),
             "nll_by_group": _rounded(nll[gid == g].mean() for g in range(steps)),
             "share_of_nll_by_group": _rounded(nll[gid == g].sum() / nll.sum() for g in range(steps))}
 
