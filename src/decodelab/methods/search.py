@@ -15,6 +15,7 @@ from ..search.best_first import best_first_beam
 from ..search.cntp import cntp as cntp_search
 from ..search.contrastive import contrastive_search
 from ..search.dba import dba_search
+from ..search.deco import deco as deco_search
 from ..search.dola import dola as dola_search
 from ..search.infill import fim_reason
 from ..search.infill import self_infill as self_infill_search
@@ -67,6 +68,20 @@ def contrastive(ctx) -> Iterator[list[list[int]]]:
           })
 def dola(ctx) -> Iterator[list[list[int]]]:
     return dola_search(ctx, ctx.params["dola_layers"], ctx.params["relative_top"])
+
+
+@register("deco", description="DeCo: add α·c × the logits of the preceding layer most confident (c) in one "
+          "of the final layer's top-k/top-p candidates; decode among the candidates.", lossless=False,
+          paper="MLLM can see? Dynamic Correction Decoding for Hallucination Mitigation (arXiv:2410.11779)",
+          batched=True, temperature=0.0, family="layer-contrast", params={
+              "alpha": Param(0.6, 0.0, 100.0, help="α: weight of the anchor layer's logits (times its confidence)"),
+              "deco_layers": Param("auto", help="preceding-layer window: 'auto' (5N/8..7N/8), 'a-b' or indices"),
+              "threshold_top_k": Param(20, 1, 100_000, help="candidates: top-k of the final layer"),
+              "threshold_top_p": Param(0.9, 1e-6, 1.0, help="candidates: then the top-p prefix of those"),
+          })
+def deco(ctx) -> Iterator[list[list[int]]]:
+    p = ctx.params
+    return deco_search(ctx, p["deco_layers"], p["alpha"], p["threshold_top_k"], p["threshold_top_p"])
 
 
 class _NameOrCallable(Param):

@@ -35,14 +35,29 @@ def candidate_layers(spec: str, num_layers: int, tied: bool) -> list[int]:
     elif spec == "high":
         layers = list(range(num_layers // 2 if num_layers <= 40 else num_layers - 20, num_layers, 2))
     else:
-        try:
-            layers = [int(x) for x in spec.split(",")]
-        except ValueError:
-            raise UserError(f"dola_layers must be 'low', 'high' or comma-separated layer indices, got {spec!r}") from None
+        return layer_list("dola_layers", spec, num_layers, "'low', 'high' or comma-separated layer indices")
+    return check_layers("dola_layers", spec, layers, num_layers)
+
+
+def layer_list(name: str, spec: str, num_layers: int, allowed: str) -> list[int]:
+    """Comma-separated early-exit layer indices, each below the final layer (shared with `deco`)."""
+    try:
+        layers = [int(x) for x in spec.split(",")]
+    except ValueError:
+        raise UserError(f"{name} must be {allowed}, got {spec!r}") from None
+    return check_layers(name, spec, layers, num_layers)
+
+
+def check_layers(name: str, spec: str, layers: list[int], num_layers: int) -> list[int]:
     if not layers or any(not 0 <= j < num_layers for j in layers):
-        raise UserError(f"dola_layers={spec!r} gives premature layers {layers}; this model has layers "
+        raise UserError(f"{name}={spec!r} gives premature layers {layers}; this model has layers "
                          f"0..{num_layers - 1} (0 = embeddings) below its final layer {num_layers}")
     return layers
+
+
+def text_config(lm):
+    """The decoder's config (multimodal configs nest it)."""
+    return lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
 
 
 def jsd(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -84,15 +99,21 @@ def dola_logits(lm, logits: torch.Tensor, hidden: tuple, layers: list[int], rela
 
 def dola(ctx, spec: str, relative_top: float) -> Iterator[list[list[int]]]:
     """Yield one token per row per step: the processed contrast F decoded greedily or sampled."""
+    cfg = text_config(ctx.lm)
+    layers = candidate_layers(spec, cfg.num_hidden_layers, bool(getattr(cfg, "tie_word_embeddings", False)))
+    yield from layer_contrast_loop(ctx, lambda logits, hidden: dola_logits(ctx.lm, logits, hidden, layers, relative_top)[0])
+
+
+def layer_contrast_loop(ctx, contrast) -> Iterator[list[list[int]]]:
+    """The decoding loop of every layer-contrast method: `contrast(logits [B, V], hidden states)` →
+    scores [B, V] for the last position, then the processors, then greedy or sampling, one token per row."""
     from ..methods.autoregressive import sample_rows
 
-    cfg = ctx.lm.config.get_text_config() if hasattr(ctx.lm.config, "get_text_config") else ctx.lm.config
-    layers = candidate_layers(spec, cfg.num_hidden_layers, bool(getattr(cfg, "tie_word_embeddings", False)))
     session = ctx.session()
     ids, mask = ctx.padded_prompts
     logits, hidden = session.forward(ids, pad_mask=mask, hidden=True)
     while True:
-        scores, _ = dola_logits(ctx.lm, logits[:, -1], hidden, layers, relative_top)
+        scores = contrast(logits[:, -1], hidden)
         history = ctx.history() if ctx.sampler.needs_history else None
         token = sample_rows(ctx, ctx.sampler.probs(history, scores))  # [B]
         yield [[t] for t in token.tolist()]
