@@ -48,6 +48,7 @@ def method_grid(width: int) -> list[tuple[str, str, dict, int]]:
         (f"beam K={w}", "beam", {"num_beams": w}, w),
         (f"contrastive k={w} a=0.6", "contrastive", {"top_k": w, "penalty_alpha": 0.6}, w),
         ("dola (high)", "dola", {}, 1),
+        ("deco a=0.6", "deco", {}, 1),
         ("self_infill tau=0.25", "self_infill", {}, 1),
         (f"lookback k={w} a=0.6", "lookback", {"num_candidates": w}, w),
         ("superposed k=3", "superposed", {}, 1),  # k drafts, one position per pass  # W only on alarm steps: cost is a bound
