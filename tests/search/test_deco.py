@@ -76,7 +76,9 @@ def _run_cases(lm, n=10):
 def test_equals_reference_loop(arch):
     rows = _run_cases(_lm(arch))
     assert all(ours == ref for ours, ref, _ in rows)
-    if arch != "gpt2":  # tiny random GPT-2: the correction happens never to move the argmax here
+    # tiny random GPT-2 (tied head) repeats its input token from every layer, so no correction can move the
+    # argmax there; on Llama and Qwen2 it must
+    if arch != "gpt2":
         assert any(ours != greedy for ours, _, greedy in rows)  # the correction changed some tokens
 
 
