@@ -86,14 +86,6 @@ class Draft:
         start, end = block_of(masked, self.block_length)
         return [i for i in self.order if masked[i] and start <= i < end]
 
-    def chain(self, k: int) -> list[tuple[int, int]]:
-        return [(i, int(self.tokens[i, 0])) for i in self.order[:k]]
-
-
-def chain(logits: torch.Tensor, masked: torch.Tensor, block_length: int, k: int) -> list[tuple[int, int]]:
-    """The chain draft: k (position, token) pairs in stepwise order as predicted by one row's logits [G, V]."""
-    return Draft(logits, masked, block_length).chain(k)
-
 
 def stepwise_next(logits: torch.Tensor, masked: torch.Tensor, block_length: int) -> tuple[int, int]:
     """What stepwise decoding commits next on a canvas: (position, token) from its logits [G, V]."""
