@@ -7,8 +7,9 @@ yields `Event`s; `generate` consumes the same stream.
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
@@ -97,6 +98,7 @@ class Context:
         self.open = False  # more rows may join: a method idles (yields nothing) instead of ending
         self.row_stats: dict[int, Stats] | None = None  # per-row draft counts (the Engine's rows)
         self.row_samplers: dict[int, Sampler] = {}  # rows with sampling parameters of their own (Engine.add)
+        self.row_params: dict[int, dict] = {}  # rows with parameters of their own (a mixed Engine's methods)
         self._pending = list(range(len(prompts)))  # rows not yet admitted by the method
         self._views: dict[int, RowContext] = {}
 
@@ -127,6 +129,7 @@ class Context:
         """Row b has left the batch for good: drop what it holds (a long-running server adds rows forever)."""
         self._views.pop(b, None)
         self.row_samplers.pop(b, None)
+        self.row_params.pop(b, None)
         if self.open:  # a long-running Engine adds rows forever: keep nothing of the rows that left
             self.prompts[b], self.out[b], self.log_z[b] = [], [], []
             if self.generators is not None:
@@ -192,7 +195,8 @@ class RowContext:
 
     def __init__(self, parent: Context, b: int):
         self.parent, self.b = parent, b
-        self.lm, self.params, self.stats = parent.lm, parent.params, parent.stats
+        self.lm, self.stats = parent.lm, parent.stats
+        self.params = parent.row_params.get(b, parent.params)  # its method's parameters (a mixed batch)
         self.sampler = parent.sampler_of(b).for_row(b, len(parent.prompts[b]))  # row b's own, unpadded
         self.max_new_tokens = parent.max_new[b]
         self.prompts, self.out = [parent.prompts[b]], [parent.out[b]]
@@ -219,6 +223,16 @@ class RowContext:
 
     def session(self, lm: LM | None = None, role: str = "target") -> Session:
         return (lm or self.lm).session(1, stats=self.stats, role=role)
+
+
+class _WithParams:
+    """A context seen with other parameters: a mixed Engine builds each method's proposers through one."""
+
+    def __init__(self, ctx: Context, params: dict):
+        self._ctx, self.params = ctx, params
+
+    def __getattr__(self, name: str):
+        return getattr(self._ctx, name)
 
 
 class _IncrementalText:
@@ -388,13 +402,14 @@ class Engine:
                 ...
     """
 
-    def __init__(self, lm: LM, method: str = "greedy", **params):
+    def __init__(self, lm: LM, method: str = "greedy", *, mixed: bool = False, **params):
         from .methods import get
 
         self.info = get(method)
         if not self.info.continuous:
             users = ", ".join(sorted(n for n, m in _methods().items() if m.continuous))
             raise UserError(f"method {method!r} cannot take rows into a running batch; continuous methods: {users}")
+        self.mixed = bool(mixed)
         self.lm, self.params = lm, self.info.check_params(params)
         self._given = dict(params)  # what rows that bring their own sampling parameters start from
         self.stats = Stats()
@@ -407,7 +422,14 @@ class Engine:
         self.ctx.row_stats = {}
         self._scorers: dict = {}  # rows that asked for logprobs → their logprobs.Scorer
         self._row_params: dict[int, dict] = {}  # rows with their own sampling parameters
-        self._steps = self.info.run(self.ctx)
+        self._row_method: dict[int, str] = {}  # a mixed engine's rows of another method
+        if self.mixed:  # every row drafts with its own method's proposer, all verified in one forward
+            from .methods.loop import batched_loop
+
+            self._factories: dict[tuple, Callable] = {}
+            self._steps = batched_loop(self.ctx, self._proposer)
+        else:
+            self._steps = self.info.run(self.ctx)
 
     @property
     def busy(self) -> bool:
@@ -415,12 +437,16 @@ class Engine:
         return bool(self.rows)
 
     def add(self, prompt: str | list[int], *, max_new_tokens: int = 64, seed: int | None = None,
-            stop: str | list[str] | None = None, logprobs: int | None = None, **sampling) -> int:
+            stop: str | list[str] | None = None, logprobs: int | None = None, method: str | None = None,
+            **sampling) -> int:
         """A new row (text or token ids); it joins the batch at the next step. Returns its row id.
 
         `logprobs=k`: its Generation carries each token's log p and k alternatives (decodelab/logprobs.py).
         `**sampling` (temperature, top_p, … — SamplingParams names): this row's own sampling parameters;
-        rows with different ones share the batch, each verified and drawn under its own."""
+        rows with different ones share the batch, each verified and drawn under its own.
+        `method=` (an Engine made with `mixed=True`): this row's own method, with its own parameters among
+        `**sampling` — greedy, sample and the speculative methods share one batch, each row drafting with
+        its own proposer and all rows verified in one forward per step."""
         from .inputs import check_common, check_seed, prompt_ids
         from .logprobs import check_top
         from .processors import SAMPLING_DEFAULTS
@@ -428,6 +454,8 @@ class Engine:
         stop = check_common(max_new_tokens, stop)
         check_seed(seed)
         top = check_top(logprobs)
+        if method is not None and method != self.info.name or self.mixed and sampling:
+            return self._add_mixed(prompt, method or self.info.name, max_new_tokens, seed, stop, logprobs, sampling)
         own = sorted(set(sampling) - set(SAMPLING_DEFAULTS))
         if own:
             raise UserError(f"Engine.add takes sampling parameters only; {own[0]!r} is the method's, set when "
@@ -449,6 +477,39 @@ class Engine:
         self._started[b] = (time.perf_counter(), self.stats.forward_passes, self.stats.draft_forward_passes)
         return b
 
+    def _add_mixed(self, prompt, method: str, max_new_tokens, seed, stop, logprobs, given: dict) -> int:
+        """A row of its own method and parameters in a mixed engine (each checked by that method)."""
+        from .methods import get
+
+        if not self.mixed:
+            raise UserError(f"this Engine runs {self.info.name!r}; make it with mixed=True to take rows of "
+                            f"other methods ({method!r})")
+        info = get(method)
+        if info.proposers is None:
+            users = ", ".join(sorted(n for n, m in _methods().items() if m.proposers is not None))
+            raise UserError(f"method {method!r} cannot share a batch with other methods; these can: {users}")
+        params = info.check_params({**(self._given if method == self.info.name else {}), **given})
+        b = self.add(prompt, max_new_tokens=max_new_tokens, seed=seed, stop=stop, logprobs=logprobs)
+        sampler = Sampler(params, prompt_len=0)
+        self.ctx.generators[b] = None if sampler.greedy else row_generators(seed, 1)[0]
+        self.ctx.row_samplers[b], self.ctx.row_params[b], self._row_params[b] = sampler, params, params
+        self._row_method[b] = method
+        return b
+
+    def _proposer(self, view):
+        """Row view → its proposer, from its method's factory (one factory per method and parameters, so
+        rows of the same method and draft share a batch drafter)."""
+        from .methods import get
+
+        b = view.b
+        method = self._row_method.get(b, self.info.name)
+        info = get(method)
+        own = {k: v for k, v in view.params.items() if k in info.specs}
+        key = (method, json.dumps(own, sort_keys=True, default=str))
+        if key not in self._factories:
+            self._factories[key] = info.proposers(_WithParams(self.ctx, view.params))
+        return self._factories[key](view)
+
     def cancel(self, b: int) -> None:
         """Row b leaves the batch before its next step (a client went away); no event follows."""
         if self.rows.pop(b, None) is not None:
@@ -456,6 +517,7 @@ class Engine:
             self._started.pop(b, None)
             self.ctx.row_stats.pop(b, None)
             self._row_params.pop(b, None)
+            self._row_method.pop(b, None)
             self._scorers.pop(b, None)
 
     def step(self) -> list[Event]:
@@ -490,7 +552,8 @@ class Engine:
         stats.draft_forward_passes = self.stats.draft_forward_passes - draft_passes
         stats.wall_time_s, stats.batch_size = time.perf_counter() - t0, live
         stats.log_z = self.ctx.kept_log_z(b, len(row.tokens))
-        gen = _generation(self.lm, row, stats, self.info.name, self._row_params.pop(b, self.params))
+        method = self._row_method.pop(b, self.info.name)
+        gen = _generation(self.lm, row, stats, method, self._row_params.pop(b, self.params))
         return Event(gen.text[row.sent:], row.unsent, b, gen)  # step() adds its logprobs
 
     def close(self) -> None:

@@ -157,3 +157,40 @@ def test_continuous_rows_with_different_temperatures_share_one_batch(served_lm):
         assert gen.stats.batch_size >= 2  # ran beside the others
         ref = decodelab.generate(served_lm, "hello", method="sample", max_new_tokens=8, seed=5, **params)
         assert gen.token_ids == ref.token_ids
+
+
+def test_requests_of_different_methods_share_one_step(served_lm):
+    """While a pld request runs, requests of other methods start a mixed engine; every request after that
+    joins it, whatever its method, so one step serves them all. Each equals generate() alone."""
+    from decodelab.serve.scheduler import MIXED, ContinuousScheduler
+
+    scheduler = ContinuousScheduler(served_lm, max_batch=8)
+    scheduler.start()
+    first = []
+    scheduler.submit(_job(served_lm, ["def f(x):"], first, stream=True, max_new_tokens=40, method="pld"))
+    deadline = time.monotonic() + 60
+    while not first:  # the pld row is generating
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    jobs = [("greedy", {}, True), ("sample", {"temperature": 1.3}, False), ("pld", {"num_draft_tokens": 3}, True),
+            ("jacobi", {"block_size": 3}, True)]
+    logs = [[] for _ in jobs]
+    with scheduler._cond:  # submitted together: admitted in one pass, after the first has made the mixed engine
+        for events, (method, params, greedy) in zip(logs, jobs):
+            scheduler._queue.append(_job(served_lm, ["hello world"], events, greedy=greedy, params=params,
+                                         max_new_tokens=12, method=method))
+        scheduler._cond.notify()
+    seen_mixed = False
+    while scheduler.waiting or scheduler.running:
+        seen_mixed |= MIXED in scheduler._engines
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    scheduler.stop()
+    assert seen_mixed
+    for events, (method, params, _) in zip(logs, jobs):
+        gen = _finals(events)[0]
+        assert gen.method == method and gen.stats.batch_size >= 2  # beside rows of other methods
+        ref = decodelab.generate(served_lm, "hello world", method=method, max_new_tokens=12, seed=5, **params)
+        assert gen.token_ids == ref.token_ids, method
+    ref = decodelab.generate(served_lm, "def f(x):", method="pld", max_new_tokens=40, seed=5)
+    assert _finals(first)[0].token_ids == ref.token_ids

@@ -33,6 +33,7 @@ class NoDraft:
 
 def fast_forward_loop(ctx):
     """Plain decoding (greedy or sampling, per `ctx.sampler`) that feeds grammar-forced tokens at once."""
+    from ..methods.autoregressive import no_draft
     from ..methods.loop import speculative_loop
 
-    return speculative_loop(ctx, lambda view: NoDraft())
+    return speculative_loop(ctx, no_draft(ctx))

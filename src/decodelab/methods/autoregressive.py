@@ -116,15 +116,23 @@ def autoregressive(ctx) -> Iterator[list[list[int]]]:
         logits = session.forward(tokens[:, None])[:, -1]
 
 
+def no_draft(ctx):
+    """The per-row proposer of plain decoding in the propose → verify loop: none (a row of a mixed batch,
+    constraints/fastforward.py): an empty draft's verify step draws the token as plain decoding does."""
+    from ..constraints.fastforward import NoDraft
+
+    return lambda view: NoDraft()
+
+
 @register("greedy", description="Greedy decoding: the argmax token at every step.", lossless=True,
-          batched=True, continuous=True, temperature=0.0)
+          batched=True, continuous=True, temperature=0.0, proposers=no_draft)
 def greedy(ctx) -> Iterator[list[list[int]]]:
     return _constrained_or_plain(ctx)
 
 
 @register("sample", description="Ancestral sampling from the processed next-token distribution "
           "(temperature, top-k/p, min-p, typical, ε/η, penalties).", lossless=True, batched=True,
-          continuous=True, temperature=1.0)
+          continuous=True, temperature=1.0, proposers=no_draft)
 def sample(ctx) -> Iterator[list[list[int]]]:
     return _constrained_or_plain(ctx)
 

@@ -9,7 +9,6 @@ here is 1 + (W − 1) + (N − 2)·W window nodes + up to G·(N − 1) trie node
 from __future__ import annotations
 
 from ..proposers.lookahead import Lookahead
-from .loop import speculative_loop
 from .registry import Param, register
 
 
@@ -19,7 +18,7 @@ from .registry import Param, register
                 "(arXiv:2402.02057)",
           params={"N": Param(4, 3, 16, help="n-gram size (window levels + 1)"),
                   "W": Param(5, 1, 64, help="window width: n-grams collected per step"),
-                  "G": Param(5, 1, 64, help="n-grams kept per first token (LRU)")}, batched=True, continuous=True)
+                  "G": Param(5, 1, 64, help="n-grams kept per first token (LRU)")}, batched=True, continuous=True, proposers=True)
 def lookahead(ctx):
     p = ctx.params
-    return speculative_loop(ctx, lambda c: Lookahead(c.prompts[0], p["N"], p["W"], p["G"]))
+    return lambda c: Lookahead(c.prompts[0], p["N"], p["W"], p["G"])

@@ -153,15 +153,28 @@ HOLES_BEFORE_DEFRAGMENT = 16  # wasted cache columns tolerated before the holes 
 
 
 def _drafts(rows: list[int], views: list, proposers: dict, session) -> list[Draft]:
-    """Every live row's draft: per row, or in one call for proposers that share a batch drafter."""
-    batch = getattr(proposers[rows[0]], "batch", None)
-    if batch is None or any(getattr(proposers[b], "batch", None) is not batch for b in rows) \
-            or any(v.sampler.constraint is not None for v in views):
-        return [_row_draft(v, proposers[b], session) for b, v in zip(rows, views)]
+    """Every live row's draft: rows whose proposers share a batch drafter draft together (one draft forward
+    per draft step for the group), the others each on their own; all clipped to what each row's budget and
+    the batch's cache columns allow, fast-forwarded or pruned by a row's grammar."""
     limits = [_row_limit(v, session) for v in views]
-    drafts = batch.propose_rows(views, rows, [max(limit, 0) for limit in limits])
     room = views[0].lm.max_length - session.length - 1
-    return [_fit(_clip(d, limit), room) if limit > 0 else Draft() for d, limit in zip(drafts, limits)]
+    drafts: list[Draft | None] = [_forced(v, limit) for v, limit in zip(views, limits)]
+    proposed = [d is None for d in drafts]
+    groups: dict[int, tuple] = {}  # id(batch drafter) → (drafter, indices of its rows)
+    for i, b in enumerate(rows):
+        batch = getattr(proposers[b], "batch", None)
+        if drafts[i] is not None:
+            continue
+        if batch is None:
+            drafts[i] = proposers[b].propose(views[i], limits[i])
+        else:
+            groups.setdefault(id(batch), (batch, []))[1].append(i)
+    for batch, group in groups.values():
+        got = batch.propose_rows([views[i] for i in group], [rows[i] for i in group], [limits[i] for i in group])
+        for i, draft in zip(group, got):
+            drafts[i] = draft
+    return [_fit(_pruned(v, _clip(d, limit)) if mine else d, room)
+            for v, d, limit, mine in zip(views, drafts, limits, proposed)]
 
 
 def _row_limit(view, session) -> int:
@@ -169,19 +182,14 @@ def _row_limit(view, session) -> int:
     if limit <= 0:
         session.defragment()  # holes may be what is short of room
         limit = min(view.remaining() - 1, view.lm.max_length - session.length - 1)
-    return limit
+    return max(limit, 0)
 
 
-def _row_draft(view, proposer, session) -> Draft:
-    """One row's draft, clipped to what its budget and the batch's cache columns allow."""
-    limit = _row_limit(view, session)
-    return _fit(_draft(view, proposer, limit), view.lm.max_length - session.length - 1)
-
-
-def _draft(ctx, proposer, limit: int) -> Draft:
-    """The proposer's draft, clipped and pruned by the row's grammar — or, where the grammar forces the
-    next tokens, those tokens (fast-forward). Under the mask a forced token is the only allowed one
-    (p = 1), so it is accepted and the output does not change; only forward passes are saved."""
+def _forced(ctx, limit: int) -> Draft | None:
+    """Where the row's grammar forces the next tokens, those tokens as its draft (fast-forward); an empty
+    draft when it may not draft at all; None when its proposer drafts. Under the mask a forced token is
+    the only allowed one (p = 1), so it is accepted and the output does not change; only forward passes
+    are saved."""
     if limit <= 0:
         return Draft()
     if ctx.sampler.constraint is not None:
@@ -189,7 +197,7 @@ def _draft(ctx, proposer, limit: int) -> Draft:
         if forced:
             ctx.stats.forced_tokens += len(forced)
             return Draft.chain(forced)
-    return _pruned(ctx, _clip(proposer.propose(ctx, limit), limit))
+    return None
 
 
 def _pruned(ctx, draft: Draft) -> Draft:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from ..proposers.lookup import PromptLookup
-from .loop import speculative_loop
 from .registry import Param, register
 
 
 @register("pld", lossless=True,
           description="Prompt lookup: the tokens that followed the last n-gram's earlier occurrence.",
           paper="Prompt Lookup Decoding (Saxena, 2023; no arXiv id)",
-          params={"max_ngram_size": Param(3, 1, 16), "num_draft_tokens": Param(10, 1, 64)}, batched=True, continuous=True)
+          params={"max_ngram_size": Param(3, 1, 16), "num_draft_tokens": Param(10, 1, 64)}, batched=True, continuous=True, proposers=True)
 def pld(ctx):
-    return speculative_loop(ctx, lambda c: PromptLookup(c.params["max_ngram_size"], c.params["num_draft_tokens"]))
+    return lambda c: PromptLookup(c.params["max_ngram_size"], c.params["num_draft_tokens"])

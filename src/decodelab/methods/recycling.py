@@ -11,7 +11,6 @@ one to try there; benchmark both on the machine at hand.
 from __future__ import annotations
 
 from ..proposers.recycling import TokenRecycling, parse_widths
-from .loop import speculative_loop
 from .registry import Param, register
 
 
@@ -22,7 +21,7 @@ from .registry import Param, register
                 "Token Recycling (arXiv:2408.08696)",
           params={"widths": Param("8,21,25,15,8,3", help="draft tree width per level (paper: 80 nodes; "
                                   "CPU: e.g. 4,6,4,2)"),
-                  "k": Param(8, 1, 64, help="candidates kept per token in the adjacency matrix")}, batched=True, continuous=True)
+                  "k": Param(8, 1, 64, help="candidates kept per token in the adjacency matrix")}, batched=True, continuous=True, proposers=True)
 def recycling(ctx):
     widths = parse_widths(ctx.params["widths"])
-    return speculative_loop(ctx, lambda c: TokenRecycling(c, widths, c.params["k"]))
+    return lambda c: TokenRecycling(c, widths, c.params["k"])

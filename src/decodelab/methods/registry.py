@@ -65,6 +65,9 @@ class MethodInfo:
     kind: str = "causal"  # the model kind it decodes: "causal", "diffusion" or "image" (LM.kind)
     continuous: bool = False  # rows may join a running batch between steps (decodelab.Engine)
     family: str = "decoding"  # "search" / "meta" / "layer-contrast" (docs/SEARCH.md), else "decoding"
+    # ctx → a per-row proposer factory for the one propose → verify loop (methods/loop.py): the methods
+    # whose rows can share one batch with rows of other such methods (Engine(mixed=True))
+    proposers: Callable[..., Callable] | None = field(default=None, repr=False)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -106,11 +109,21 @@ _REGISTRY: dict[str, MethodInfo] = {}
 
 def register(name: str, *, description: str, lossless: bool, paper: str | None = None,
              params: dict[str, Param] | None = None, batched: bool = False, temperature: float = 0.0,
-             kind: str = "causal", family: str = "decoding", continuous: bool = False):
+             kind: str = "causal", family: str = "decoding", continuous: bool = False, proposers=None):
+    """`proposers=True`: the decorated function maps a context to a per-row proposer factory, and the
+    method runs the one propose → verify loop over it; a callable: that builder, for a method that runs
+    its own loop (greedy, sample) but whose rows may also join a mixed batch."""
     def wrap(fn):
-        _REGISTRY[name] = MethodInfo(name, description, lossless, paper, dict(params or {}), fn,
+        run, builder = fn, proposers
+        if proposers is True:
+            from .loop import speculative_loop
+
+            def run(ctx, fn=fn):
+                return speculative_loop(ctx, fn(ctx))
+            run.__doc__, builder = fn.__doc__, fn
+        _REGISTRY[name] = MethodInfo(name, description, lossless, paper, dict(params or {}), run,
                                      batched=batched, temperature=temperature, kind=kind, family=family,
-                                     continuous=continuous)
+                                     continuous=continuous, proposers=builder)
         return fn
     return wrap
 

@@ -8,7 +8,6 @@ arXiv:2504.05598). Needs no second model: the draft shares the target's weight t
 from __future__ import annotations
 
 from ..proposers.self_draft import SelfDraft
-from .loop import speculative_loop
 from .registry import Param, register
 
 
@@ -19,6 +18,6 @@ from .registry import Param, register
                 "Self-Speculative Decoding (arXiv:2504.05598)",
           params={"exit_layer": Param(0, 0, 1024, help="draft with the first ℓ layers; 0 = chosen online by DEL"),
                   "num_draft_tokens": Param(6, 1, 64, help="maximum draft length (the fixed length when "
-                                            "exit_layer > 0)")}, batched=True, continuous=True)
+                                            "exit_layer > 0)")}, batched=True, continuous=True, proposers=True)
 def selfspec(ctx):
-    return speculative_loop(ctx, lambda c: SelfDraft(c, c.params["exit_layer"], c.params["num_draft_tokens"]))
+    return lambda c: SelfDraft(c, c.params["exit_layer"], c.params["num_draft_tokens"])

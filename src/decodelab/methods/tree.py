@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from ..proposers.draft_model import resolve_draft
 from ..proposers.draft_tree import DraftTree
-from .loop import speculative_loop
 from .registry import Param, register
 
 
@@ -21,8 +20,8 @@ from .registry import Param, register
                   "branching": Param(3, 1, 16, help="children of the pending token (the draft's top-b)"),
                   "depth": Param(5, 1, 32, help="tokens per branch: each child extended greedily"),
                   "ngram_stage": Param(True, choices=(True, False),
-                                       help="let prompt lookup speculate for the draft (staged speculation)")}, batched=True, continuous=True)
+                                       help="let prompt lookup speculate for the draft (staged speculation)")}, batched=True, continuous=True, proposers=True)
 def tree(ctx):
     draft = resolve_draft(ctx.lm, ctx.params["draft"])
     p = ctx.params
-    return speculative_loop(ctx, lambda c: DraftTree(c, draft, p["branching"], p["depth"], bool(p["ngram_stage"])))
+    return lambda c: DraftTree(c, draft, p["branching"], p["depth"], bool(p["ngram_stage"]))

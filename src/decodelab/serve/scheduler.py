@@ -17,7 +17,9 @@ to its end. `ContinuousScheduler` (the server's default) is continuous batching 
 2022): rows of every request whose method takes joining rows (`MethodInfo.continuous`: greedy, sample,
 every speculative method) join a running `decodelab.Engine` between two steps and leave it as soon as
 they finish or their client goes away; streamed and non-streamed rows share the batch, and so do rows
-with different sampling parameters (each row is drawn and verified under its own). Both implement
+with different sampling parameters (each row is drawn and verified under its own) and, once requests of
+different methods overlap, rows of different methods (a mixed Engine: each row drafts with its own
+method's proposer, one target forward per step verifies them all). Both implement
 `Scheduler`: `submit`, `waiting`, `running`, `start`, `stop`, and the same events.
 """
 
@@ -305,19 +307,32 @@ class ContinuousScheduler(BatchingScheduler):
                 continue
             try:
                 own, sampling = _split(job.params)
-                engine = self._engines.get(key)
-                if engine is None:
-                    from ..engine import Engine
-
-                    engine = self._engines[key] = Engine(self.lm, job.method, **own)
+                key, engine = self._engine_for(key, job.method, own)
+                extra = {"method": job.method, **own} if key == MIXED else {}
                 for row in job.rows:
                     b = engine.add(row.prompt, max_new_tokens=job.max_new_tokens, seed=row.seed, stop=job.stop,
-                                   logprobs=job.logprobs, **sampling)
+                                   logprobs=job.logprobs, **sampling, **extra)
                     self._owners[(key, b)] = (job, row)
                 live += len(job.rows)
             except Exception as exc:  # noqa: BLE001 - this request's input; the others go on
                 self._fail(key, job, exc)
         return None
+
+    def _engine_for(self, key: tuple, method: str, own: dict):
+        """(key, engine) for a request: the mixed engine while one runs (rows of other engines finish where
+        they are); else the running engine of its own method and parameters; else, when other methods'
+        rows are running, a new mixed engine (one step then serves every method); else a new engine of
+        its own (a batch of one method runs that method's own loop)."""
+        from ..engine import Engine
+
+        if MIXED not in self._engines and key not in self._engines and \
+                any(e.busy for e in self._engines.values()):
+            self._engines[MIXED] = Engine(self.lm, mixed=True)
+        if MIXED in self._engines:
+            return MIXED, self._engines[MIXED]
+        if key not in self._engines:
+            self._engines[key] = Engine(self.lm, method, **own)
+        return key, self._engines[key]
 
     def _fail(self, key: tuple, job: Job, exc: Exception) -> None:
         engine = self._engines.get(key)
@@ -359,6 +374,9 @@ class ContinuousScheduler(BatchingScheduler):
                 del self._owners[(key, event.row)]
             self._emit(job, RowEvent(row.index, event.text, event.token_ids, event.generation,
                                      logprobs=event.logprobs, top_logprobs=event.top_logprobs))
+
+
+MIXED = ("mixed",)  # the key of the engine whose rows bring their own methods (Engine(mixed=True))
 
 
 def _split(params: dict) -> tuple[dict, dict]:
