@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 import decodelab
 from decodelab.serve.scheduler import BatchingScheduler, Job, QueueFull, Row
 
@@ -194,3 +196,28 @@ def test_requests_of_different_methods_share_one_step(served_lm):
         assert gen.token_ids == ref.token_ids, method
     ref = decodelab.generate(served_lm, "def f(x):", method="pld", max_new_tokens=40, seed=5)
     assert _finals(first)[0].token_ids == ref.token_ids
+
+
+def test_stream_interval_sends_a_rows_text_every_n_tokens(served_lm):
+    """`stream_interval=4`: each streamed event but the last carries ≥ 4 tokens (their logprobs with them);
+    the pieces still make the row's text and tokens, equal to generate()."""
+    from decodelab.serve.scheduler import ContinuousScheduler
+
+    scheduler = ContinuousScheduler(served_lm, max_batch=8, stream_interval=4)
+    logs = [[], []]
+    for events, prompt in zip(logs, ["def f(x):", "hello world"]):
+        job = _job(served_lm, [prompt], events, stream=True, max_new_tokens=18)
+        job.logprobs = 0
+        scheduler.submit(job)
+    scheduler.start()
+    _drain(scheduler)
+    scheduler.stop()
+    for events, prompt in zip(logs, ["def f(x):", "hello world"]):
+        final = _finals(events)[0]
+        assert all(len(e.token_ids) >= 4 for e in events[:-1]) and len(events) < len(final.token_ids)
+        assert [t for e in events for t in e.token_ids] == final.token_ids
+        assert "".join(e.text for e in events) == final.text
+        assert sum(len(e.logprobs) for e in events) == len(final.token_ids)
+        assert final.token_ids == decodelab.generate(served_lm, prompt, max_new_tokens=18).token_ids
+    with pytest.raises(ValueError, match="stream_interval"):
+        ContinuousScheduler(served_lm, stream_interval=0)

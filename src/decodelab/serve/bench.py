@@ -225,7 +225,8 @@ def start_subprocess(args, out: Path) -> Target:
     """`decodelab serve` in a child process on a free loopback port; waits for /health."""
     port = free_port()
     cmd = [sys.executable, "-m", "decodelab.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--max-batch", str(args.max_batch), "--max-queue", str(args.max_queue)]
+           "--max-batch", str(args.max_batch), "--max-queue", str(args.max_queue),
+           "--stream-interval", str(args.stream_interval)]
     for flag in ("model", "draft", "backend", "dtype", "device", "api_key"):
         if getattr(args, flag) is not None:
             cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
@@ -252,7 +253,8 @@ def start_inprocess(args, lm) -> Target:
 
     from .app import create_app
 
-    app = create_app(lm, draft=args.draft, api_key=args.api_key, max_batch=args.max_batch, max_queue=args.max_queue)
+    app = create_app(lm, draft=args.draft, api_key=args.api_key, max_batch=args.max_batch, max_queue=args.max_queue,
+                     stream_interval=args.stream_interval)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
@@ -363,6 +365,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--api-key", default=None)
     p.add_argument("--max-batch", type=int, default=16, help="the server's --max-batch (1 = one request at a time)")
     p.add_argument("--max-queue", type=int, default=256)
+    p.add_argument("--stream-interval", type=int, default=1, help="the server's --stream-interval (tokens per chunk)")
     p.add_argument("--no-stream", action="store_true", help="non-streamed requests (TTFT: the server's own figure)")
     p.add_argument("--baseline", action="store_true", help="also run the c=1 requests in-process (HTTP overhead)")
     p.add_argument("--startup-timeout", type=float, default=300.0)
@@ -380,7 +383,8 @@ def _check(args) -> None:
         raise UserError(f"--concurrency must be comma-separated integers, got {args.concurrency!r}") from None
     for name, value in (("--requests", args.requests), ("--max-tokens", args.max_tokens),
                         ("--prompt-chars", args.prompt_chars),
-                        ("--max-batch", args.max_batch), ("--max-queue", args.max_queue)):
+                        ("--max-batch", args.max_batch), ("--max-queue", args.max_queue),
+                        ("--stream-interval", args.stream_interval)):
         if value < 1:
             raise UserError(f"{name} must be ≥ 1, got {value}")
     if not args.levels or min(args.levels) < 1 or args.time_limit <= 0:
@@ -443,7 +447,8 @@ def _load(args):
 
 def _config(args, target: Target) -> dict:
     keys = ("model", "draft", "backend", "dtype", "device", "method", "method_params", "temperature", "max_tokens",
-            "levels", "requests", "time_limit", "suite", "prompt_chars", "seed", "server", "url", "max_batch", "max_queue", "no_stream")
+            "levels", "requests", "time_limit", "suite", "prompt_chars", "seed", "server", "url", "max_batch", "max_queue", "no_stream",
+            "stream_interval")
     return {"command": "python -m decodelab.serve.bench " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("bench.py")
             else "decodelab.serve.bench (API)", "server_command": target.log or None,
             **{k: getattr(args, k) for k in keys}, "stream": not args.no_stream}

@@ -22,6 +22,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--max-batch", type=int, default=8, help="rows per batched generate call")
     s.add_argument("--max-queue", type=int, default=64, help="waiting requests before HTTP 429")
     s.add_argument("--max-tokens", type=int, default=None, help="largest max_tokens a request may ask (default: context)")
+    s.add_argument("--stream-interval", type=int, default=1,
+                   help="streamed rows: send new text once every N tokens (and at the end); 1 = every step")
     from ..cli import add_load_flags
 
     add_load_flags(s)  # --allow-pickle / --trust-remote-code, as for generate
@@ -30,7 +32,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _check(args) -> None:
-    for name in ("max_batch", "max_queue", "max_tokens"):
+    for name in ("max_batch", "max_queue", "max_tokens", "stream_interval"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be ≥ 1, got {value}")
@@ -65,7 +67,7 @@ def cmd_serve(args) -> None:
         raise UserError(f"decodelab serve needs the 'serve' extra ({exc.name} is missing): "
                          "pip install 'decodelab[serve]'") from None
     app = create_app(None, draft=args.draft, api_key=args.api_key, max_batch=args.max_batch,
-                     max_queue=args.max_queue, max_tokens=args.max_tokens)
+                     max_queue=args.max_queue, max_tokens=args.max_tokens, stream_interval=args.stream_interval)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
     failed: list[BaseException] = []
     loader = threading.Thread(target=_load_into, args=(args, app, server, failed), daemon=True)

@@ -61,6 +61,13 @@ class RowEvent:
     logprobs: list[float] | None = None  # streamed rows that asked: these tokens' logprobs
     top_logprobs: list | None = None
 
+    def then(self, later: "RowEvent") -> "RowEvent":
+        """This event and the row's next one as one (held back by the stream interval)."""
+        def joined(a, b):
+            return None if a is None and b is None else (a or []) + (b or [])
+        return RowEvent(self.index, self.text + later.text, self.token_ids + later.token_ids, later.generation,
+                        later.error, joined(self.logprobs, later.logprobs), joined(self.top_logprobs, later.top_logprobs))
+
 
 @dataclass
 class Job:
@@ -81,6 +88,7 @@ class Job:
     first_token: float | None = None  # when its first token was emitted (set by the observer)
     last_token: dict[int, float] = field(default_factory=dict)  # row index → time of its last event
     logprobs: int | None = None  # alternatives per token when the request asked for logprobs
+    held: dict[int, RowEvent] = field(default_factory=dict)  # streamed rows' text not sent yet (stream interval)
 
     def batch_key(self, max_length: int) -> tuple | None:
         """Jobs with equal keys may share one generate_batch call; None = never batched."""
@@ -106,10 +114,11 @@ class Scheduler(Protocol):
 class BatchingScheduler:
     """A bounded FIFO of jobs and one worker thread that groups compatible rows into batches."""
 
-    def __init__(self, lm, *, max_batch: int = 8, max_queue: int = 64, observer=None):
-        if max_batch < 1 or max_queue < 1:
-            raise ValueError("max_batch and max_queue must be ≥ 1")
+    def __init__(self, lm, *, max_batch: int = 8, max_queue: int = 64, observer=None, stream_interval: int = 1):
+        if max_batch < 1 or max_queue < 1 or stream_interval < 1:
+            raise ValueError("max_batch, max_queue and stream_interval must be ≥ 1")
         self.lm, self.max_batch, self.max_queue = lm, max_batch, max_queue
+        self.stream_interval = stream_interval  # a streamed row's text goes out every N tokens (and at its end)
         self.observer = observer  # metrics: on_tokens(...) and on_row_done(...); may be None
         self._queue: deque[Job] = deque()
         self._cond = threading.Condition()
@@ -203,8 +212,14 @@ class BatchingScheduler:
                 self.observer.on_tokens(job, event, previous, now, first)
         if event.generation is not None and self.observer is not None:
             self.observer.on_row_done(job, event.generation)
-        if job.stream or event.generation is not None or event.error is not None:
-            job.emit(event)  # a non-streamed request reads only each row's end: no wake-up per token
+        if not job.stream and event.generation is None and event.error is None:
+            return  # a non-streamed request reads only each row's end: no wake-up per token
+        if self.stream_interval > 1:
+            event = job.held.pop(event.index).then(event) if event.index in job.held else event
+            if event.generation is None and event.error is None and len(event.token_ids) < self.stream_interval:
+                job.held[event.index] = event  # sent with the next tokens of this row
+                return
+        job.emit(event)
 
     def _stream_row(self, job: Job, row: Row) -> None:
         from .. import stream
@@ -251,8 +266,9 @@ class ContinuousScheduler(BatchingScheduler):
     failing engine fails only its own rows; the worker goes on.
     """
 
-    def __init__(self, lm, *, max_batch: int = 8, max_queue: int = 64, observer=None):
-        super().__init__(lm, max_batch=max_batch, max_queue=max_queue, observer=observer)
+    def __init__(self, lm, *, max_batch: int = 8, max_queue: int = 64, observer=None, stream_interval: int = 1):
+        super().__init__(lm, max_batch=max_batch, max_queue=max_queue, observer=observer,
+                         stream_interval=stream_interval)
         self._engines: dict[tuple, object] = {}
         self._owners: dict[tuple, tuple[Job, Row]] = {}  # (engine key, engine row) → the job's row
 
