@@ -17,7 +17,8 @@ from decodelab.cli import main
 
 
 @pytest.mark.parametrize("argv,needle", [(["--max-queue", "0"], "--max-queue"), (["--port", "70000"], "--port"),
-                                         (["--max-batch", "-1"], "--max-batch")])
+                                         (["--max-batch", "-1"], "--max-batch"),
+                                         (["--stream-interval", "0"], "--stream-interval")])
 def test_bad_flags_are_one_line_errors(capsys, argv, needle):
     assert main(["serve", *argv]) == 2
     err = capsys.readouterr().err.strip()
