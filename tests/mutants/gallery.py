@@ -131,8 +131,8 @@ MUTANTS = [
     Mutant(
         "penalty-counts-padded-prompt",
         "src/decodelab/processors/history.py",
-        "            view.prompt_len = prompt_len\n",
-        "            pass\n",
+        "        view.row_view, view.history, view.prompt_len = True, None, prompt_len\n",
+        "        view.row_view, view.history = True, None\n",
         ("tests/methods/test_penalties.py::test_ragged_batch_rows_with_penalties_equal_rows_alone[sample-native]",
          "tests/methods/test_penalties.py::test_ragged_batch_rows_with_penalties_equal_rows_alone[pld-transformers]"),
         "a row of a left-padded batch counts presence/frequency penalties from the padded width, not its own prompt",

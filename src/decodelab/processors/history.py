@@ -106,15 +106,13 @@ class _HistoryProcessor:
     needs_history = True
     history: TokenHistory | None = None  # a row view's state
     row_view = False
-    prompt_len = 0  # where generated tokens start (the penalties that count them only)
+    prompt_len = 0  # where generated tokens start (read by the penalties that count only those)
     ngram = 0  # n of the n-grams the state tracks (no-repeat n-gram only)
 
     def for_row(self, b: int, prompt_len: int):
         """A view for row b's own unpadded history ([1, L], a prompt of `prompt_len` tokens)."""
         view = copy.copy(self)
-        view.row_view, view.history = True, None
-        if "prompt_len" in vars(self):
-            view.prompt_len = prompt_len
+        view.row_view, view.history, view.prompt_len = True, None, prompt_len
         return view
 
     def state(self, input_ids: torch.Tensor, scores: torch.Tensor) -> TokenHistory | None:
