@@ -156,3 +156,20 @@ def test_batches_of_3_and_8_on_other_architectures_equal_greedy_alone(arch, size
         params = {**_needs(method), **({"exit_layer": 1} if method == "selfspec" else {})}
         batch = decodelab.generate_batch(lm, prompts, method=method, max_new_tokens=16, temperature=0, **params)
         assert [g.token_ids for g in batch] == alone, (arch, size, method)
+
+
+def test_greedy_rows_of_a_batch_draft_as_deep_as_they_accept():
+    """BASS's dynamic draft length (methods/loop.py): in a batch, a greedy row's draft depth follows its own
+    acceptance (+2 after a fully accepted draft, −1 otherwise, from 4), so rows that reject drafts stop
+    paying verify columns for long ones; alone, a row drafts what its proposer offers. Tokens are
+    unchanged either way."""
+    from decodelab.methods.loop import FIRST_CAP, _next_cap
+
+    assert [_next_cap(4, 4, 4), _next_cap(4, 4, 2), _next_cap(1, 3, 0), _next_cap(63, 5, 5)] == [6, 3, 1, 64]
+    lm = SOFT["native"]
+    batch = decodelab.generate_batch(lm, PROMPTS, method="pld", num_draft_tokens=12, max_new_tokens=30)
+    alone = [decodelab.generate(lm, p, method="pld", num_draft_tokens=12, max_new_tokens=30) for p in PROMPTS]
+    assert [g.token_ids for g in batch] == [g.token_ids for g in alone]
+    depth_alone = max(len([n for n in g.stats.drafted if n]) for g in alone)
+    depth_batch = len([n for n in batch[0].stats.drafted if n])
+    assert depth_alone > FIRST_CAP and depth_batch < depth_alone

@@ -100,7 +100,7 @@ def batched_loop(ctx, make_proposer) -> Iterator[list[list[int]]]:
     (continuous batching) are prefilled apart, emit their first token, and merge into the batch. With
     the same seed a row draws the same tokens as it would alone (row b uses seed s + b).
     """
-    session, rows, proposers, wants_hidden = None, [], {}, False
+    session, rows, proposers, wants_hidden, caps = None, [], {}, False, {}
     while True:
         session, rows, logits = admit(ctx, session, rows)
         if logits is not None:  # new rows: their first token (the pending one), then their proposers
@@ -115,18 +115,19 @@ def batched_loop(ctx, make_proposer) -> Iterator[list[list[int]]]:
         session, rows = retire(ctx, session, rows)
         for b in [b for b in proposers if ctx.done[b]]:
             del proposers[b]
+            caps.pop(b, None)
         if not rows:
             if not ctx.open:
                 return
             yield []
             continue
-        yield _step(ctx, session, rows, proposers, wants_hidden)
+        yield _step(ctx, session, rows, proposers, wants_hidden, caps)
 
 
-def _step(ctx, session, rows: list[int], proposers: dict, wants_hidden: bool) -> list[list[int]]:
+def _step(ctx, session, rows: list[int], proposers: dict, wants_hidden: bool, caps: dict) -> list[list[int]]:
     """One draft → batched verify → per-row accept step over the live rows; the tokens each row emits."""
     views = [ctx.row(b) for b in rows]
-    drafts = _drafts(rows, views, proposers, session)
+    drafts = _drafts(rows, views, proposers, session, caps)
     ids, parents, chain = _pack([v.ids()[-1] for v in views], drafts, ctx.lm.pad_token_id)
     out = session.forward(ids, parents=None if chain else parents, hidden=wants_hidden)
     logits, hidden = (out[0], out[1]) if wants_hidden else (out, None)
@@ -141,6 +142,8 @@ def _step(ctx, session, rows: list[int], proposers: dict, wants_hidden: bool) ->
         extra = {"hidden": tuple(h[i : i + 1] for h in hidden)} if hidden is not None else {}
         proposers[b].observe(view, draft, verdict, row_logits, **extra)
         ctx.stats.record_drafts(draft.depth(), len(verdict.path))
+        if len(rows) > 1 and draft.depth():
+            caps[b] = _next_cap(caps.get(b, FIRST_CAP), draft.depth(), len(verdict.path))
         if ctx.row_stats is not None:
             ctx.row_stats[b].record_drafts(draft.depth(), len(verdict.path))
     session.accept_rows(nodes)
@@ -151,14 +154,29 @@ def _step(ctx, session, rows: list[int], proposers: dict, wants_hidden: bool) ->
 
 HOLES_BEFORE_DEFRAGMENT = 16  # wasted cache columns tolerated before the holes are closed
 
+# BASS's dynamic draft length (Qian et al., arXiv:2404.15778, §3.3): in a batch, every drafted token costs
+# a verify column whether it is accepted or not, so each greedy row's draft depth follows its own
+# acceptance — two deeper after a step that accepted all it drafted, one shallower otherwise. A row alone
+# drafts as its proposer likes (verifying a few more tokens is nearly free at batch 1); a sampled row too,
+# since its random draws depend on how many tokens it drafts, and a row keeps its seed's output whatever
+# the batch around it (greedy rows' output does not depend on the draft at all).
+FIRST_CAP, MAX_CAP = 4, 64
 
-def _drafts(rows: list[int], views: list, proposers: dict, session) -> list[Draft]:
+
+def _next_cap(cap: int, drafted: int, accepted: int) -> int:
+    return min(cap + 2, MAX_CAP) if accepted >= drafted else max(cap - 1, 1)
+
+
+def _drafts(rows: list[int], views: list, proposers: dict, session, caps: dict) -> list[Draft]:
     """Every live row's draft: rows whose proposers share a batch drafter draft together (one draft forward
     per draft step for the group), the others each on their own; all clipped to what each row's budget and
     the batch's cache columns allow, fast-forwarded or pruned by a row's grammar."""
     limits = [_row_limit(v, session) for v in views]
     room = views[0].lm.max_length - session.length - 1
     drafts: list[Draft | None] = [_forced(v, limit) for v, limit in zip(views, limits)]
+    if len(rows) > 1:  # a greedy row's proposed draft (not forced tokens) follows the row's acceptance
+        limits = [min(limit, caps.get(b, FIRST_CAP)) if v.sampler.greedy else limit
+                  for b, v, limit in zip(rows, views, limits)]
     proposed = [d is None for d in drafts]
     groups: dict[int, tuple] = {}  # id(batch drafter) → (drafter, indices of its rows)
     for i, b in enumerate(rows):
