@@ -102,15 +102,18 @@ class Sampler:
 
     def probs(self, input_ids: torch.LongTensor, logits: torch.FloatTensor) -> torch.FloatTensor:
         # input_ids: [B, L]; logits: [B, V] → [B, V] float32 distribution (one-hot when greedy)
-        return self.probs_and_log_z(input_ids, logits)[0]
+        return self._probs(input_ids, logits, log_z=False)[0]
 
     def probs_and_log_z(self, input_ids: torch.LongTensor, logits: torch.FloatTensor):
         """`probs`, and log Z_t [B] — the log of the mass the warpers kept (processors/distortion.py);
         None when greedy."""
+        return self._probs(input_ids, logits, log_z=True)
+
+    def _probs(self, input_ids, logits, log_z: bool):
         processed = _apply(self.logits_processors, input_ids, logits)
         if not self.greedy:
             warped = _apply(self.warpers, input_ids, processed)
-            return _softmax(warped), log_kept_mass(processed, warped, self.temperature)
+            return _softmax(warped), log_kept_mass(processed, warped, self.temperature) if log_z else None
         best = processed.argmax(dim=-1, keepdim=True)  # [B, 1]
         return torch.zeros_like(logits, dtype=torch.float32).scatter_(-1, best, 1.0), None
 
