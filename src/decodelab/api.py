@@ -74,14 +74,18 @@ def _grammars(lm, info, spec, rows: int):
     """One compiled grammar for every row, or (a list of constraints, one per prompt) one per row."""
     if not isinstance(spec, (list, tuple)):
         return compile_constraint(lm, spec)
-    if len(spec) != rows:
-        raise UserError(f"{len(spec)} constraints for {rows} prompts: give one per prompt (or one dict for all)")
+    _check_one_per_prompt(spec, rows)
     if not (info.continuous or info.name == "awrs" or info.kind == "diffusion"):
         raise UserError(f"method {info.name!r} takes one constraint for the whole batch, not one per prompt; "
                         "per-prompt constraints: greedy, sample, awrs, the speculative methods, diffusion samplers")
     if any(c is None for c in spec):
         raise UserError("a list of per-prompt constraints needs a constraint for every prompt (no None)")
     return [compile_constraint(lm, c) for c in spec]
+
+
+def _check_one_per_prompt(spec: list, prompts: int) -> None:
+    if len(spec) != prompts:
+        raise UserError(f"{len(spec)} constraints for {prompts} prompts: give one per prompt (or one dict for all)")
 
 
 def _with_sampling(params: dict) -> dict:
@@ -135,9 +139,7 @@ def generate_batch(lm: LM, prompts: list[str | list[int]], *, method: str = "gre
         raise UserError(f"n must be an integer ≥ 1, got {n!r}")
     per_prompt = params.get("constraint")
     if isinstance(per_prompt, (list, tuple)):  # one constraint per prompt: each of its n samples follows it
-        if len(per_prompt) != len(prompts):
-            raise UserError(f"{len(per_prompt)} constraints for {len(prompts)} prompts: give one per prompt "
-                            "(or one dict for all)")
+        _check_one_per_prompt(per_prompt, len(prompts))
         params = {**params, "constraint": [c for c in per_prompt for _ in range(n)]}
     prompts = [p for p in prompts for _ in range(n)]
     results: dict[int, Generation] = {}
