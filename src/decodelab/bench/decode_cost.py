@@ -26,15 +26,18 @@ class Config:
     dtype: str
     compile: bool = False
     generate: bool = False  # transformers' generate instead of decodelab's session loop
+    packed: bool = True  # native: oneDNN-packed matmul weights (False: torch's F.linear, the MKL route)
 
 
 def default_configs(compile_too: bool) -> list[Config]:
     configs = [Config("native float32", "native", "float32"), Config("native bfloat16", "native", "bfloat16"),
+               Config("native float32, F.linear (unpacked)", "native", "float32", packed=False),
+               Config("native bfloat16, F.linear (unpacked)", "native", "bfloat16", packed=False),
                Config("transformers adapter float32", "transformers", "float32"),
                Config("transformers generate float32", "transformers", "float32", generate=True),
                Config("transformers generate bfloat16", "transformers", "bfloat16", generate=True)]
     if compile_too:
-        configs[2:2] = [Config("native float32 compiled", "native", "float32", compile=True),
+        configs[4:4] = [Config("native float32 compiled", "native", "float32", compile=True),
                         Config("native bfloat16 compiled", "native", "bfloat16", compile=True)]
     return configs
 
@@ -81,6 +84,18 @@ def generate_ms(lm, ids: list[int], steps: int) -> float:
     return (timed(steps + 1) - timed(1)) / steps * 1e3
 
 
+def _load(model: str | None, c: Config, device: str):
+    from ..model import load
+
+    if c.packed:
+        return load(model, device=device, dtype=c.dtype, backend=c.backend, compile=c.compile)
+    from ..model.lm import LM
+    from ..model.native import from_transformers
+
+    hf = load(model, device=device, dtype=c.dtype, backend="transformers")  # the same weights, not repacked
+    return LM(from_transformers(hf.model, pack=False), hf.tokenizer, name=hf.name, backend="native")
+
+
 def _sync(lm) -> None:
     if lm.device.type == "cuda":
         torch.cuda.synchronize(lm.device)
@@ -88,9 +103,7 @@ def _sync(lm) -> None:
 
 def measure(model: str | None, configs: list[Config], prompt: str, steps: int, repeats: int,
             device: str = "cpu") -> dict:
-    from ..model import load
-
-    lms = {c: load(model, device=device, dtype=c.dtype, backend=c.backend, compile=c.compile) for c in configs}
+    lms = {c: _load(model, c, device) for c in configs}
     ids = next(iter(lms.values())).encode(prompt)
     steps = min(steps, next(iter(lms.values())).max_length - len(ids) - 2)
     before, start = machine.snapshot(), machine.sample()

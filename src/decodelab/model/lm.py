@@ -114,7 +114,7 @@ def load(name: str | None = None, *, device: str = "cpu", dtype: torch.dtype | s
         raise ModelError(f"{name}: cannot read config — {_short(exc)}") from None
     if getattr(config, "decodelab_kind", None) == "image" and backend == "auto":
         backend = "transformers"  # image-token models run under explicit masks (image/model.py)
-    native_model = _native(name, location, local, config, backend, allow_pickle, dtype, device)
+    native_model = _native(name, location, local, config, backend, allow_pickle, dtype, device, pack=not compile)
     if native_model is not None:
         lm = LM(native_model, _tokenizer(name, location, trust_remote_code), name=name, backend="native")
         if compile:
@@ -150,8 +150,10 @@ def _tokenizer(name: str, location, trust_remote_code: bool):
         raise ModelError(f"{name}: cannot load tokenizer — {_short(exc)}") from None
 
 
-def _native(name: str, location, local: bool, config, backend: str, allow_pickle: bool, dtype, device):
-    """The NativeModel when `backend` asks for it (or "auto" allows it), else None."""
+def _native(name: str, location, local: bool, config, backend: str, allow_pickle: bool, dtype, device,
+            pack: bool = True):
+    """The NativeModel when `backend` asks for it (or "auto" allows it), else None. `pack`: oneDNN-packed
+    matmul weights on a CPU (native.NativeModel.pack); off under torch.compile, which needs dense weights."""
     from . import native
 
     if backend == "transformers":
@@ -165,7 +167,7 @@ def _native(name: str, location, local: bool, config, backend: str, allow_pickle
         if backend == "native":
             raise ModelError(f"{name}: the native backend cannot run {reason}; use backend='transformers'")
         return None
-    return native.build(config, Path(location), dtype, device)
+    return native.build(config, Path(location), dtype, device, pack=pack)
 
 
 class LM:

@@ -92,18 +92,39 @@ class Block(nn.Module):
         v_cache[:, :, start:end] = v
         attn = F.scaled_dot_product_attention(q, k_cache[:, :, :end], v_cache[:, :, :end], attn_mask=mask,
                                               enable_gqa=self.heads != self.kv_heads)
-        x = x + F.linear(attn.transpose(1, 2).reshape(B, n, -1), self.wo, self.bo)
-        gate, up = F.linear(_rms_norm(x, self.post_norm, self.eps), self.w_gate_up).chunk(2, dim=-1)
-        return x + F.linear(F.silu(gate) * up, self.w_down)
+        x = x + linear(attn.transpose(1, 2).reshape(B, n, -1), self.wo, self.bo)
+        gate, up = linear(_rms_norm(x, self.post_norm, self.eps), self.w_gate_up).chunk(2, dim=-1)
+        return x + linear(F.silu(gate) * up, self.w_down)
 
     def _qkv(self, h, B: int, n: int):
         """Fused projection → q [B, heads, n, D], k and v [B, kv_heads, n, D] (Qwen3: q/k RMSNorm)."""
         D = self.head_dim
-        qkv = F.linear(h, self.wqkv, self.bqkv).view(B, n, self.heads + 2 * self.kv_heads, D)
+        qkv = linear(h, self.wqkv, self.bqkv).view(B, n, self.heads + 2 * self.kv_heads, D)
         q, k, v = qkv.split([self.heads, self.kv_heads, self.kv_heads], dim=2)
         if self.q_norm is not None:
             q, k = _rms_norm(q, self.q_norm, self.eps), _rms_norm(k, self.k_norm, self.eps)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ weightᵀ + bias, through oneDNN when the weight was packed for it (`NativeModel.pack`)."""
+    if weight.is_mkldnn:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
+
+
+_LINEAR_WEIGHTS = ("wqkv", "wo", "w_gate_up", "w_down")
+PACK_ROWS = 8  # the rows oneDNN packs for: a decode step has 1 per row, a verify pass a few
+
+
+def _packed(weight: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_ROWS)
+
+
+def can_pack(dtype: torch.dtype, device) -> bool:
+    """oneDNN-packed matmuls are used for float32 / bfloat16 on a CPU whose torch has oneDNN."""
+    return (torch.device(device).type == "cpu" and dtype in (torch.float32, torch.bfloat16)
+            and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
 def _param(t: torch.Tensor | None) -> nn.Parameter | None:
@@ -140,6 +161,36 @@ class NativeModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.embed.dtype
 
+    @property
+    def packed(self) -> bool:
+        return self.head.is_mkldnn
+
+    @torch.inference_mode()
+    def pack(self) -> bool:
+        """Repack every matmul weight for oneDNN (in place; call after moving to the device).
+
+        Why: on a CPU, torch's default float32 matmul (MKL's GEMM/GEMV) is slow at the few rows a decode
+        or verify step has — on the project's 2-core AMD EPYC the 33 weight matmuls of a `builtin:pyco`
+        step take 3.8 ms through `F.linear` and 1.4 ms through oneDNN with prepacked weights, and 5 rows
+        (a verify pass) cost about what one does (`python -m decodelab.bench.matmul`, docs/BACKENDS.md).
+        Logits stay within float32 rounding of the unpacked model's (tests/model/test_native_pack.py).
+        Embeddings stay dense for the lookup; a tied head gets its own packed copy. Returns whether it
+        packed (False on a GPU, in float16, or where oneDNN cannot pack the dtype)."""
+        if self.packed or not can_pack(self.dtype, self.embed.device):
+            return self.packed
+        try:
+            for block in self.layers:
+                for name in _LINEAR_WEIGHTS:
+                    packed = _packed(getattr(block, name))
+                    delattr(block, name)
+                    setattr(block, name, packed)
+            head = _packed(self.head)
+        except RuntimeError:  # this CPU's oneDNN cannot pack the dtype: keep torch's matmul
+            return False
+        del self.head  # a Parameter (the embedding's, when tied) cannot be replaced by a plain tensor
+        self.head = head
+        return True
+
     def truncated(self, layers: int) -> "NativeModel":
         """The same model exiting after `layers` decoder layers (shares every tensor: an early exit)."""
         exit_model = NativeModel.__new__(NativeModel)
@@ -164,7 +215,7 @@ class NativeModel(nn.Module):
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Final norm + LM head: [..., H] → [..., V]."""
-        return F.linear(_rms_norm(h, self.norm, self.eps), self.head)
+        return linear(_rms_norm(h, self.norm, self.eps), self.head)
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, cache: "KVCache", start: int,
                 mask: torch.Tensor | None, last_only: bool = False, hidden: bool = False,
@@ -180,7 +231,7 @@ class NativeModel(nn.Module):
         if last_only:
             x = x[:, -1:]
         h = _rms_norm(x, self.norm, self.eps)
-        logits = F.linear(h, self.head)
+        logits = linear(h, self.head)
         if hidden:
             states[-1] = h
             return logits, tuple(states)
@@ -264,7 +315,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("base_model."): v for k, v in weights.items()}
 
 
-def build(config, path: Path, dtype: torch.dtype, device: str) -> NativeModel:
+def build(config, path: Path, dtype: torch.dtype, device: str, pack: bool = True) -> NativeModel:
     """Load the checkpoint at `path` into a NativeModel; a missing tensor is a one-line ModelError."""
     weights = {k: v.to(dtype) for k, v in read_weights(path).items()}
     try:
@@ -277,7 +328,10 @@ def build(config, path: Path, dtype: torch.dtype, device: str) -> NativeModel:
         from transformers import GenerationConfig
 
         model.generation_config = GenerationConfig.from_dict(json.loads(gen.read_text()))
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if pack:
+        model.pack()
+    return model
 
 
 def _check_shapes(model: NativeModel, config, path: Path) -> None:
@@ -410,14 +464,18 @@ class Drafted:
         return (self.layer, self.hidden[:k]) if k else None
 
 
-def from_transformers(model) -> NativeModel:
-    """A NativeModel over an already loaded transformers Llama-family model's weights (same values)."""
+def from_transformers(model, pack: bool = True) -> NativeModel:
+    """A NativeModel over an already loaded transformers Llama-family model's weights (same values);
+    `pack=False` keeps torch's own matmul (the weights stay shared with `model`)."""
     reason = unsupported(model.config)
     if reason is not None:
         raise ModelError(f"the native backend cannot run {reason}")
     native = NativeModel(model.config, dict(model.state_dict()))
     native.generation_config = getattr(model, "generation_config", None)
-    return native.to(next(model.parameters()).device).eval()
+    native = native.to(next(model.parameters()).device).eval()
+    if pack:
+        native.pack()
+    return native
 
 
 def compile_decode_step(lm) -> None:

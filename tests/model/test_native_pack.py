@@ -1,0 +1,76 @@
+"""The native backend's oneDNN-packed matmul weights (model/native.py, NativeModel.pack).
+
+Every other native test runs the packed model (it is the default on a CPU in float32 / bfloat16); these
+check the packing itself: which models pack, that packed and unpacked logits agree to float32 rounding
+over prefill, decode, chains and trees, that torch's own matmul still serves what cannot pack, and that
+greedy tokens do not change.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import decodelab
+from decodelab.model.lm import LM
+from decodelab.model.native import can_pack, from_transformers, linear
+
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def pyco_pair():
+    """builtin:pyco natively, packed and unpacked, over the same weights."""
+    hf = decodelab.load(backend="transformers")
+    packed = LM(from_transformers(hf.model), hf.tokenizer, name=hf.name, backend="native")
+    dense = LM(from_transformers(hf.model, pack=False), hf.tokenizer, name=hf.name, backend="native")
+    return packed, dense
+
+
+def test_which_models_pack(pyco_pair):
+    packed, dense = pyco_pair
+    assert packed.model.packed and not dense.model.packed
+    assert decodelab.load(backend="native").model.packed  # the default load packs on a CPU
+    assert decodelab.load(backend="native", dtype="bfloat16").model.packed == can_pack(torch.bfloat16, "cpu")
+    assert not can_pack(torch.float16, "cpu")  # torch's matmul serves float16
+    assert not can_pack(torch.float32, "cuda")
+    # the embedding stays a dense tensor for the lookup; the head is packed with the rest
+    assert not packed.model.embed.is_mkldnn and packed.model.head.is_mkldnn
+    assert packed.model.head.shape == dense.model.head.shape
+
+
+def test_packed_logits_equal_unpacked_over_prefill_decode_chain_tree(pyco_pair):
+    ids = pyco_pair[0].encode("def fibonacci(n):\n    if n < 2:\n")
+
+    def run(lm):
+        s = lm.session()
+        return torch.cat([s.forward(ids), s.forward([300]), s.forward([301, 302, 303]),
+                          s.forward([40, 41, 42, 43], parents=[-1, -1, 0, 1])], dim=1)
+
+    a, b = (run(lm) for lm in pyco_pair)
+    torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+    assert a.abs().max() > 1  # real logits, not zeros
+
+
+def test_linear_dispatch_with_bias():
+    torch.manual_seed(0)
+    w, b, x = torch.randn(24, 16), torch.randn(24), torch.randn(2, 3, 16)
+    packed = torch.ops.mkldnn._reorder_linear_weight(w, 8)
+    torch.testing.assert_close(linear(x, packed, b), F.linear(x, w, b), atol=1e-5, rtol=1e-5)
+    assert torch.equal(linear(x, w, b), F.linear(x, w, b))  # a dense weight takes torch's own route
+
+
+def test_greedy_tokens_unchanged_by_packing(pyco_pair):
+    packed, dense = pyco_pair
+    for prompt in ["import os\n\n\ndef main():", "class Stack:\n    def push(self, x):"]:
+        a = decodelab.generate(packed, prompt, max_new_tokens=32)
+        b = decodelab.generate(dense, prompt, max_new_tokens=32)
+        assert a.token_ids == b.token_ids
+
+
+def test_compile_loads_unpacked_weights():
+    """torch.compile cannot trace oneDNN's opaque packed tensors, so compile=True keeps dense ones
+    (the compiled step itself is traced lazily, on first use: not run here)."""
+    lm = decodelab.load(backend="native", compile=True)
+    assert not lm.model.packed and lm.state["compiled"] is not None
