@@ -91,3 +91,27 @@ def test_time_limit_and_bad_arguments(model_dir, tmp_path, capsys):
                           (["-p", "novalue"], "KEY=VALUE"), (["--requests", "0"], "--requests")):
         assert bench.main(argv) == 2
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("no_mix", [False, True])
+def test_a_method_mix_cycles_methods_over_requests(model_dir, tmp_path, capsys, no_mix):
+    """`--method greedy,pld` sends requests 0, 2, … as greedy and 1, 3, … as pld (each equal to generate()
+    with its own method: the baseline's same-text count); `-p pld.KEY=VALUE` reaches pld's requests only,
+    so a parameter pld does not take fails exactly those."""
+    out = tmp_path / "mix"
+    extra = ["--no-mix"] if no_mix else []
+    rc = bench.main(_args(model_dir, out, "--server", "inprocess", "--method", "greedy,pld", "-p",
+                          "pld.num_draft_tokens=3", "--concurrency", "1,2", "--requests", "2", "--baseline", *extra))
+    assert rc == 0, capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    for level, c in zip(results["levels"], (1, 2)):
+        _check_level(level, c, 2)
+    assert results["baseline"]["same_text"] == "2/2" and results["config"]["no_mix"] == no_mix
+    assert results["config"]["method_params"] == {"pld": {"num_draft_tokens": 3}}
+    out = tmp_path / "scoped"
+    rc = bench.main(_args(model_dir, out, "--server", "inprocess", "--method", "greedy,pld", "-p", "pld.bogus=1",
+                          "--concurrency", "2", "--requests", "1"))
+    level = json.loads((out / "results.json").read_text())["levels"][0]
+    assert rc == 0 and level["completed"] == 1 and level["failed"] == 1 and "bogus" in level["errors"][0]
+    assert bench.main(["--method", "greedy", "-p", "pld.k=1"]) == 2
+    assert "not one of --method" in capsys.readouterr().err

@@ -161,12 +161,14 @@ def test_continuous_rows_with_different_temperatures_share_one_batch(served_lm):
         assert gen.token_ids == ref.token_ids
 
 
-def test_requests_of_different_methods_share_one_step(served_lm):
+@pytest.mark.parametrize("mix", [True, False])
+def test_requests_of_different_methods_share_one_step(served_lm, mix):
     """While a pld request runs, requests of other methods start a mixed engine; every request after that
-    joins it, whatever its method, so one step serves them all. Each equals generate() alone."""
+    joins it, whatever its method, so one step serves them all. With mix_methods=False (serve --no-mix,
+    the baseline of the mixing bench) each method keeps its own engine. Each equals generate() alone."""
     from decodelab.serve.scheduler import MIXED, ContinuousScheduler
 
-    scheduler = ContinuousScheduler(served_lm, max_batch=8)
+    scheduler = ContinuousScheduler(served_lm, max_batch=8, mix_methods=mix)
     scheduler.start()
     first = []
     scheduler.submit(_job(served_lm, ["def f(x):"], first, stream=True, max_new_tokens=40, method="pld"))
@@ -182,16 +184,18 @@ def test_requests_of_different_methods_share_one_step(served_lm):
             scheduler._queue.append(_job(served_lm, ["hello world"], events, greedy=greedy, params=params,
                                          max_new_tokens=12, method=method))
         scheduler._cond.notify()
-    seen_mixed = False
+    seen_mixed, most_engines = False, 0
     while scheduler.waiting or scheduler.running:
         seen_mixed |= MIXED in scheduler._engines
+        most_engines = max(most_engines, len(scheduler._engines))
         assert time.monotonic() < deadline
         time.sleep(0.001)
     scheduler.stop()
-    assert seen_mixed
+    assert seen_mixed == mix and (mix or most_engines >= 3)
     for events, (method, params, _) in zip(logs, jobs):
         gen = _finals(events)[0]
-        assert gen.method == method and gen.stats.batch_size >= 2  # beside rows of other methods
+        assert gen.method == method
+        assert (gen.stats.batch_size >= 2) == mix  # beside rows of other methods, or alone in its engine
         ref = decodelab.generate(served_lm, "hello world", method=method, max_new_tokens=12, seed=5, **params)
         assert gen.token_ids == ref.token_ids, method
     ref = decodelab.generate(served_lm, "def f(x):", method="pld", max_new_tokens=40, seed=5)

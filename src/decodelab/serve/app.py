@@ -51,13 +51,16 @@ DISCONNECT_POLL_S = 0.25
 
 def create_app(lm=None, *, model_name: str | None = None, draft: str | None = None, api_key: str | None = None,
                max_batch: int = 8, max_queue: int = 64, max_tokens: int | None = None,
-               max_body_bytes: int = 1 << 20, stream_interval: int = 1) -> FastAPI:
+               max_body_bytes: int = 1 << 20, stream_interval: int = 1, mix_methods: bool = True) -> FastAPI:
     """An app serving `lm` (or nothing yet: `app.state.server.set_model(lm)` later; 503 until then).
 
     `stream_interval`: a streamed row's new text goes out once it holds that many tokens (and at the
-    row's end) — fewer, larger chunks, for less per-token work beside the model (docs/SERVING.md)."""
+    row's end) — fewer, larger chunks, for less per-token work beside the model (docs/SERVING.md).
+    `mix_methods=False`: requests of different methods never share a step (one engine per method, stepped
+    in turn) — for measuring what mixing gains (docs/SERVING.md)."""
     server = Server(lm, model_name=model_name, draft=draft, max_batch=max_batch, max_queue=max_queue,
-                    limits=Limits(max_tokens, max_body_bytes), stream_interval=stream_interval)
+                    limits=Limits(max_tokens, max_body_bytes), stream_interval=stream_interval,
+                    mix_methods=mix_methods)
 
     @asynccontextmanager
     async def lifespan(app):

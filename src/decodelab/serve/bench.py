@@ -56,13 +56,24 @@ class Target:
 # ---- one request ----
 
 def request_body(args, index: int, prompts: list[str]) -> dict:
+    method = request_method(args, index)
     body = {"prompt": prompts[index % len(prompts)], "max_tokens": args.max_tokens, "temperature": args.temperature,
-            "seed": args.seed + index, "method": args.method, "stream": not args.no_stream}
-    if args.method_params:
-        body["method_params"] = args.method_params
+            "seed": args.seed + index, "method": method, "stream": not args.no_stream}
+    if params_for(args, method):
+        body["method_params"] = params_for(args, method)
     if not args.no_stream:
         body["stream_options"] = {"include_usage": True}
     return body
+
+
+def request_method(args, index: int) -> str:
+    """Request i's method: `--method a,b,c` is cycled over the requests (a, b, c, a, …)."""
+    return args.methods[index % len(args.methods)]
+
+
+def params_for(args, method: str) -> dict:
+    """`-p KEY=VALUE` applies to every method, `-p METHOD.KEY=VALUE` to that method only."""
+    return {**args.method_params.get("", {}), **args.method_params.get(method, {})}
 
 
 def send(target: Target, body: dict, timeout: float) -> dict:
@@ -226,7 +237,7 @@ def start_subprocess(args, out: Path) -> Target:
     port = free_port()
     cmd = [sys.executable, "-m", "decodelab.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
            "--max-batch", str(args.max_batch), "--max-queue", str(args.max_queue),
-           "--stream-interval", str(args.stream_interval)]
+           "--stream-interval", str(args.stream_interval)] + (["--no-mix"] if args.no_mix else [])
     for flag in ("model", "draft", "backend", "dtype", "device", "api_key"):
         if getattr(args, flag) is not None:
             cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
@@ -254,7 +265,7 @@ def start_inprocess(args, lm) -> Target:
     from .app import create_app
 
     app = create_app(lm, draft=args.draft, api_key=args.api_key, max_batch=args.max_batch, max_queue=args.max_queue,
-                     stream_interval=args.stream_interval)
+                     stream_interval=args.stream_interval, mix_methods=not args.no_mix)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
@@ -319,13 +330,15 @@ def baseline(lm, args, prompts: list[str], n: int, responses: list[dict]) -> dic
     per token over this one, minus 1."""
     from .. import generate
 
-    params = {"temperature": args.temperature, **args.method_params}
-    generate(lm, prompts[0], method=args.method, max_new_tokens=args.max_tokens, seed=args.seed, **params)  # warm-up
+    for method in args.methods:  # warm-up, as the server had its warm-up request
+        generate(lm, prompts[0], method=method, max_new_tokens=args.max_tokens, seed=args.seed,
+                 temperature=args.temperature, **params_for(args, method))
     t0, tokens, same = clock(), 0, 0
     texts = {r["index"]: r["text"] for r in responses if r["ok"]}
     for i in range(n):
-        g = generate(lm, prompts[i % len(prompts)], method=args.method, max_new_tokens=args.max_tokens,
-                     seed=args.seed + i, **params)
+        method = request_method(args, i)
+        g = generate(lm, prompts[i % len(prompts)], method=method, max_new_tokens=args.max_tokens,
+                     seed=args.seed + i, temperature=args.temperature, **params_for(args, method))
         tokens += len(g.token_ids)
         same += texts.get(i) == g.text
     wall = clock() - t0
@@ -348,8 +361,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backend", default=None)
     p.add_argument("--dtype", default=None)
     p.add_argument("--device", default=None)
-    p.add_argument("--method", default="greedy")
-    p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="method_params entry")
+    p.add_argument("--method", default="greedy", help="a method, or several (a,b,c) cycled over the requests")
+    p.add_argument("-p", "--param", action="append", default=[], metavar="[METHOD.]KEY=VALUE",
+                   help="method_params entry (METHOD. scopes it to that method's requests)")
+    p.add_argument("--no-mix", action="store_true",
+                   help="the server's --no-mix: requests of different methods never share a step")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--concurrency", default="1,4,16", help="comma-separated concurrency levels")
@@ -393,12 +409,18 @@ def _check(args) -> None:
         _loopback(args.url)
     if args.temperature < 0:
         raise UserError(f"--temperature must be ≥ 0, got {args.temperature}")
+    args.methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    if not args.methods:
+        raise UserError("--method needs at least one method name")
     args.method_params = {}
     for pair in args.param:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UserError(f"-p expects KEY=VALUE, got {pair!r}")
-        args.method_params[key] = _typed(value)
+        method, _, key = key.rpartition(".")
+        if method and method not in args.methods:
+            raise UserError(f"-p {pair!r}: {method!r} is not one of --method {args.method}")
+        args.method_params.setdefault(method, {})[key] = _typed(value)
 
 
 def _typed(value: str):
@@ -448,7 +470,7 @@ def _load(args):
 def _config(args, target: Target) -> dict:
     keys = ("model", "draft", "backend", "dtype", "device", "method", "method_params", "temperature", "max_tokens",
             "levels", "requests", "time_limit", "suite", "prompt_chars", "seed", "server", "url", "max_batch", "max_queue", "no_stream",
-            "stream_interval")
+            "stream_interval", "no_mix")
     return {"command": "python -m decodelab.serve.bench " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("bench.py")
             else "decodelab.serve.bench (API)", "server_command": target.log or None,
             **{k: getattr(args, k) for k in keys}, "stream": not args.no_stream}

@@ -24,6 +24,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--max-tokens", type=int, default=None, help="largest max_tokens a request may ask (default: context)")
     s.add_argument("--stream-interval", type=int, default=1,
                    help="streamed rows: send new text once every N tokens (and at the end); 1 = every step")
+    s.add_argument("--no-mix", action="store_true",
+                   help="never put rows of different methods in one step (one engine per method, in turn)")
     from ..cli import add_load_flags
 
     add_load_flags(s)  # --allow-pickle / --trust-remote-code, as for generate
@@ -67,7 +69,8 @@ def cmd_serve(args) -> None:
         raise UserError(f"decodelab serve needs the 'serve' extra ({exc.name} is missing): "
                          "pip install 'decodelab[serve]'") from None
     app = create_app(None, draft=args.draft, api_key=args.api_key, max_batch=args.max_batch,
-                     max_queue=args.max_queue, max_tokens=args.max_tokens, stream_interval=args.stream_interval)
+                     max_queue=args.max_queue, max_tokens=args.max_tokens, stream_interval=args.stream_interval,
+                     mix_methods=not args.no_mix)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
     failed: list[BaseException] = []
     loader = threading.Thread(target=_load_into, args=(args, app, server, failed), daemon=True)

@@ -266,9 +266,11 @@ class ContinuousScheduler(BatchingScheduler):
     failing engine fails only its own rows; the worker goes on.
     """
 
-    def __init__(self, lm, *, max_batch: int = 8, max_queue: int = 64, observer=None, stream_interval: int = 1):
+    def __init__(self, lm, *, max_batch: int = 8, max_queue: int = 64, observer=None, stream_interval: int = 1,
+                 mix_methods: bool = True):
         super().__init__(lm, max_batch=max_batch, max_queue=max_queue, observer=observer,
                          stream_interval=stream_interval)
+        self.mix_methods = mix_methods  # False: one engine per method, each stepped in turn (no mixed engine)
         self._engines: dict[tuple, object] = {}
         self._owners: dict[tuple, tuple[Job, Row]] = {}  # (engine key, engine row) → the job's row
 
@@ -341,7 +343,7 @@ class ContinuousScheduler(BatchingScheduler):
         its own (a batch of one method runs that method's own loop)."""
         from ..engine import Engine
 
-        if MIXED not in self._engines and key not in self._engines and \
+        if self.mix_methods and MIXED not in self._engines and key not in self._engines and \
                 any(e.busy for e in self._engines.values()):
             self._engines[MIXED] = Engine(self.lm, mixed=True)
         if MIXED in self._engines:

@@ -36,10 +36,12 @@ class Server:
     """The served model, its scheduler and metrics; `lm=None` until `set_model` (HTTP 503 meanwhile)."""
 
     def __init__(self, lm=None, *, model_name: str | None = None, draft: str | None = None,
-                 max_batch: int = 8, max_queue: int = 64, limits: Limits | None = None, stream_interval: int = 1):
+                 max_batch: int = 8, max_queue: int = 64, limits: Limits | None = None, stream_interval: int = 1,
+                 mix_methods: bool = True):
         self.lm, self.draft = None, draft
         self.model_name = model_name
         self.max_batch, self.max_queue, self.stream_interval = max_batch, max_queue, stream_interval
+        self.mix_methods = mix_methods
         self.limits = limits or Limits()
         self.created = int(time.time())
         self.scheduler: ContinuousScheduler | None = None
@@ -53,7 +55,8 @@ class Server:
             self.model_name = self.model_name or lm.name
             self.metrics = Metrics(self.model_name)
             self.scheduler = ContinuousScheduler(lm, max_batch=self.max_batch, max_queue=self.max_queue,
-                                               observer=self.metrics, stream_interval=self.stream_interval)
+                                               observer=self.metrics, stream_interval=self.stream_interval,
+                                               mix_methods=self.mix_methods)
             self.metrics.track(self.scheduler)
             self.scheduler.start()
             self.lm = lm
