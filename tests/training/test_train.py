@@ -239,3 +239,51 @@ def test_model_card_numbers(runs):
     # a model compared with itself agrees everywhere and has the same CE
     same = model_card(straight, straight, n_windows=3, length=32, bigram_files=20)
     assert same["top1_agreement"] == 1.0 and same["draft_ce"] == same["target_ce"]
+
+
+# ---- distillation (DistillSpec's forward KL) -----------------------------------------------------
+
+def test_training_loss_mixes_ce_and_kl_to_the_teacher():
+    from decodelab.training.train import training_loss
+
+    torch.manual_seed(0)
+    batch = torch.randint(0, 11, (2, 6))
+    student = torch.randn(2, 5, 11, requires_grad=True)
+
+    class Teacher:
+        def __init__(self, logits):
+            self.logits = logits
+
+        def __call__(self, input_ids):
+            return self
+
+    ce = torch.nn.functional.cross_entropy(student.flatten(0, 1), batch[:, 1:].flatten())
+    assert torch.equal(training_loss(student, batch, None, 1.0), ce)
+    same = Teacher(student.detach().clone())
+    torch.testing.assert_close(training_loss(student, batch, same, 0.25), 0.75 * ce)  # KL(p‖p) = 0
+    other = torch.randn(2, 5, 11)
+    p, logq = other.flatten(0, 1).softmax(-1), student.flatten(0, 1).log_softmax(-1)
+    kl = (p * (p.log() - logq)).sum(-1).mean()
+    loss = training_loss(student, batch, Teacher(other), 1.0)
+    torch.testing.assert_close(loss, kl)
+    loss.backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0
+
+
+def test_distillation_run_starts_from_init_and_records_its_teacher(runs, tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = json.loads((decodelab.training.train.CONFIG_DIR / "tiny.json").read_text())
+    cfg.update(name="tiny-kd", steps=2, eval_every=2, ckpt_every=2, init=str(runs["partial"]),
+               teacher=str(runs["straight"]), kd_weight=0.5)
+    path = tmp_path / "tiny-kd.json"
+    path.write_text(json.dumps(cfg))
+    out = train(str(path), tmp_path / "kd")
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["init"] == str(runs["partial"]) and summary["teacher"] == str(runs["straight"])
+    assert summary["kd_weight"] == 0.5
+    assert (tmp_path / "kd" / "tokenizer" / "tokenizer.json").read_text() == \
+        (runs["partial"] / "tokenizer.json").read_text()  # the initial model's tokenizer is the run's
+    start, end = load_file(runs["partial"] / "model.safetensors"), load_file(out / "model.safetensors")
+    assert start.keys() == end.keys() and any(not torch.equal(start[k], end[k]) for k in start)
+    assert all(math.isfinite(r["loss"]) for r in _log(tmp_path / "kd"))

@@ -5,6 +5,12 @@ tokenised data, `ckpt.pt` (model, optimizer, step, RNG: a killed run resumes whe
 `log.jsonl` (loss per step, validation CE) and, at the end, `model/`: a standard Hugging Face
 directory (safetensors, float16) with the tokenizer beside it.
 Fill-in-the-middle examples use StarCoder's prefix-suffix-middle layout.
+
+Distillation (a config with `teacher`, e.g. `pyco-draft-kd`): the loss is
+(1 − kd_weight) · CE(data) + kd_weight · KL(p_teacher ‖ q_student) per token — the forward KL of
+DistillSpec ("DistillSpec: Improving Speculative Decoding via Knowledge Distillation", arXiv:2310.08461),
+which trains a draft to agree with its target rather than with the data. `init` starts from an existing
+model's weights (a builtin name or a directory; its tokenizer is the run's).
 """
 
 from __future__ import annotations
@@ -44,6 +50,9 @@ class TrainConfig:
     seed: int = 0
     max_files: int | None = None
     stop_after: int | None = None  # end (and export) early; the LR schedule still spans `steps`
+    init: str | None = None  # start from this model's weights (builtin name or HF directory)
+    teacher: str | None = None  # distil from this model (same tokenizer)
+    kd_weight: float = 0.0  # share of the loss that is KL(teacher ‖ student)
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -159,11 +168,14 @@ def train(config: str, out: Path, tokenizer_dir: Path | None = None, steps: int 
         cfg.steps = steps
     out.mkdir(parents=True, exist_ok=True)
     tok_dir = tokenizer_dir or out / "tokenizer"
+    if cfg.init and not (tok_dir / "tokenizer.json").exists():  # the initial model's tokenizer is the run's
+        _copy_tokenizer(_model_dir(cfg.init), tok_dir)
     tok = prepare_tokenizer(cfg, tok_dir)
     train_stream = tokenize_split(tok, "train", cfg, out)
     valid_stream = tokenize_split(tok, "valid", cfg, out)
     device = _device()
-    model = build_model(cfg, tok).to(device)
+    model = (_init_model(cfg.init) if cfg.init else build_model(cfg, tok)).to(device)
+    teacher = _teacher(cfg.teacher, device) if cfg.teacher else None
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     step, wall = 0, 0.0
@@ -190,7 +202,7 @@ def train(config: str, out: Path, tokenizer_dir: Path | None = None, steps: int 
                 g["lr"] = lr_at(step, cfg)
             with amp:
                 logits = model(input_ids=batch[:, :-1]).logits
-            loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
+            loss = training_loss(logits, batch, teacher, cfg.kd_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -209,6 +221,44 @@ def train(config: str, out: Path, tokenizer_dir: Path | None = None, steps: int 
     return export(model, tok_dir, out / "model", cfg, wall)
 
 
+def training_loss(logits: torch.Tensor, batch: torch.Tensor, teacher, kd_weight: float) -> torch.Tensor:
+    """Next-token CE on the data, mixed with KL(p_teacher ‖ q_student) when there is a teacher."""
+    F = torch.nn.functional
+    logits = logits.float().flatten(0, 1)
+    ce = F.cross_entropy(logits, batch[:, 1:].flatten())
+    if teacher is None or kd_weight == 0:
+        return ce
+    with torch.inference_mode():
+        target_logp = teacher(input_ids=batch[:, :-1]).logits.float().flatten(0, 1).log_softmax(-1)
+    kl = F.kl_div(logits.log_softmax(-1), target_logp.clone(), log_target=True, reduction="batchmean")
+    return (1 - kd_weight) * ce + kd_weight * kl
+
+
+def _model_dir(name: str) -> Path:
+    from ..model import builtin_path
+
+    return builtin_path(name) if name.startswith("builtin:") else Path(name)
+
+
+def _copy_tokenizer(src: Path, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (src / name).exists():
+            shutil.copy(src / name, dest / name)
+
+
+def _init_model(name: str):
+    from transformers import LlamaForCausalLM
+
+    return LlamaForCausalLM.from_pretrained(_model_dir(name), dtype=torch.float32)
+
+
+def _teacher(name: str, device: str):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(_model_dir(name), dtype=torch.float32).to(device).eval()
+
+
 def export(model, tok_dir: Path, dest: Path, cfg: TrainConfig, wall: float) -> Path:
     """Save a float16 safetensors HF directory with the tokenizer and a training summary."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -218,6 +268,8 @@ def export(model, tok_dir: Path, dest: Path, cfg: TrainConfig, wall: float) -> P
             shutil.copy(tok_dir / name, dest / name)
     steps = min(cfg.steps, cfg.stop_after or cfg.steps)
     summary = {"config": cfg.name, "steps": steps, "schedule_steps": cfg.steps,
+               **({"init": cfg.init} if cfg.init else {}),
+               **({"teacher": cfg.teacher, "kd_weight": cfg.kd_weight} if cfg.teacher else {}),
                "tokens_seen": steps * cfg.batch_size * cfg.seq_len,
                "wall_time_s": round(wall, 1), "params": sum(p.numel() for p in model.parameters()),
                "device": _device(), "torch": torch.__version__}
