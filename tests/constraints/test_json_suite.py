@@ -113,6 +113,11 @@ def test_bench_json_suite_on_pyco(tmp_path, capsys):
     assert agg["pld"]["forced_tokens"] > 0  # JSON keys are forced: fast-forwarded as drafts
     assert agg["pld"]["forward_passes_per_token"] < 1.0
     assert 0 < agg["greedy"]["mask_share_of_forward"] and agg["greedy"]["forward_us_per_pass"] > 0
+    # the masks come from one batched call per verify step (constraints/batched.py) and the processor reads them
+    for m in ("greedy", "pld"):
+        assert agg[m]["mask_hit_share"] >= 0.9 and 0 < agg[m]["batch_calls_per_token"] <= 1
+        assert agg[m]["batch_us_p99"] >= agg[m]["batch_us_mean"] > 0
+    assert agg["pld"]["masks_per_batch"] > 1  # a draft's nodes share the call
     report = (out / "report.md").read_text()
     assert "| greedy | 2/2 |" in report and "mask ÷ forward" in report
 

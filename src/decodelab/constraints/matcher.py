@@ -36,9 +36,17 @@ class RowConstraint:
         self.matcher = matcher if matcher is not None else LLMatcher(grammar.tokenizer, grammar.text, log_level=0)
         self.tokens: list[int] = list(tokens or [])
         self.reachable = True  # False when the last seek hit a token the grammar rejects
+        # masks known for this step, keyed by generated tokens → [⌈V/32⌉] int32 words (batched.py)
+        self.masks: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def remember(self, key: tuple[int, ...], words: torch.Tensor) -> None:
+        """Keep the mask of the state after `key` (a bounded, oldest-first cache: the masks of one step)."""
+        self.masks[key] = words
+        if len(self.masks) > MASKS_KEPT:
+            del self.masks[next(iter(self.masks))]
 
     def fork(self) -> "RowConstraint":
-        return RowConstraint(self.grammar, self.matcher.deep_copy(), self.tokens)
+        return RowConstraint(self.grammar, self.matcher.deep_copy(), self.tokens)  # masks not shared
 
     def advance(self, tokens: list[int]) -> int:
         """Consume as many of `tokens` as the grammar allows; returns how many."""
@@ -112,6 +120,7 @@ class RowConstraint:
         self.matcher.unsafe_compute_mask_ptr(row.data_ptr(), row.numel() * row.element_size())
 
 
+MASKS_KEPT = 256  # more than a step's draft nodes (a tree of ~60 + the draft model's own positions)
 _BITS = torch.arange(32, dtype=torch.int32)
 
 
@@ -130,6 +139,7 @@ class GrammarMask:
         self.rows = [RowConstraint(g) for g in grammars]  # one grammar (and matcher) per row
         self.prompt_len = prompt_len
         self.eos = sorted(eos_token_ids)
+        self.hits = 0  # rows of the last call whose mask was already known
 
     def for_row(self, b: int, prompt_len: int) -> "GrammarMask":
         """A one-row view sharing row b's grammar state, for histories of row b alone ([1, L], its own
@@ -143,10 +153,16 @@ class GrammarMask:
         if input_ids.shape[0] != len(self.rows):
             raise ValueError(f"grammar mask holds {len(self.rows)} rows, got a batch of {input_ids.shape[0]}")
         bitmask = torch.full((len(self.rows), (vocab_size + 31) // 32), -1, dtype=torch.int32)
-        dead = []
+        dead, self.hits = [], 0
         for b, row in enumerate(self.rows):
-            if row.seek(input_ids[b, self.prompt_len :].tolist()) and not row.error:
+            key = tuple(input_ids[b, self.prompt_len :].tolist())
+            known = row.masks.get(key)
+            if known is not None and known.numel() == bitmask.shape[1]:
+                bitmask[b] = known  # computed with the step's other masks (batched.py)
+                self.hits += 1
+            elif row.seek(list(key)) and not row.error:
                 row.fill(bitmask, b)
+                row.remember(key, bitmask[b].clone())
             else:
                 dead.append(b)  # a finished row's padding, or a rejected node: EOS only, never NaN
         allowed = unpack(bitmask, vocab_size)
@@ -163,7 +179,7 @@ class GrammarMask:
         empty = ~torch.isfinite(masked).any(dim=-1, keepdim=True)  # penalties removed every allowed token
         if bool(empty.any()):
             masked = torch.where(empty & allowed, torch.zeros_like(scores), masked)
-        timing.record_mask(timing.clock() - t0, len(self.rows))
+        timing.record_mask(timing.clock() - t0, len(self.rows), self.hits)
         return masked
 
 

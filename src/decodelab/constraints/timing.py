@@ -15,7 +15,10 @@ A "mask call" is one processor call: the masks of the rows it is handed at one p
 batch size 1, one token's mask; a speculative verify asks once per tree node; a batched loop asks
 once per batch or once per row); `mask_rows` counts the row masks. It covers seeking the row's
 matcher to the node's history, llguidance's mask computation, unpacking the bitmask and masking
-the scores. The collector is a `contextvars.ContextVar`, so concurrent generations in other threads
+the scores. Since a verify step's masks are computed together (batched.py: one llguidance call per
+step for every draft node of every row), most processor calls read a mask (`mask_hits`) instead of
+computing one; the batched calls are timed apart (`batch_calls`, `batch_masks`, `batch_s`), and the
+mask time per token is the sum of both. The collector is a `contextvars.ContextVar`, so concurrent generations in other threads
 (the server) are not mixed in.
 """
 
@@ -39,6 +42,9 @@ class GrammarTimer:
     mask_rows: int = 0  # row masks computed (a call covers the batch's rows)
     ff_s: list[float] = field(default_factory=list)  # one entry per fast-forward query
     check_s: list[float] = field(default_factory=list)  # one entry per validate_tokens call (AWRS, pruning)
+    mask_hits: int = 0  # row masks a GrammarMask call read from the step's batch instead of computing
+    batch_s: list[float] = field(default_factory=list)  # one entry per batched call (batched.py)
+    batch_masks: int = 0  # masks the batched calls computed
 
     def summary(self) -> dict:
         calls = sorted(self.mask_s)
@@ -46,7 +52,9 @@ class GrammarTimer:
                 "mask_us_mean": round(1e6 * sum(calls) / len(calls), 2) if calls else None,
                 "mask_us_p99": round(1e6 * percentile(calls, 0.99), 2) if calls else None,
                 "ff_calls": len(self.ff_s), "ff_s": round(sum(self.ff_s), 6),
-                "check_calls": len(self.check_s), "check_s": round(sum(self.check_s), 6)}
+                "check_calls": len(self.check_s), "check_s": round(sum(self.check_s), 6),
+                "mask_hits": self.mask_hits, "batch_calls": len(self.batch_s), "batch_masks": self.batch_masks,
+                "batch_s": round(sum(self.batch_s), 6)}
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -67,11 +75,19 @@ def grammar_timing() -> Iterator[GrammarTimer]:
         _ACTIVE.reset(token)
 
 
-def record_mask(seconds: float, rows: int) -> None:
+def record_mask(seconds: float, rows: int, hits: int = 0) -> None:
     timer = _ACTIVE.get()
     if timer is not None:
         timer.mask_s.append(seconds)
         timer.mask_rows += rows
+        timer.mask_hits += hits
+
+
+def record_batch(seconds: float, masks: int) -> None:
+    timer = _ACTIVE.get()
+    if timer is not None:
+        timer.batch_s.append(seconds)
+        timer.batch_masks += masks
 
 
 def record_ff(seconds: float) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import torch
 
 from ..constraints import prune
+from ..constraints.batched import premask_views
 from ..treeshape import tree_depths
 from ..verify import Draft, verify
 from .autoregressive import admit, emitted_by_row, retire, row_probs, sample_rows
@@ -128,6 +129,7 @@ def _step(ctx, session, rows: list[int], proposers: dict, wants_hidden: bool, ca
     """One draft → batched verify → per-row accept step over the live rows; the tokens each row emits."""
     views = [ctx.row(b) for b in rows]
     drafts = _drafts(rows, views, proposers, session, caps)
+    premask_views(views, drafts)  # every grammar mask the verify reads, in one call (constraints/batched.py)
     ids, parents, chain = _pack([v.ids()[-1] for v in views], drafts, ctx.lm.pad_token_id)
     out = session.forward(ids, parents=None if chain else parents, hidden=wants_hidden)
     logits, hidden = (out[0], out[1]) if wants_hidden else (out, None)

@@ -1,0 +1,146 @@
+"""One llguidance call per verify step (constraints/batched.py): its masks equal the one-node masks.
+
+- random draft trees (valid, rejected and EOS nodes mixed) under JSON-schema, regex, Lark and choice
+  grammars, several rows in one call: every mask the call leaves equals the mask a fresh matcher computes
+  at that node's history, every reachable node before an EOS is covered, and nothing else is;
+- masks already known (a draft model computed them) are not computed again;
+- end to end, every speculative method gives the same tokens with the batched route on and off, greedy
+  and sampled, in batches; with it on, the verify reads its masks (hits) and makes at most one batched
+  call per step.
+"""
+
+import random
+
+import pytest
+import torch
+from constraint_cases import CONSTRAINTS, SCHEMAS, flat_lm
+
+import decodelab
+from decodelab.constraints import RowConstraint, batched, compile_constraint, timing
+from decodelab.constraints.matcher import unpack
+from decodelab.engine import run_method
+from decodelab.verify import Draft
+
+from fakes import EOS, tiny_lm
+
+LM = tiny_lm("llama", seed=0)
+V = LM.vocab_size
+PREFIXES = {0: '{"name": "', 2: "[", 5: "", 6: "", 7: "(", 8: ""}  # CONSTRAINTS index → generated so far
+
+
+def one_node_mask(grammar, tokens: list[int]) -> torch.Tensor | None:
+    """The mask a fresh matcher computes after `tokens` (None when they are not a valid prefix)."""
+    row = RowConstraint(grammar)
+    if not row.seek(tokens) or row.error:
+        return None
+    return row.allowed(V)
+
+
+def random_tree(grammar, generated: list[int], rng: random.Random, n: int) -> Draft:
+    """n nodes, each under a random earlier node; its token mostly one the grammar allows there, sometimes
+    EOS, sometimes any byte (so rejected nodes and subtrees of rejected nodes occur)."""
+    tokens, parents, paths = [], [], {-1: []}
+    for i in range(n):
+        p = rng.choice([-1] + list(range(i)))
+        allowed = one_node_mask(grammar, generated + paths[p]) if p in paths else None
+        choices = allowed.nonzero().flatten().tolist() if allowed is not None else []
+        r = rng.random()
+        t = EOS if r < 0.08 else rng.randrange(256) if r < 0.25 or not choices else rng.choice(choices)
+        tokens.append(t)
+        parents.append(p)
+        if p in paths and t != EOS:
+            paths[i] = paths[p] + [t]
+    return Draft(tokens, parents)
+
+
+def node_paths(draft: Draft, generated: list[int]) -> dict[int, list[int]]:
+    paths = {-1: list(generated)}
+    for i, (t, p) in enumerate(zip(draft.tokens, draft.parents)):
+        paths[i] = paths[p] + [t]
+    return paths
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_one_call_gives_every_node_the_mask_a_fresh_matcher_computes(seed):
+    rng = random.Random(seed)
+    cases = []
+    for k, prefix in PREFIXES.items():
+        grammar = compile_constraint(LM, CONSTRAINTS[k])
+        generated = list(prefix.encode())
+        cases.append((RowConstraint(grammar), generated, random_tree(grammar, generated, rng, 14), grammar))
+    with timing.grammar_timing() as timer:
+        computed = batched.premask([(row, gen, draft, [EOS]) for row, gen, draft, _ in cases])
+    assert timer.summary()["batch_calls"] == 1 and computed == timer.batch_masks
+    covered = rejected = eos_paths = 0
+    for row, generated, draft, grammar in cases:
+        for node, path in node_paths(draft, generated).items():
+            expected = one_node_mask(grammar, path)
+            known = row.masks.get(tuple(path))
+            if EOS in path[len(generated):]:  # past an EOS: left to the one-node route
+                eos_paths += 1
+                assert known is None
+            elif expected is None:
+                rejected += 1
+                assert known is None
+            else:
+                covered += 1
+                assert known is not None, (node, bytes(path))
+                assert torch.equal(unpack(known[None], V)[0], expected), (node, bytes(path))
+    assert computed == covered  # nothing computed twice, nothing left out
+    assert covered > 30 and rejected > 3 and eos_paths > 0  # the trees exercised every kind of node
+
+
+def test_known_masks_are_not_computed_again_and_a_lone_head_costs_one_mask():
+    grammar = compile_constraint(LM, {"json_schema": SCHEMAS[1]})
+    row = RowConstraint(grammar)
+    generated = list(b'{"ok": ')
+    chain = Draft.chain(list(b"true"))
+    assert batched.premask([(row, generated, chain, [EOS])]) == 5  # the head + 4 nodes
+    assert batched.premask([(row, generated, chain, [EOS])]) == 0  # all known: no call at all
+    longer = Draft.chain(list(b"true,"))
+    assert batched.premask([(row, generated, longer, [EOS])]) == 1  # only the new node
+    assert batched.premask([(RowConstraint(grammar), generated, Draft(), [EOS])]) == 1
+
+
+SPECULATIVE = ["speculative", "pld", "lookahead", "recycling", "tree", "selfspec", "jacobi"]
+SIZES = {"recycling": {"widths": "4,6,4,2"}, "lookahead": {"W": 3, "G": 3}}
+
+
+@pytest.fixture(scope="module")
+def lm():
+    target = flat_lm(0, 0.3)  # flat enough that sampled rows differ from greedy ones
+    target.state["drafts"] = {"tiny-draft": flat_lm(1, 0.3)}
+    return target
+
+
+def _run(lm, method: str, temperature: float, on: bool):
+    info = decodelab.methods()[method]
+    params = {"temperature": temperature, **SIZES.get(method, {})}
+    if "draft" in info.params:
+        params["draft"] = "tiny-draft"
+    grammars = [compile_constraint(lm, {"json_schema": s}) for s in SCHEMAS[:4]]
+    prompts = [lm.encode("{")] * len(grammars)
+    lm.state.pop("recycling", None)  # recycling's adjacency persists across calls: start each run afresh
+    batched.ENABLED = on
+    try:
+        with timing.grammar_timing() as timer:
+            events = list(run_method(info, lm, prompts, info.check_params(params), 60, 3, [], grammars))
+    finally:
+        batched.ENABLED = True
+    gens = {e.row: e.generation for e in events if e.generation is not None}
+    return [gens[b].token_ids for b in range(len(grammars))], timer, gens[0].stats
+
+
+@pytest.mark.parametrize("method", SPECULATIVE)
+def test_every_speculative_method_gives_the_same_tokens_with_batched_masks(lm, method):
+    for temperature in (0.0, 1.5):
+        on, timer, stats = _run(lm, method, temperature, True)
+        off, timer_off, _ = _run(lm, method, temperature, False)
+        assert on == off, (method, temperature)
+        summary = timer.summary()
+        assert timer_off.summary()["batch_calls"] == 0
+        assert summary["batch_calls"] <= stats.forward_passes  # one call per verify step, all rows together
+        # the verify reads its masks; a draft model's own positions are computed one at a time while it drafts
+        assert timer.mask_hits >= (0.3 if method in ("speculative", "selfspec") else 0.9) * timer.mask_rows
+    greedy_tokens = _run(lm, method, 0.0, True)[0]
+    assert on != greedy_tokens  # the sampled run really sampled
