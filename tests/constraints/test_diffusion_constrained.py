@@ -115,8 +115,52 @@ def test_every_output_is_valid_and_complete_on_pyco_diffusion(pyco_diffusion):
         _assert_valid(gens, constraint, method)
 
 
+def test_every_diffusion_method_takes_a_constraint():
+    """A diffusion sampler added later is noticed here: it must be made to take a grammar (or refuse it)."""
+    assert {n for n, i in decodelab.methods().items() if i.kind == "diffusion"} == set(cdiff.SUPPORTED)
+
+
+SSPD = [{"block_length": 0, "draft_length": 4, "tree": "tree"}, {"block_length": 8, "draft_length": 6, "tree": "chain"},
+        {"block_length": 5, "draft_length": 8, "tree": "tree", "tree_width": 2}]
+
+
+def test_sspd_under_a_grammar_is_constrained_stepwise_llada(tiny):
+    """sspd verifies against constrained stepwise decoding (constraints/diffusion.py StepwiseGrammar): token
+    for token constrained `llada` (one token per step), so valid and complete, in fewer forward calls."""
+    calls = {"llada": 0, "sspd": 0}
+    for k, constraint in enumerate(CONSTRAINTS):
+        params = SSPD[k % len(SSPD)]
+        prompts = PROMPTS[k % 2::2]
+        stepwise = decodelab.generate_batch(tiny, prompts, method="llada", max_new_tokens=CANVAS,
+                                            block_length=params["block_length"], constraint=constraint)
+        ssd = decodelab.generate_batch(tiny, prompts, method="sspd", max_new_tokens=CANVAS, constraint=constraint,
+                                       **params)
+        assert [g.token_ids for g in ssd] == [g.token_ids for g in stepwise], (constraint, params)
+        _assert_valid(ssd, constraint, "sspd", tiny)
+        alone = decodelab.generate(tiny, prompts[1], method="sspd", max_new_tokens=CANVAS, constraint=constraint,
+                                   **params)
+        assert alone.token_ids == ssd[1].token_ids  # a batch row equals the row alone
+        calls["llada"] += stepwise[0].stats.forward_passes
+        calls["sspd"] += ssd[0].stats.forward_passes
+    assert calls["sspd"] < 0.7 * calls["llada"], calls  # the grammar-steered drafts are accepted
+
+
+def test_sspd_under_a_grammar_on_pyco_diffusion(pyco_diffusion):
+    from decodelab.constraints.json_suite import CASES
+
+    _, prompt, schema = CASES[0][:3]
+    constraint = {"json_schema": schema}
+    stepwise = decodelab.generate(pyco_diffusion, prompt, method="llada", max_new_tokens=48, block_length=16,
+                                  constraint=constraint)
+    ssd = decodelab.generate(pyco_diffusion, prompt, method="sspd", max_new_tokens=48, block_length=16,
+                             draft_length=8, constraint=constraint)
+    assert ssd.token_ids == stepwise.token_ids
+    assert ssd.finish_reason == "stop" and satisfied(constraint, ssd.text), ssd.text
+    assert ssd.stats.forward_passes < stepwise.stats.forward_passes
+
+
 def test_every_supported_sampler_runs_constrained(pyco_diffusion):
-    extra = {"apd": {"ar_model": "builtin:pyco"}}
+    extra = {"apd": {"ar_model": "builtin:pyco"}, "sspd": {"draft_length": 4}}
     constraint = CONSTRAINTS[1]
     for method in cdiff.SUPPORTED:
         g = decodelab.generate(pyco_diffusion, PROMPTS[3], method=method, max_new_tokens=24,
@@ -161,7 +205,7 @@ def test_a_short_canvas_ends_length_with_a_valid_prefix(tiny):
 
 
 def test_unsupported_is_one_line(pyco_diffusion):
-    cases = [({"method": "sspd", "constraint": CONSTRAINTS[0]}, "not supported by diffusion method 'sspd'"),
+    cases = [({"method": "sspd", "token_healing": True}, "token_healing is not supported"),
              ({"method": "llada", "token_healing": True}, "token_healing is not supported"),
              ({"method": "llada", "constraint": {"regex": "[0-9"}}, "invalid regex")]
     for kwargs, message in cases:

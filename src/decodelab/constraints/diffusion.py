@@ -34,8 +34,9 @@ decides that existence exactly for regular languages with a DFA and picks the mo
 block by dynamic programming; this check needs only llguidance's prefix validation, so it works for
 every grammar llguidance takes, context-free ones included).
 
-Supported: the samplers that run `diffusion.sampling.decode` (`SUPPORTED`). `sspd` verifies chains
-in its own loop and refuses a constraint; token healing is refused for every diffusion sampler.
+Supported: the samplers that run `diffusion.sampling.decode` (`SUPPORTED`), and `sspd`, which verifies
+its drafts against constrained stepwise decoding (`StepwiseGrammar`): its output is constrained
+`llada`'s (one token per step), token for token. Token healing is refused for every diffusion sampler.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ import torch
 from . import timing
 from .matcher import RowConstraint
 
-# the diffusion methods whose loop is diffusion.sampling.decode (they call the two hooks below)
-SUPPORTED = ("llada", "dream", "fastdllm", "localleap", "adablock", "ccd", "apd", "learn2pd")
+# the diffusion methods whose loop is diffusion.sampling.decode (they call the two hooks below), and sspd
+# (its own loop verifies CanvasGrammar.stepwise_next: the output is constrained stepwise llada's)
+SUPPORTED = ("llada", "dream", "fastdllm", "ebsampler", "localleap", "adablock", "ccd", "apd", "learn2pd", "sspd")
 
 
 def refusal(info, grammar, healing: bool) -> str | None:
@@ -59,6 +61,13 @@ def refusal(info, grammar, healing: bool) -> str | None:
         return (f"constraint is not supported by diffusion method {info.name!r}; "
                 f"constrained diffusion samplers: {', '.join(SUPPORTED)}")
     return f"constraint / token_healing are not supported by {info.kind} method {info.name!r}"
+
+
+def stepwise_grammar(ctx, start: int, length: int) -> "StepwiseGrammar | None":
+    """sspd's grammar (diffusion/sspd.py; None when the request has no constraint): canvas positions
+    start at `start` in a row's ids, blocks are `length` long."""
+    grammar = canvas_grammar(ctx)
+    return None if grammar is None else StepwiseGrammar(grammar, start, length)
 
 
 def canvas_grammar(ctx) -> "CanvasGrammar | None":
@@ -157,3 +166,76 @@ class CanvasGrammar:
         ok = row.seek(witness[:end]) and not row.error and (end == len(witness) or row.accepting)
         timing.record_check(timing.clock() - t0)
         return ok
+
+
+class StepwiseGrammar:
+    """sspd under a grammar: the commits of constrained stepwise decoding, and drafts that follow them.
+
+    sspd verifies a tree of drafted commits against what stepwise decoding (`llada`, one token per step,
+    temperature 0) commits on each node's canvas. Under a grammar it verifies against what *constrained*
+    stepwise decoding commits — `step`, `decode`'s three steps above for one row and one token, which
+    advances the row's witness by the commit — so sspd's output is constrained `llada`'s, token for
+    token, with the same guarantee (the committed tokens always sit inside a valid grammar prefix;
+    tests/constraints/test_diffusion_constrained.py). The walk only ever moves along verified commits,
+    in order, so the witness follows the path exactly as it would in stepwise decoding. `steer` makes the
+    draft follow the grammar too: the chain it drafts is constrained stepwise decoding run on the node's
+    logits held fixed (the grammar's replacements and refusals included), so drafted commits are not
+    lost to tokens the grammar would refuse; a wrong draft costs acceptance, never exactness.
+    """
+
+    def __init__(self, grammar: CanvasGrammar, start: int, length: int):
+        self.grammar, self.start, self.length = grammar, start, length
+
+    def step(self, b: int, ids: torch.Tensor, masked: torch.Tensor, logits: torch.Tensor) -> tuple[int, int]:
+        """(position, token): what constrained stepwise decoding commits next on row b's canvas (ids over
+        the whole row, masked [G], logits [G, V] of that canvas); row b's witness is advanced by it."""
+        return self._next(b, ids[self.start:], masked, logits, self._propose(logits))
+
+    def steer(self, b: int, draft, ids: torch.Tensor, masked: torch.Tensor, logits: torch.Tensor,
+              root: tuple[int, int], depth: int) -> None:
+        """Reorder sspd's `draft` (in place) so that its chain is constrained stepwise decoding from the
+        canvas + `root` with these logits held fixed, `depth` commits in all (the witness is restored)."""
+        saved = list(self.grammar.witness[b])
+        tokens, masked = ids[self.start:].clone(), masked.clone()
+        chain, proposed = [root], self._propose(logits)
+        tokens[root[0]], masked[root[0]] = root[1], False
+        while len(chain) < depth and masked.any():
+            pos, tok = self._next(b, tokens, masked, logits, proposed)
+            tokens[pos], masked[pos] = tok, False
+            chain.append((pos, tok))
+        self.grammar.witness[b] = saved
+        taken = {p for p, _ in chain}
+        draft.order = [p for p, _ in chain] + [i for i in draft.order if i not in taken]
+        for pos, tok in chain:
+            if int(draft.tokens[pos, 0]) != tok:  # the grammar's token first, the model's argmax second
+                draft.tokens[pos, 1:] = draft.tokens[pos, :-1].clone()
+                draft.tokens[pos, 0] = tok
+
+    @staticmethod
+    def _propose(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from ..diffusion.sampling import propose
+
+        x0, conf = propose(logits[None], 0.0, "low_confidence", [])
+        return x0, conf.nan_to_num(nan=-1e300, posinf=1e300, neginf=-1e300)
+
+    def _next(self, b: int, tokens: torch.Tensor, masked: torch.Tensor, logits: torch.Tensor,
+              proposed: tuple[torch.Tensor, torch.Tensor]) -> tuple[int, int]:
+        from types import SimpleNamespace
+
+        from ..diffusion.sampling import NEG_INF, top1
+        from ..diffusion.sspd import block_of
+
+        grammar = self.grammar
+        canvas = SimpleNamespace(canvas=tokens[None].clone(), masked=masked[None].clone())
+        x0, conf = proposed[0].clone().to(tokens.device), proposed[1].clone()
+        view = CanvasGrammar([], grammar.eos)  # row b alone, sharing its state and witness
+        view.rows, view.witness, view.first = [grammar.rows[b]], [grammar.witness[b]], [None]
+        view.propose_first(canvas, logits[None], x0, conf, 0.0, "low_confidence", [None])
+        start, end = block_of(masked, self.length)
+        candidates = masked.clone()
+        candidates[:start] = False
+        candidates[end:] = False
+        commit = view.filter(canvas, x0, top1(conf.masked_fill(~candidates[None], NEG_INF)))
+        grammar.witness[b] = view.witness[0]
+        pos = int(commit[0].nonzero()[0])
+        return pos, int(x0[0, pos])

@@ -37,11 +37,13 @@ depth.
 
 from __future__ import annotations
 
+import functools
 import heapq
 from collections.abc import Iterator
 
 import torch
 
+from ..constraints.diffusion import stepwise_grammar
 from ..errors import UserError
 from .sampling import (
     NEG_INF,
@@ -128,18 +130,19 @@ class Estimate:
 
 
 def build_tree(draft: Draft, ids: torch.Tensor, masked: torch.Tensor, start: int, budget: int,
-               q: torch.Tensor | None) -> list[Node]:
-    """The verification tree of one row: root = canvas + d_1; `budget` distinct canvases, best-first by
-    path probability under q (q None: the chain d_1 … d_budget)."""
+               q: torch.Tensor | None, root: tuple[int, int] | None = None) -> list[Node]:
+    """The verification tree of one row: root = canvas + d_1 (or + `root`, a (position, token) commit
+    known to be stepwise decoding's: a grammar's, constraints/diffusion.py); `budget` distinct canvases,
+    best-first by path probability under q (q None: the chain d_1 … d_budget)."""
     def child(parent: Node, pos: int, tok: int, score: float, index: int) -> Node:
         new_ids, new_masked = parent.ids.clone(), parent.masked.clone()
         new_ids[start + pos], new_masked[pos] = tok, False
         return Node(new_ids, new_masked, index, (pos, tok), score, parent.depth + 1)
 
-    first = draft.order[0]
+    first, token = root if root is not None else (draft.order[0], int(draft.tokens[draft.order[0], 0]))
     root_ids, root_masked = ids.clone(), masked.clone()
-    root_ids[start + first], root_masked[first] = draft.tokens[first, 0], False
-    nodes = [Node(root_ids, root_masked, None, (first, int(draft.tokens[first, 0])), 1.0, 0)]
+    root_ids[start + first], root_masked[first] = token, False
+    nodes = [Node(root_ids, root_masked, None, (first, token), 1.0, 0)]
     nodes[0].key = _key(nodes[0])
     seen = {nodes[0].key}
     heap: list[tuple[float, int, int, int, int]] = []  # (−score, tie, parent, r, j)
@@ -193,11 +196,17 @@ def decode_sspd(ctx, block_length: int, draft_length: int, tree: str = "tree",
     canvas = new_canvas(ctx, g, ctx.lm.mask_token_id)
     logits = list(forward(ctx, canvas))  # per row [G, V]
     estimates = [Estimate(tree_width) for _ in range(canvas.masked.shape[0])]
+    grammar = stepwise_grammar(ctx, canvas.start, length)  # constraints/diffusion.py; None without a constraint
+    pending: dict[int, tuple[int, int]] = {}  # under a grammar: a row's next commit, already in its witness
     while canvas.masked.any():
         rows = [b for b in range(canvas.masked.shape[0]) if canvas.masked[b].any()]
         drafts = {b: Draft(logits[b], canvas.masked[b], length) for b in rows}
+        for b in rows if grammar is not None else ():  # the root is the grammar's commit, the draft its path
+            if b not in pending:
+                pending[b] = grammar.step(b, canvas.ids[b], canvas.masked[b], logits[b])
+            grammar.steer(b, drafts[b], canvas.ids[b], canvas.masked[b], logits[b], pending[b], draft_length)
         trees = {b: build_tree(drafts[b], canvas.ids[b], canvas.masked[b], canvas.start, draft_length,
-                               None if tree == "chain" else estimates[b].q()) for b in rows}
+                               None if tree == "chain" else estimates[b].q(), pending.pop(b, None)) for b in rows}
         todo, keys = [], {}
         for b in rows:  # one canvas per distinct node that still has masks
             for node in trees[b]:
@@ -212,7 +221,10 @@ def decode_sspd(ctx, block_length: int, draft_length: int, tree: str = "tree",
         for b in rows:
             nodes = trees[b]
             row_logits = {n.key: evaluated[keys[(b, n.key)]] for n in nodes if (b, n.key) in keys}
-            i = _walk(nodes, row_logits, drafts[b], length, estimates[b])
+            i, nxt = _walk(nodes, row_logits, drafts[b], length, estimates[b],
+                           None if grammar is None else functools.partial(grammar.step, b))
+            if grammar is not None and nxt is not None:
+                pending[b] = nxt
             canvas.canvas[b], canvas.masked[b] = nodes[i].ids[canvas.start:], nodes[i].masked
             if nodes[i].masked.any():
                 logits[b] = row_logits[nodes[i].key]
@@ -220,16 +232,22 @@ def decode_sspd(ctx, block_length: int, draft_length: int, tree: str = "tree",
         yield _contiguous(canvas)
 
 
-def _walk(nodes: list[Node], logits: dict, draft: Draft, length: int, estimate: Estimate) -> int:
-    """Index of the deepest verified node: from the root, follow the child stepwise decoding commits."""
+def _walk(nodes: list[Node], logits: dict, draft: Draft, length: int, estimate: Estimate,
+          step=None) -> tuple[int, tuple[int, int] | None]:
+    """Index of the deepest verified node: from the root, follow the child stepwise decoding commits; and
+    the commit it makes at that node (None when no mask is left there). `step(ids, masked, logits)`
+    replaces `stepwise_next` under a grammar (constraints/diffusion.py `StepwiseGrammar.step`)."""
     i = 0
     while nodes[i].masked.any():
-        nxt = stepwise_next(logits[nodes[i].key], nodes[i].masked, length)
+        if step is None:
+            nxt = stepwise_next(logits[nodes[i].key], nodes[i].masked, length)
+        else:
+            nxt = step(nodes[i].ids, nodes[i].masked, logits[nodes[i].key])
         estimate.observe(_rank(draft, nodes[i].masked, nxt))
         if nxt not in nodes[i].children:
-            break
+            return i, nxt
         i = nodes[i].children[nxt]
-    return i
+    return i, None
 
 
 def _rank(draft: Draft, masked: torch.Tensor, edge: tuple[int, int]) -> tuple[int, int] | None:
