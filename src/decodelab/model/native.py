@@ -50,17 +50,19 @@ def unsupported(config) -> str | None:
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm computed in float32 like transformers' LlamaRMSNorm, weight applied in the input dtype."""
-    h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * h.to(x.dtype)
+    """RMSNorm computed in float32 like transformers' LlamaRMSNorm, weight applied in the input dtype
+    (torch's fused kernel: in float32 the same values as LlamaRMSNorm's op-by-op formula)."""
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, weight.shape, weight, eps)
+    return weight * F.rms_norm(x.float(), weight.shape, None, eps).to(x.dtype)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE in the rotate-half layout: x [B, heads, n, D], cos/sin [B, 1, n, D]."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """RoPE in the rotate-half layout: x [B, heads, n, D], cos/signed_sin [B, 1, n, D].
+
+    transformers' x·cos + rotate_half(x)·sin with rotate_half(x) = (−x₂, x₁): the sign sits in the
+    table (`signed_sin` = (−sin₁, sin₂)), so the half swap is one roll and no negation (same values)."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
 
 class Block(nn.Module):
@@ -85,8 +87,7 @@ class Block(nn.Module):
     def forward(self, x, cos, sin, k_cache, v_cache, start: int, mask):
         """x [B, n, H]; k/v_cache [B, kv_heads, T, D] (this layer's); writes columns start..start+n."""
         B, n, _ = x.shape
-        q, k, v = self._qkv(_rms_norm(x, self.in_norm, self.eps), B, n)
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        q, k, v = self._qkv(_rms_norm(x, self.in_norm, self.eps), B, n, cos, sin)
         end = start + n
         k_cache[:, :, start:end] = k
         v_cache[:, :, start:end] = v
@@ -96,14 +97,18 @@ class Block(nn.Module):
         gate, up = linear(_rms_norm(x, self.post_norm, self.eps), self.w_gate_up).chunk(2, dim=-1)
         return x + linear(F.silu(gate) * up, self.w_down)
 
-    def _qkv(self, h, B: int, n: int):
-        """Fused projection → q [B, heads, n, D], k and v [B, kv_heads, n, D] (Qwen3: q/k RMSNorm)."""
+    def _qkv(self, h, B: int, n: int, cos, sin):
+        """Fused projection and RoPE → q [B, heads, n, D], k and v [B, kv_heads, n, D] (Qwen3: q/k
+        RMSNorm before RoPE); without q/k norms, q and k are rotated in one call."""
         D = self.head_dim
         qkv = linear(h, self.wqkv, self.bqkv).view(B, n, self.heads + 2 * self.kv_heads, D)
+        if self.q_norm is None:
+            qk = _rotate(qkv[:, :, : self.heads + self.kv_heads].transpose(1, 2), cos, sin)
+            q, k = qk.split([self.heads, self.kv_heads], dim=1)
+            return q, k, qkv[:, :, self.heads + self.kv_heads :].transpose(1, 2)
         q, k, v = qkv.split([self.heads, self.kv_heads, self.kv_heads], dim=2)
-        if self.q_norm is not None:
-            q, k = _rms_norm(q, self.q_norm, self.eps), _rms_norm(k, self.k_norm, self.eps)
-        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        q, k = _rms_norm(q, self.q_norm, self.eps), _rms_norm(k, self.k_norm, self.eps)
+        return _rotate(q.transpose(1, 2), cos, sin), _rotate(k.transpose(1, 2), cos, sin), v.transpose(1, 2)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -155,7 +160,9 @@ class NativeModel(nn.Module):
         freqs = positions[:, None] * rope.inv_freq.float()[None]
         emb = torch.cat((freqs, freqs), dim=-1)
         self.register_buffer("cos", emb.cos() * rope.attention_scaling, persistent=False)  # [T_max, D]
-        self.register_buffer("sin", emb.sin() * rope.attention_scaling, persistent=False)
+        sin = emb.sin() * rope.attention_scaling
+        half = sin.shape[-1] // 2
+        self.register_buffer("sin", torch.cat((-sin[:, :half], sin[:, half:]), dim=-1), persistent=False)  # signed
 
     @property
     def dtype(self) -> torch.dtype:
