@@ -7,7 +7,7 @@ import re
 
 import torch
 
-from decodelab.constraints import GrammarMask, compile_constraint
+from decodelab.constraints import compile_constraint
 from decodelab.processors import Sampler, check_sampling_params
 
 from fakes import tiny_lm
@@ -64,23 +64,29 @@ def flat_lm(seed: int, scale: float = 0.03):
 
 
 @torch.inference_mode()
-def exact_outcomes(lm, prompt: str, constraint: dict, **params) -> dict[str, float]:
-    """Exact probability of every constrained output text, walking the masked distribution."""
-    ids = lm.encode(prompt)
+def exact_outcomes(lm, prompt: str, constraint: dict, token_healing: bool = False, **params) -> dict[str, float]:
+    """Exact probability of every constrained output text, walking the masked distribution (with token
+    healing: the prompt backed up by its last token, the first token re-covering it, the text after it)."""
+    from decodelab.constraints import row_processors
+
     grammar = compile_constraint(lm, constraint)
-    sampler_params = check_sampling_params(params)
+    (ids,), mask, healer, (healed,) = row_processors(lm, [lm.encode(prompt)], grammar, token_healing)
+    sampler = Sampler(check_sampling_params(params), len(ids), constraint=mask, healing=healer)
+    row = mask.rows[0]
     out: dict[str, float] = {}
 
+    def add(prefix: list[int], prob: float) -> None:
+        text = lm.decode(prefix)[len(healed):]
+        out[text] = out.get(text, 0.0) + prob
+
     def walk(prefix: list[int], prob: float) -> None:
-        mask = GrammarMask([grammar], len(ids), lm.eos_token_ids)
-        if prefix and mask.rows[0].seek(prefix) and mask.rows[0].stopped:
-            out[lm.decode(prefix)] = out.get(lm.decode(prefix), 0.0) + prob
-            return
+        if prefix and row.seek(prefix) and row.stopped:
+            return add(prefix, prob)
         history = torch.tensor([ids + prefix])
-        p = Sampler(sampler_params, len(ids), constraint=mask).probs(history, lm.model(history).logits[:, -1])[0]
+        p = sampler.probs(history, lm.model(history).logits[:, -1])[0]
         for t in p.nonzero().flatten().tolist():
             if t in lm.eos_token_ids:
-                out[lm.decode(prefix)] = out.get(lm.decode(prefix), 0.0) + prob * float(p[t])
+                add(prefix, prob * float(p[t]))
             else:
                 walk(prefix + [t], prob * float(p[t]))
 

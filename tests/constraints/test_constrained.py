@@ -112,6 +112,18 @@ def test_constrained_sampling_matches_the_exact_constrained_distribution(dist_mo
     assert chi2_pvalue(samples, exact) > ALPHA, (method, exact)
 
 
+@pytest.mark.parametrize("method", ["tree", "lookahead", "jacobi", "selfspec"])
+def test_the_other_lossless_methods_sample_the_exact_constrained_distribution_in_a_batch(dist_models, method):
+    """The same test for the remaining lossless methods, each as one batch of 400 rows (row b: seed b, its own
+    generator), which is also the path generate_batch takes; α, power and the alternative as above."""
+    exact = exact_outcomes(dist_models, DIST_PROMPT, DIST_CONSTRAINT)
+    extra = {"draft": "flat-draft"} if "draft" in decodelab.methods()[method].params else {}
+    gens = decodelab.generate_batch(dist_models, [DIST_PROMPT], n=N_SAMPLES, method=method, temperature=1.0, seed=0,
+                                    max_new_tokens=6, constraint=DIST_CONSTRAINT, **extra, **CPU_SIZES.get(method, {}))
+    assert gens[0].stats.batch_size == N_SAMPLES
+    assert chi2_pvalue([g.text for g in gens], exact) > ALPHA, (method, exact)
+
+
 def test_distribution_test_power():
     """The figures quoted above: w* < 0.28 at n = 400, and the draft-only alternative is far beyond it."""
     assert min_detectable_effect(N_SAMPLES, 6) < 0.28
