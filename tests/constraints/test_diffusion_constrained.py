@@ -224,7 +224,10 @@ def test_the_diffusion_json_bench_runs_and_counts(tmp_path):
 
     result = diffusion_bench.main(["--limit", "1", "--max-new-tokens", "16", "--out", str(tmp_path)])
     assert [(r["method"], r["constrained"]) for r in result["rows"]] == [
-        ("llada", False), ("llada", True), ("fastdllm", False), ("fastdllm", True)]
+        ("llada", False), ("llada", True), ("fastdllm", False), ("fastdllm", True), ("sspd", False), ("sspd", True)]
+    rows = {(r["method"], r["constrained"]): r for r in result["rows"]}
+    assert rows["sspd", True]["valid"] == rows["llada", True]["valid"]  # sspd's output is llada's
+    assert rows["sspd", True]["passes_per_item"] <= rows["llada", True]["passes_per_item"]
     for r in result["rows"]:
         assert r["items"] == 1 and 1 <= r["passes_per_item"] <= 16
         assert (r["grammar_ms_per_item"] > 0) == r["constrained"]
@@ -232,3 +235,5 @@ def test_the_diffusion_json_bench_runs_and_counts(tmp_path):
             assert r["valid"] == r["complete"]  # a constrained output that completes always validates
     assert "| sampler | grammar | valid |" in (tmp_path / "diffusion.md").read_text()
     assert "machine_load" in (tmp_path / "diffusion.json").read_text()
+    with pytest.raises(SystemExit):
+        diffusion_bench.main(["--methods", "llada,nope"])

@@ -18,10 +18,12 @@ import sys
 import time
 from pathlib import Path
 
-CONFIGS = [("llada", {"block_length": 32}), ("fastdllm", {"threshold": 0.9, "block_length": 32})]
+CONFIGS = [("llada", {"block_length": 32}), ("fastdllm", {"threshold": 0.9, "block_length": 32}),
+           ("sspd", {"block_length": 32, "draft_length": 8})]  # sspd = llada's output (constrained too), fewer calls
 
 
-def run(model: str = "builtin:pyco-diffusion", max_new_tokens: int = 96, limit: int | None = None) -> dict:
+def run(model: str = "builtin:pyco-diffusion", max_new_tokens: int = 96, limit: int | None = None,
+        methods: list[str] | None = None) -> dict:
     from .. import generate, load
     from ..bench import machine
     from . import compile_constraint, validity
@@ -32,7 +34,7 @@ def run(model: str = "builtin:pyco-diffusion", max_new_tokens: int = 96, limit: 
     cases = CASES[:limit]
     before, a = machine.snapshot(), machine.sample()
     rows = []
-    for method, params in CONFIGS:
+    for method, params in [c for c in CONFIGS if methods is None or c[0] in methods]:
         for constrained in (False, True):
             n = len(cases)
             valid = complete = passes = wall = grammar_s = 0.0
@@ -48,7 +50,7 @@ def run(model: str = "builtin:pyco-diffusion", max_new_tokens: int = 96, limit: 
                 valid += validity.satisfied(constraint, body, grammar)
                 complete += g.finish_reason in ("stop", "eos") and not g.incomplete
                 passes += g.stats.forward_passes
-                grammar_s += sum(timer.mask_s) + sum(timer.check_s)
+                grammar_s += sum(timer.mask_s) + sum(timer.check_s) + sum(timer.batch_s)
             rows.append({"method": method, "params": params, "constrained": constrained, "items": n,
                          "valid": int(valid), "complete": int(complete), "passes_per_item": round(passes / n, 2),
                          "wall_s_per_item": round(wall / n, 4), "grammar_ms_per_item": round(1e3 * grammar_s / n, 3),
@@ -82,9 +84,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--model", default="builtin:pyco-diffusion")
     ap.add_argument("--max-new-tokens", type=int, default=96, help="canvas length (gen_length)")
     ap.add_argument("--limit", type=int, default=None, help="prompts of the json suite (default all 12)")
+    ap.add_argument("--methods", default=None, help="comma-separated samplers of " + ",".join(c[0] for c in CONFIGS)
+                    + " (default all)")
     ap.add_argument("--out", default=None, help="directory for diffusion.json and diffusion.md")
     args = ap.parse_args(argv)
-    result = run(args.model, args.max_new_tokens, args.limit)
+    methods = args.methods.split(",") if args.methods else None
+    unknown = sorted(set(methods or []) - {c[0] for c in CONFIGS})
+    if unknown:
+        ap.error(f"unknown sampler {unknown[0]!r}; choose from {', '.join(c[0] for c in CONFIGS)}")
+    result = run(args.model, args.max_new_tokens, args.limit, methods)
     command = ("python -m decodelab.constraints.diffusion_bench " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
     result["command"] = command
     print(markdown(result, command))
