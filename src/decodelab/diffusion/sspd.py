@@ -29,6 +29,9 @@ next draft. One forward call evaluates every node of every row's tree (one batch
   this shape is our choice, and both are measured (docs/DIFFUSION.md, `python -m
   decodelab.diffusion.sspd`).
 
+Under a grammar (`constraint=`) the tree is verified against *constrained* stepwise decoding and the
+draft follows it (constraints/diffusion.py `StepwiseGrammar`): the output is constrained `llada`'s.
+
 Cost, stated plainly: one call evaluates up to `draft_length` canvases per row (a batch), so it is
 one forward pass in latency where the accelerator is memory-bound, but `draft_length`× the compute
 of one pass on a CPU. `stats.drafted/accepted` record, per call, the tree's depth and the accepted
