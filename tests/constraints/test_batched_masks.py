@@ -144,3 +144,20 @@ def test_every_speculative_method_gives_the_same_tokens_with_batched_masks(lm, m
         assert timer.mask_hits >= (0.3 if method in ("speculative", "selfspec") else 0.9) * timer.mask_rows
     greedy_tokens = _run(lm, method, 0.0, True)[0]
     assert on != greedy_tokens  # the sampled run really sampled
+
+
+def test_mask_cost_bench_runs_both_routes_with_the_same_tokens(tmp_path):
+    """python -m decodelab.constraints.mask_cost on one json-suite prompt: counts only (no timing here)."""
+    from decodelab.constraints import mask_cost
+
+    result = mask_cost.main(["--limit", "1", "--methods", "greedy,pld", "--out", str(tmp_path)])
+    rows = {(r["method"], r["batched"]): r for r in result["rows"]}
+    assert set(rows) == {("greedy", True), ("greedy", False), ("pld", True), ("pld", False)}
+    for r in rows.values():
+        assert r["same_tokens"] == "1/1" and r["tokens"] > 0 and r["mask_us_per_token"] > 0
+        assert r["masks_per_token"] >= 1 - 1e-9  # every emitted token had its mask computed
+    for method in ("greedy", "pld"):  # the batched route asks llguidance less often
+        assert rows[method, True]["llguidance_calls_per_token"] < rows[method, False]["llguidance_calls_per_token"]
+    assert "| greedy | batched |" in (tmp_path / "mask_cost.md").read_text()
+    with pytest.raises(SystemExit):
+        mask_cost.main(["--methods", "llada"])
