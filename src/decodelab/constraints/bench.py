@@ -12,7 +12,10 @@ that it is compared with.
 
 from __future__ import annotations
 
+import json
 import statistics
+import sys
+from pathlib import Path
 
 from .timing import GrammarTimer, percentile
 
@@ -118,3 +121,31 @@ def refusals(lm, entries, constraint: dict) -> dict[str, str]:
         except ValueError as exc:
             out[e.label] = f"refuses a constraint: {exc}"
     return out
+
+
+def share(x: float | None) -> str:
+    """A share as a percentage cell ('' when unknown)."""
+    return "" if x is None else f"{100 * x:.1f} %"
+
+
+def with_warning(lines: list[str], machine_load: dict) -> str:
+    """The markdown lines, then the busy-machine warning when the load calls for one (bench/machine.py)."""
+    from ..bench import machine
+
+    warning = machine.warning(machine_load)
+    return "\n".join(lines + ([f"\n{warning}"] if warning else [])) + "\n"
+
+
+def publish(module: str, argv: list[str] | None, result: dict, markdown, out: str | None, stem: str) -> dict:
+    """Record the command in `result`, print its markdown, and with `out` write STEM.json and STEM.md there
+    (the shared ending of the constraint bench scripts)."""
+    command = (f"python -m {module} " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
+    result["command"] = command
+    text = markdown(result, command)
+    print(text)
+    if out:
+        path = Path(out)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / f"{stem}.json").write_text(json.dumps(result, indent=1))
+        (path / f"{stem}.md").write_text(text)
+    return result

@@ -13,10 +13,7 @@ are flagged.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
-from pathlib import Path
 
 CONFIGS = [("llada", {"block_length": 32}), ("fastdllm", {"threshold": 0.9, "block_length": 32}),
            ("sspd", {"block_length": 32, "draft_length": 8})]  # sspd = llada's output (constrained too), fewer calls
@@ -62,6 +59,8 @@ def run(model: str = "builtin:pyco-diffusion", max_new_tokens: int = 96, limit: 
 
 
 def markdown(result: dict, command: str) -> str:
+    from .bench import share, with_warning
+
     lines = [f"Command: `{command}`", "",
              f"{result['model']}, canvas {result['max_new_tokens']} tokens, temperature 0, batch size 1; "
              f"validator: {result['validator']}. Unconstrained outputs are cut at the closing quote before "
@@ -69,14 +68,10 @@ def markdown(result: dict, command: str) -> str:
              "| sampler | grammar | valid | complete | passes / item | wall s / item | grammar ms / item | "
              "grammar share |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
-        share = "" if r["grammar_share_of_wall"] is None else f"{100 * r['grammar_share_of_wall']:.1f} %"
         lines.append(f"| {r['method']} {r['params']} | {'on' if r['constrained'] else 'off'} | "
                      f"{r['valid']}/{r['items']} | {r['complete']}/{r['items']} | {r['passes_per_item']} | "
-                     f"{r['wall_s_per_item']} | {r['grammar_ms_per_item']} | {share} |")
-    from ..bench import machine
-
-    warning = machine.warning(result["machine_load"])
-    return "\n".join(lines + ([f"\n{warning}"] if warning else [])) + "\n"
+                     f"{r['wall_s_per_item']} | {r['grammar_ms_per_item']} | {share(r['grammar_share_of_wall'])} |")
+    return with_warning(lines, result["machine_load"])
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -92,16 +87,10 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = sorted(set(methods or []) - {c[0] for c in CONFIGS})
     if unknown:
         ap.error(f"unknown sampler {unknown[0]!r}; choose from {', '.join(c[0] for c in CONFIGS)}")
+    from .bench import publish
+
     result = run(args.model, args.max_new_tokens, args.limit, methods)
-    command = ("python -m decodelab.constraints.diffusion_bench " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
-    result["command"] = command
-    print(markdown(result, command))
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "diffusion.json").write_text(json.dumps(result, indent=1))
-        (out / "diffusion.md").write_text(markdown(result, command))
-    return result
+    return publish("decodelab.constraints.diffusion_bench", argv, result, markdown, args.out, "diffusion")
 
 
 if __name__ == "__main__":  # pragma: no cover

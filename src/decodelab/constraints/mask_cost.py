@@ -15,10 +15,7 @@ busy machine is flagged.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
-from pathlib import Path
 
 METHODS = "greedy,pld,speculative,recycling,tree,lookahead"
 SIZES = {"recycling": {"widths": "4,6,4,2"}, "speculative": {"num_draft_tokens": 4}}
@@ -82,7 +79,7 @@ def run(model: str = "builtin:pyco", methods: list[str] | None = None, limit: in
 
 
 def markdown(result: dict, command: str) -> str:
-    from ..bench import machine
+    from .bench import share, with_warning
 
     lines = [f"Command: `{command}`", "",
              f"{result['model']}, the `json` suite, temperature 0, batch size 1. Batched: every mask of a verify step "
@@ -90,12 +87,10 @@ def markdown(result: dict, command: str) -> str:
              "| method | route | mask µs / token | masks / token | llguidance calls / token | forward µs / pass | "
              "mask ÷ forward | wall ms / token | same tokens |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
-        share = "" if r["mask_share_of_forward"] is None else f"{100 * r['mask_share_of_forward']:.1f} %"
         lines.append(f"| {r['method']} | {'batched' if r['batched'] else 'one node'} | {r['mask_us_per_token']} | "
                      f"{r['masks_per_token']} | {r['llguidance_calls_per_token']} | {r['forward_us_per_pass']} | "
-                     f"{share} | {r['wall_ms_per_token']} | {r['same_tokens']} |")
-    warning = machine.warning(result["machine_load"])
-    return "\n".join(lines + ([f"\n{warning}"] if warning else [])) + "\n"
+                     f"{share(r['mask_share_of_forward'])} | {r['wall_ms_per_token']} | {r['same_tokens']} |")
+    return with_warning(lines, result["machine_load"])
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -111,16 +106,10 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = [m for m in args.methods.split(",") if m not in registry() or registry()[m].kind != "causal"]
     if unknown:
         ap.error(f"unknown or non-causal method {unknown[0]!r}")
+    from .bench import publish
+
     result = run(args.model, args.methods.split(","), args.limit, args.backend)
-    command = ("python -m decodelab.constraints.mask_cost " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
-    result["command"] = command
-    print(markdown(result, command))
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "mask_cost.json").write_text(json.dumps(result, indent=1))
-        (out / "mask_cost.md").write_text(markdown(result, command))
-    return result
+    return publish("decodelab.constraints.mask_cost", argv, result, markdown, args.out, "mask_cost")
 
 
 if __name__ == "__main__":  # pragma: no cover
