@@ -100,6 +100,8 @@ def test_known_masks_are_not_computed_again_and_a_lone_head_costs_one_mask():
     longer = Draft.chain(list(b"true,"))
     assert batched.premask([(row, generated, longer, [EOS])]) == 1  # only the new node
     assert batched.premask([(RowConstraint(grammar), generated, Draft(), [EOS])]) == 1
+    assert batched.premask([(row, generated, Draft.chain(list(b"fals")), [EOS])]) == 4  # the root is known
+    assert set(row.masks) == {tuple(generated) + tuple(b"fals"[:j]) for j in range(5)}  # the old step's are gone
 
 
 SPECULATIVE = ["speculative", "pld", "lookahead", "recycling", "tree", "selfspec", "jacobi"]

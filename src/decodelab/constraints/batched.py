@@ -85,7 +85,7 @@ def premask(rows: list[tuple]) -> int:
     n = 0
     for (row, key, _, rest, _), (_, at, _) in zip(chains, jobs):
         for j in range(len(rest) + 1):
-            row.remember(key + tuple(rest[:j]), bitmask[at + j])
+            row.masks[key + tuple(rest[:j])] = bitmask[at + j]  # as many as the step's nodes, not bounded
         n += 1 + len(rest)
     timing.record_batch(timing.clock() - t0, n)
     return n
@@ -106,6 +106,8 @@ def _chains(row: RowConstraint, generated: list[int], draft, eos: set[int]) -> l
         first_child.setdefault(p, i)
         if p in paths and tokens[i] not in eos:
             paths[i] = paths[p] + (tokens[i],)
+    needed = set(paths.values())  # the row keeps the masks of this step's nodes only (bounded memory)
+    row.masks = {k: v for k, v in row.masks.items() if k in needed}
     out, own = [], True
     for head in [-1] + [i for i, p in enumerate(parents) if first_child[p] != i]:
         chain = [head]

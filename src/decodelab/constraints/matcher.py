@@ -120,7 +120,7 @@ class RowConstraint:
         self.matcher.unsafe_compute_mask_ptr(row.data_ptr(), row.numel() * row.element_size())
 
 
-MASKS_KEPT = 256  # more than a step's draft nodes (a tree of ~60 + the draft model's own positions)
+MASKS_KEPT = 64  # masks computed one node at a time kept between steps (batched.py keeps a step's own)
 _BITS = torch.arange(32, dtype=torch.int32)
 
 
