@@ -147,6 +147,23 @@ MUTANTS = [
         "a diffusion sampler under a grammar commits its parallel picks without checking that the prefix stays valid",
     ),
     Mutant(
+        "batched-grammar-mask-shifted",
+        "src/decodelab/constraints/batched.py",
+        "            row.masks[key + tuple(rest[:j])] = bitmask[at + j]",
+        "            row.masks[key + tuple(rest[:j])] = bitmask[at + j - 1]",
+        ("tests/constraints/test_batched_masks.py::test_one_call_gives_every_node_the_mask_a_fresh_matcher_computes[0]",
+         "tests/constraints/test_batched_masks.py::test_every_speculative_method_gives_the_same_tokens_with_batched_masks[tree]"),
+        "the one llguidance call per verify step hands each draft node its parent's mask",
+    ),
+    Mutant(
+        "sspd-grammar-step-unchecked",
+        "src/decodelab/constraints/diffusion.py",
+        "        commit = view.filter(canvas, x0, top1(conf.masked_fill(~candidates[None], NEG_INF)))\n",
+        "        commit = top1(conf.masked_fill(~candidates[None], NEG_INF))\n",
+        ("tests/constraints/test_diffusion_constrained.py::test_sspd_under_a_grammar_is_constrained_stepwise_llada",),
+        "sspd under a grammar verifies against stepwise commits whose witness check was skipped",
+    ),
+    Mutant(
         "penalty-state-not-rolled-back",
         "src/decodelab/processors/history.py",
         "            self._update(k, mine[k:], -1)\n",
