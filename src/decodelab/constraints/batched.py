@@ -39,13 +39,14 @@ _EXECUTOR = None
 ENABLED = True  # False: every mask is computed one node at a time when verification asks (tests compare)
 
 
-def executor():
-    """The process's llguidance executor (its thread pool: llguidance's default size)."""
+def executor(threads: int | None = None):
+    """The process's llguidance executor; `threads` rebuilds it with that many threads (None: llguidance's
+    default, 80 % of the CPUs up to 32 — one thread on a 2-core machine)."""
     global _EXECUTOR
-    if _EXECUTOR is None:
+    if _EXECUTOR is None or threads is not None:
         from llguidance import LLExecutor
 
-        _EXECUTOR = LLExecutor()
+        _EXECUTOR = LLExecutor(threads) if threads else LLExecutor()
     return _EXECUTOR
 
 

@@ -22,7 +22,7 @@ SIZES = {"recycling": {"widths": "4,6,4,2"}, "speculative": {"num_draft_tokens":
 
 
 def run(model: str = "builtin:pyco", methods: list[str] | None = None, limit: int | None = None,
-        backend: str = "auto") -> dict:
+        backend: str = "auto", executor_threads: int | None = None) -> dict:
     from .. import generate, load
     from ..bench import machine
     from . import batched
@@ -30,6 +30,7 @@ def run(model: str = "builtin:pyco", methods: list[str] | None = None, limit: in
     from .timing import grammar_timing
 
     lm = load(model, backend=backend)
+    batched.executor(executor_threads)
     cases = CASES[:limit]
     methods = methods or METHODS.split(",")
     totals = {(m, on): {"tokens": 0, "mask_s": 0.0, "masks": 0, "calls": 0, "forward_s": 0.0, "passes": 0,
@@ -75,6 +76,7 @@ def run(model: str = "builtin:pyco", methods: list[str] | None = None, limit: in
                      "wall_ms_per_token": round(1e3 * t["wall_s"] / n, 3),
                      "same_tokens": f"{same[m]}/{len(cases)}"})
     return {"model": model, "backend": lm.backend if hasattr(lm, "backend") else backend,
+            "executor_threads": executor_threads or "llguidance default",
             "machine_load": machine.report(before, during, machine.snapshot()), "rows": rows}
 
 
@@ -82,7 +84,8 @@ def markdown(result: dict, command: str) -> str:
     from .bench import share, with_warning
 
     lines = [f"Command: `{command}`", "",
-             f"{result['model']}, the `json` suite, temperature 0, batch size 1. Batched: every mask of a verify step "
+             f"{result['model']}, the `json` suite, temperature 0, batch size 1, llguidance executor threads: "
+             f"{result['executor_threads']}. Batched: every mask of a verify step "
              "from one llguidance call (constraints/batched.py); one node: each mask when verification asks.", "",
              "| method | route | mask µs / token | masks / token | llguidance calls / token | forward µs / pass | "
              "mask ÷ forward | wall ms / token | same tokens |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -99,6 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--methods", default=METHODS, help=f"comma-separated (default {METHODS})")
     ap.add_argument("--limit", type=int, default=None, help="prompts of the json suite (default all 12)")
+    ap.add_argument("--executor-threads", type=int, default=None,
+                    help="llguidance executor threads for the batched calls (default: llguidance's)")
     ap.add_argument("--out", default=None, help="directory for mask_cost.json and mask_cost.md")
     args = ap.parse_args(argv)
     from .. import methods as registry
@@ -108,7 +113,9 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"unknown or non-causal method {unknown[0]!r}")
     from .bench import publish
 
-    result = run(args.model, args.methods.split(","), args.limit, args.backend)
+    if args.executor_threads is not None and args.executor_threads < 1:
+        ap.error("--executor-threads must be at least 1")
+    result = run(args.model, args.methods.split(","), args.limit, args.backend, args.executor_threads)
     return publish("decodelab.constraints.mask_cost", argv, result, markdown, args.out, "mask_cost")
 
 
