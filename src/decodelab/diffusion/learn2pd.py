@@ -30,18 +30,25 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from .sampling import Rule, Step, top1
+from .sampling import Rule, Step, top1, top_k_mask
 
 FEATURES = ("confidence", "margin", "entropy", "offset", "bias")
 # The MLP variant also sees the position's neighbourhood and the canvas state (the paper's filter reads the
 # block's whole confidence vector): p(x0) left and right (1 where committed or outside the canvas), the
 # canvas's masked share, and whether x0 is EOS.
 MLP_FEATURES = ("confidence", "margin", "entropy", "offset", "left", "right", "masked_share", "is_eos")
+# The stable variant adds what Beyond Confidence (CCD) and KLASS read across steps: whether the position's argmax
+# equals its argmax one step earlier, log(1 + KL(p_now ‖ p_prev)) of its distribution, and whether a previous
+# step exists for it (0 at a row's first step); it is fitted on the sampler's own (on-policy) trajectories.
+STABLE_FEATURES = (*MLP_FEATURES, "stable", "kl", "has_prev")
 MLP_HIDDEN = 64
+KINDS = {"mlp": MLP_FEATURES, "stable": STABLE_FEATURES}
 
 
-def features(step: Step, eos_id: int | None = None, context: bool = False) -> torch.Tensor:
-    """[B, G, 5] (FEATURES) or, with context, [B, G, 8] (MLP_FEATURES) per position (used at candidates)."""
+def features(step: Step, eos_id: int | None = None, context: bool = False, stable: bool = False,
+             prev: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, G, 5] (FEATURES), with context [B, G, 8] (MLP_FEATURES), with context and stable [B, G, 11]
+    (STABLE_FEATURES; `prev` = the previous step's logits [B, G, V], None at the first step), per position."""
     p = torch.softmax(step.logits, dim=-1)
     top2 = p.topk(2, dim=-1).values
     entropy = -(p * torch.log(p.clamp_min(1e-300))).sum(-1) / torch.log(torch.tensor(float(p.shape[-1])))
@@ -55,15 +62,33 @@ def features(step: Step, eos_id: int | None = None, context: bool = False) -> to
     left, right = torch.cat([pad, known[:, :-1]], 1), torch.cat([known[:, 1:], pad], 1)
     share = step.masked.double().mean(-1, keepdim=True).expand(b, g)
     is_eos = (step.x0 == eos_id).double() if eos_id is not None else torch.zeros_like(offset)
-    return torch.stack([*own, left, right, share, is_eos], -1)
+    out = torch.stack([*own, left, right, share, is_eos], -1)
+    return torch.cat([out, stability(step.logits, prev)], -1) if stable else out
+
+
+def stability(logits: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor:
+    """[B, G, 3]: (argmax unchanged since the previous step, log(1 + KL(p_now ‖ p_prev)), previous step exists).
+
+    `prev` is None at the first step; a position whose previous logits are all zero (outside a cached
+    forward's fed slice, diffusion/cache.py) counts as having no previous step."""
+    b, g = logits.shape[:2]
+    if prev is None:
+        return torch.zeros(b, g, 3, dtype=torch.float64)
+    has = (prev.nan_to_num(neginf=0.0).abs().amax(-1) > 0).double()
+    log_p, log_q = torch.log_softmax(logits, -1), torch.log_softmax(prev, -1)
+    finite = torch.isfinite(log_p) & torch.isfinite(log_q)
+    kl = (log_p.exp() * torch.where(finite, log_p - log_q, torch.zeros_like(log_p))).sum(-1).clamp_min(0)
+    same = (logits.argmax(-1) == prev.argmax(-1)).double()
+    return torch.stack([same * has, torch.log1p(kl) * has, has], -1)
 
 
 class MLP(torch.nn.Module):
     """The ~0.6K-parameter filter: MLP_FEATURES → MLP_HIDDEN (tanh) → 1 logit."""
 
-    def __init__(self):
+    def __init__(self, n_features: int = len(MLP_FEATURES)):
         super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(len(MLP_FEATURES), MLP_HIDDEN, dtype=torch.float64),
+        self.n_features = n_features
+        self.net = torch.nn.Sequential(torch.nn.Linear(n_features, MLP_HIDDEN, dtype=torch.float64),
                                        torch.nn.Tanh(), torch.nn.Linear(MLP_HIDDEN, 1, dtype=torch.float64))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -71,29 +96,83 @@ class MLP(torch.nn.Module):
 
 
 def mlp_from(spec: dict) -> MLP:
-    model = MLP()
+    model = MLP(len(KINDS[spec["kind"]]))
     model.load_state_dict({k: torch.tensor(v, dtype=torch.float64) for k, v in spec["state"].items()})
     return model.eval()
 
 
 class Learned(Rule):
     def __init__(self, block_length: int, gen_length: int, weights: list[float] | MLP, accept: float,
-                 eos_id: int | None):
+                 eos_id: int | None, budget: float = 0.0, distinct: int = 0, gate: float = 0.0):
         super().__init__(block_length, gen_length)
         self.mlp = weights if isinstance(weights, MLP) else None
         self.weights = None if self.mlp is not None else torch.tensor(weights, dtype=torch.float64)
-        self.accept, self.eos_id = accept, eos_id
+        self.accept, self.eos_id, self.budget, self.distinct = accept, eos_id, budget, distinct
+        self.stable = self.mlp is not None and self.mlp.n_features == len(STABLE_FEATURES)
+        self.prev: torch.Tensor | None = None  # the previous step's logits (the stable variant)
+        self.gate, self.argmax, self.unchanged = gate, None, None
+
+    def features(self, step: Step) -> torch.Tensor:
+        argmax = step.logits.argmax(-1)
+        self.unchanged = argmax == self.argmax if self.argmax is not None else torch.zeros_like(step.masked)
+        self.argmax = argmax
+        if self.mlp is None:
+            return features(step)
+        if not self.stable:
+            return features(step, self.eos_id, context=True)
+        x = features(step, self.eos_id, context=True, stable=True, prev=self.prev)
+        self.prev = step.logits.clone()
+        return x
 
     def select(self, step: Step) -> torch.Tensor:
-        if self.mlp is not None:
-            with torch.no_grad():
-                prob = torch.sigmoid(self.mlp(features(step, self.eos_id, context=True)))
+        return self.decide(step, self.features(step))
+
+    def decide(self, step: Step, x: torch.Tensor) -> torch.Tensor:
+        """The commits given the step's features `x` [B, G, F] (from `features`, called once per step)."""
+        if self.mlp is None:
+            prob = torch.sigmoid(x @ self.weights)
         else:
-            prob = torch.sigmoid(features(step) @ self.weights)  # [B, G]
-        out = top1(step.conf) | ((prob >= self.accept) & torch.isfinite(step.conf))
+            with torch.no_grad():
+                prob = torch.sigmoid(self.mlp(x))
+        prob = prob.masked_fill(~torch.isfinite(step.conf), float("-inf"))
+        out = prob >= self.accept
+        if self.gate > 0:  # CCD / KLASS: only an argmax unchanged since the previous step, or p(x0) ≥ gate
+            out &= self.unchanged | (step.conf >= self.gate)
+        out |= top1(step.conf)
+        if self.budget > 0:  # and at most a summed predicted error of `budget` per step
+            out &= within_budget(prob, self.budget) | top1(step.conf)
+        if self.distinct > 0:
+            out = distinct_commits(out, step.x0, prob, self.distinct)
         if self.eos_id is not None:
             out |= end_of_text(step, out, self.eos_id)
         return out
+
+
+def distinct_commits(out: torch.Tensor, x0: torch.Tensor, score: torch.Tensor, radius: int) -> torch.Tensor:
+    """Drop a commit when a higher-scored commit of the same step, at most `radius` positions away, proposes the
+    same token: two masked neighbours whose marginals both put the token there are the classic failure of
+    committing conditionally dependent positions at once ("78 39 39" for "78 39 13"); the dropped one is decided
+    at a later step, conditioned on the kept one. The highest-scored commit of a row is always kept."""
+    out = out.clone()
+    for b in range(out.shape[0]):
+        picked = out[b].nonzero().flatten().tolist()
+        if len(picked) < 2:
+            continue
+        kept: list[int] = []
+        for i in sorted(picked, key=lambda i: (-float(score[b, i]), i)):
+            if any(abs(i - j) <= radius and int(x0[b, i]) == int(x0[b, j]) for j in kept):
+                out[b, i] = False
+            else:
+                kept.append(i)
+    return out
+
+
+def within_budget(prob: torch.Tensor, budget: float) -> torch.Tensor:
+    """[B, G] bool: per row, the candidates (prob > -inf) of the largest prefix by descending prob whose summed
+    predicted error Σ (1 − prob) is ≤ budget (EB-sampler's bound, arXiv:2505.24857, on the filter's errors)."""
+    ranked = prob.sort(dim=-1, descending=True).values
+    ok = (torch.cumsum((1 - ranked).clamp_min(0).nan_to_num(posinf=1e9), -1) <= budget + 1e-12) & torch.isfinite(ranked)
+    return top_k_mask(prob, ok.long().cumprod(-1).sum(-1))
 
 
 def end_of_text(step: Step, out: torch.Tensor, eos_id: int) -> torch.Tensor:
@@ -110,8 +189,8 @@ def end_of_text(step: Step, out: torch.Tensor, eos_id: int) -> torch.Tensor:
 def load_filter(path: Path) -> dict:
     try:
         spec = json.loads(Path(path).read_text())
-        if spec.get("kind") == "mlp":
-            if spec.get("features") != list(MLP_FEATURES):
+        if spec.get("kind") in KINDS:
+            if spec.get("features") != list(KINDS[spec["kind"]]):
                 raise ValueError("unexpected features")
             spec["mlp"] = mlp_from(spec)
         elif spec.get("features") != list(FEATURES) or len(spec.get("weights", [])) != len(FEATURES):
@@ -122,23 +201,30 @@ def load_filter(path: Path) -> dict:
 
 
 class _Recorder(Rule):
-    """One token per step (LLaDA low-confidence); records features and x0 at the candidates."""
+    """Records the features and x0 at the candidates of every step. Without a `policy` it decodes one token
+    per step (LLaDA low-confidence); with one (a `Learned` rule) it decodes as that rule does, so the
+    records come from the filter's own trajectories (on-policy, as DAgger)."""
 
-    def __init__(self, gen_length: int, eos_id: int | None = None, context: bool = False):
+    def __init__(self, gen_length: int, eos_id: int | None = None, kind: str = "logistic",
+                 policy: Learned | None = None):
         super().__init__(0, gen_length)
         self.rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self.canvas = None
-        self.eos_id, self.context = eos_id, context
+        self.canvas, self.prev = None, None
+        self.eos_id, self.kind, self.policy = eos_id, kind, policy
 
     def select(self, step: Step) -> torch.Tensor:
         cand = torch.isfinite(step.conf)
-        self.rows.append((features(step, self.eos_id, self.context)[cand], step.x0[cand], cand.nonzero()))
+        if self.policy is not None:
+            x = self.policy.features(step)
+        else:
+            x = features(step, self.eos_id, self.kind != "logistic", self.kind == "stable", self.prev)
+            self.prev = step.logits.clone()
+        self.rows.append((x[cand], step.x0[cand].clone(), cand.nonzero()))
         self.canvas = step.canvas
-        return top1(step.conf)
+        return top1(step.conf) if self.policy is None else self.policy.decide(step, x)
 
 
-def collect(lm, prompts: list[list[int]], gen_length: int, context: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features [N, F], label [N]: the argmax at that step equals the final token) from LLaDA runs."""
+def _run(lm, prompts: list[list[int]], gen_length: int, rule: Rule):
     from ..engine import Context
     from ..processors import Sampler
     from ..stats import Stats
@@ -146,15 +232,30 @@ def collect(lm, prompts: list[list[int]], gen_length: int, context: bool = False
 
     params = {"temperature": 0.0}
     ctx = Context(lm, prompts, params, Sampler(params, max(map(len, prompts))), None, gen_length, Stats())
-    rec = _Recorder(gen_length, min(lm.eos_token_ids) if lm.eos_token_ids else None, context)
-    for _ in decode(ctx, rec):
+    for _ in decode(ctx, rule):
         pass
-    final = rec.canvas.canvas
+    return rule
+
+
+def collect(lm, prompts: list[list[int]], gen_length: int, context: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features [N, F], label [N]: the argmax at that step equals the final token) from LLaDA runs."""
+    return trajectories(lm, prompts, gen_length, "mlp" if context else "logistic")[:2]
+
+
+def trajectories(lm, prompts: list[list[int]], gen_length: int, kind: str = "logistic", policy: Learned | None = None,
+                 target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(features [N, F], label [N], the run's final canvas [B, G]) from LLaDA one-token-per-step runs, or from
+    the `policy`'s runs. Label: the argmax at that step equals `target` at that position (default: the run's own
+    final canvas, Learn2PD's oracle; for on-policy runs, pass the one-token-per-step final canvas)."""
+    eos = min(lm.eos_token_ids) if lm.eos_token_ids else None
+    rec = _run(lm, prompts, gen_length, _Recorder(gen_length, eos, kind, policy))
+    final = rec.canvas.canvas.clone()
+    label = final if target is None else target
     xs, ys = [], []
     for feats, x0, where in rec.rows:
         xs.append(feats)
-        ys.append((x0 == final[where[:, 0], where[:, 1]]).double())
-    return torch.cat(xs), torch.cat(ys)
+        ys.append((x0 == label[where[:, 0], where[:, 1]]).double())
+    return torch.cat(xs), torch.cat(ys), final
 
 
 def fit(x: torch.Tensor, y: torch.Tensor, steps: int = 500) -> list[float]:
@@ -173,16 +274,18 @@ def fit(x: torch.Tensor, y: torch.Tensor, steps: int = 500) -> list[float]:
 
 
 def fit_mlp(x: torch.Tensor, y: torch.Tensor, steps: int = 1500, seed: int = 0) -> MLP:
-    """The MLP filter by full-batch Adam on the binary cross-entropy (seeded init)."""
+    """The MLP filter by full-batch Adam on the binary cross-entropy (seeded init; trained in float32 for
+    speed, stored in float64)."""
     torch.manual_seed(seed)
-    model = MLP()
+    model = MLP(x.shape[1]).float()
+    xf, yf = x.float(), y.float()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(steps):
         opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(xf), yf)
         loss.backward()
         opt.step()
-    return model.eval()
+    return model.double().eval()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -194,7 +297,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=20, help="items per task (training seed 2000) or code files")
     parser.add_argument("--prompts", choices=("tasks", "code"), default="tasks")
     parser.add_argument("--max-new-tokens", type=int, default=24)
-    parser.add_argument("--kind", choices=("logistic", "mlp"), default="logistic")
+    parser.add_argument("--kind", choices=("logistic", "mlp", "stable"), default="logistic")
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="mlp/stable: on-policy rounds (DAgger): decode the training prompts with the filter "
+                             "fitted so far at --policy-accept, label its states by the one-token-per-step output, "
+                             "add them to the data and refit")
+    parser.add_argument("--policy-accept", type=float, default=0.9)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     lm = load(args.model)
@@ -204,12 +312,19 @@ def main(argv: list[str] | None = None) -> None:
         prompts = [lm.encode(f.text)[:48] for f in load_split("valid")[: args.n]]
     else:
         prompts = [lm.encode(it.prompt) for t in names() for it in make(t, args.n, seed=2000)]
-    x, y = collect(lm, prompts, args.max_new_tokens, context=args.kind == "mlp")
-    if args.kind == "mlp":
+    x, y, final = trajectories(lm, prompts, args.max_new_tokens, args.kind)
+    if args.kind in KINDS:
         model = fit_mlp(x, y)
+        eos = min(lm.eos_token_ids) if lm.eos_token_ids else None
+        for r in range(args.rounds):
+            policy = Learned(0, args.max_new_tokens, model, args.policy_accept, eos)
+            xr, yr, _ = trajectories(lm, prompts, args.max_new_tokens, args.kind, policy, target=final)
+            x, y = torch.cat([x, xr]), torch.cat([y, yr])
+            model = fit_mlp(x, y)
+            print(json.dumps({"round": r + 1, "positions": len(yr), "positive_share": round(float(yr.mean()), 4)}))
         with torch.no_grad():
             predicted = (model(x) > 0).double()
-        fitted = {"kind": "mlp", "features": list(MLP_FEATURES),
+        fitted = {"kind": args.kind, "features": list(KINDS[args.kind]),
                   "state": {k: v.tolist() for k, v in model.state_dict().items()}}
     else:
         weights = fit(x, y)
@@ -219,8 +334,10 @@ def main(argv: list[str] | None = None) -> None:
     spec = {**fitted, "positions": len(y),
             "positive_share": round(float(y.mean()), 4), "train_accuracy": round(accuracy, 4),
             "command": f"python -m decodelab.diffusion.learn2pd --model {args.model} --prompts {args.prompts} "
-                       f"--n {args.n} --max-new-tokens {args.max_new_tokens} --kind {args.kind} --out FILE"}
-    args.out.write_text(json.dumps(spec, indent=None if args.kind == "mlp" else 2) + "\n")
+                       f"--n {args.n} --max-new-tokens {args.max_new_tokens} --kind {args.kind}"
+                       + (f" --rounds {args.rounds} --policy-accept {args.policy_accept}" if args.rounds else "")
+                       + " --out FILE"}
+    args.out.write_text(json.dumps(spec, indent=None if args.kind in KINDS else 2) + "\n")
     print(json.dumps({k: v for k, v in spec.items() if k != "state"}))
 
 

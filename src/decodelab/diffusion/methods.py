@@ -171,7 +171,14 @@ def apd(ctx) -> Iterator[list[list[int]]]:
           "Parallel Decoding (Learn2PD)", batched=True, kind="diffusion",
           params={"accept": Param(0.9, 0.0, 1.0, help="commit when the filter's probability ≥ this"),
                   "filter": Param("", help="filter JSON; default: learn2pd.json beside the model; 'mlp': "
-                                  "learn2pd-mlp.json beside it (the MLP variant)"),
+                                  "learn2pd-mlp.json beside it (the MLP variant); 'stable': learn2pd-stable.json "
+                                  "(the MLP with CCD/KLASS step-stability features, fitted on-policy)"),
+                  "budget": Param(0.0, 0.0, 1e9, help="if > 0, also cap each step's summed predicted error "
+                                  "Σ(1 − filter probability) at this (EB-sampler's bound on the filter)"),
+                  "distinct": Param(0, 0, 4096, help="if > 0, a step never commits two positions at most this far "
+                                    "apart with the same token (the more probable one goes first)"),
+                  "gate": Param(0.0, 0.0, 1.0, help="if > 0, the filter may commit a position only if its argmax "
+                                "is unchanged since the previous step or its p(x0) ≥ gate (CCD/KLASS stability)"),
                   "block_length": _block(0), "cache": CACHE})
 def learn2pd(ctx) -> Iterator[list[list[int]]]:
     from pathlib import Path
@@ -179,11 +186,12 @@ def learn2pd(ctx) -> Iterator[list[list[int]]]:
     from .learn2pd import Learned, load_filter
 
     p = ctx.params
-    beside = {"": "learn2pd.json", "mlp": "learn2pd-mlp.json"}
+    beside = {"": "learn2pd.json", "mlp": "learn2pd-mlp.json", "stable": "learn2pd-stable.json"}
     path = Path(ctx.lm.model.name_or_path) / beside[p["filter"]] if p["filter"] in beside else Path(p["filter"])
     spec = load_filter(path)
     eos = min(ctx.lm.eos_token_ids) if ctx.lm.eos_token_ids else None
-    rule = Learned(p["block_length"], gen_length_of(ctx), spec.get("mlp") or spec["weights"], p["accept"], eos)
+    rule = Learned(p["block_length"], gen_length_of(ctx), spec.get("mlp") or spec["weights"], p["accept"], eos,
+                   p["budget"], p["distinct"], p["gate"])
     return decode(ctx, rule, cache=p["cache"])
 
 
