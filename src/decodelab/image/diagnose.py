@@ -42,6 +42,34 @@ def _rounded(values) -> list[float]:
     return [round(float(v), 3) for v in values]
 
 
+def zipar_teacher_ce(lm, x: torch.Tensor, y: torch.Tensor, window: int, placeholder: str,
+                     kv_cache: bool = True) -> tuple[torch.Tensor, int]:
+    """x [B, N] true tokens, y [B] labels → (CE [B, N] of each true token under `zipar.zipar`'s own
+    decoding with every sampled token replaced by the true one, forward passes)."""
+    ce = torch.zeros(x.shape)
+    queue: list[int] = []
+    frontier = zipar_module.frontier_probs
+
+    def probs(model, labels, tokens, known, queries):
+        queue[:] = list(queries[0])  # the same positions in every row of the batch
+        return frontier(model, labels, tokens, known, queries)
+
+    def teacher(p, gens):
+        pos = queue.pop(0)
+        ce[:, pos] = -torch.log(p.gather(1, x[:, pos:pos + 1]).squeeze(1).clamp_min(1e-12))
+        return x[:, pos]
+
+    model = ImageModel(lm, Processing(), kv_cache=kv_cache)
+    saved = zipar_module.frontier_probs, zipar_module.sample
+    zipar_module.frontier_probs, zipar_module.sample = probs, teacher
+    try:
+        with torch.no_grad():
+            zipar_module.zipar(model, y, [torch.Generator()] * len(y), window=window, placeholder=placeholder)
+    finally:
+        zipar_module.frontier_probs, zipar_module.sample = saved
+    return ce, model.forward_passes
+
+
 def zipar_ce(lm, windows: list[int], placeholders: list[str], val: int) -> list[dict]:
     spec = image_spec(lm)
     h, w = spec.height, spec.width
@@ -50,29 +78,9 @@ def zipar_ce(lm, windows: list[int], placeholders: list[str], val: int) -> list[
     out = []
     for placeholder in placeholders:
         for s in windows:
-            ce = torch.zeros(len(y), h * w)
-            queue: list[int] = []
-            frontier = zipar_module.frontier_probs
-
-            def probs(model, labels, tokens, known, queries, frontier=frontier, queue=queue):
-                queue[:] = list(queries[0])  # the same positions in every row of the batch
-                return frontier(model, labels, tokens, known, queries)
-
-            def teacher(p, gens, queue=queue, ce=ce):
-                pos = queue.pop(0)
-                ce[:, pos] = -torch.log(p.gather(1, x[:, pos:pos + 1]).squeeze(1).clamp_min(1e-12))
-                return x[:, pos]
-
-            model = ImageModel(lm, Processing(), kv_cache=True)
-            saved = zipar_module.frontier_probs, zipar_module.sample
-            zipar_module.frontier_probs, zipar_module.sample = probs, teacher
-            try:
-                with torch.no_grad():
-                    zipar_module.zipar(model, y, [torch.Generator()] * len(y), window=s, placeholder=placeholder)
-            finally:
-                zipar_module.frontier_probs, zipar_module.sample = saved
+            ce, passes = zipar_teacher_ce(lm, x, y, s, placeholder)
             grid = ce.view(len(y), h, w)
-            out.append({"method": "zipar", "window": s, "placeholder": placeholder, "passes": model.forward_passes,
+            out.append({"method": "zipar", "window": s, "placeholder": placeholder, "passes": passes,
                         "ce": round(float(ce.mean()), 4), "ce_by_row": _rounded(grid.mean((0, 2))),
                         "ce_by_column_new_rows": _rounded(grid[:, 2::2].mean((0, 1))),
                         "ce_by_column_copy_rows": _rounded(grid[:, 1::2].mean((0, 1)))})

@@ -104,7 +104,8 @@ def generate_images(lm, labels: list[int], *, method: str = "raster", seeds: lis
         raise UserError(f"kv_cache must be True or False, got {kv_cache!r}")
     own = info.check_params(params)
     seeds = _seeds(seeds, len(labels))
-    target = lm if info.variant == "raster" else companion(lm, info.variant)
+    sub = own.get("weights", "raster") if info.variant == "raster" else info.variant  # zipar's weights=zipar
+    target = lm if sub == "raster" else companion(lm, sub)
     model = ImageModel(target, Processing(**sampling), kv_cache=kv_cache)
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     extra = {"lm": lm} if method == "mulo" else {}

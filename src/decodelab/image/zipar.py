@@ -18,6 +18,11 @@ attention over the decoded tokens only (undecoded slots masked explicitly).
   with the wider context: accept if r < min(1, p_new(x)/p_old(x)), else resample from
   norm(max(0, p_new - p_old)) and keep widening; once row i-1 is complete the token is settled.
   The row then keeps the lead it was settled at as its window. Schedules differ per image.
+* `weights="zipar"` (ours): the raster model fine-tuned so that the cached fixed-window sampler's
+  context is in its training distribution (`python -m decodelab.image.train --zipar-windows ...`:
+  every slot under the mask of the pass it is fed at, early row starts predicted from the
+  `placeholder="above"` input; `zipar_training_layout`, tested equal to this module's decoding),
+  shipped beside the raster model (builtin/digits16/zipar).
 """
 
 from __future__ import annotations
@@ -58,6 +63,51 @@ def zipar_placeholders(tokens: torch.Tensor, counts: list[int], rows: list[int],
             tokens[(i - 1) * width + width - 1] = tokens[source]
 
 
+def zipar_schedule(h: int, w: int, window: int) -> list[int]:
+    """The fixed window's schedule: t[p] = the pass (0-based) at which x_p is sampled (raster index p)."""
+    counts, t, step = [0] * h, [0] * (h * w), 0
+    while min(counts) < w:
+        for i in zipar_ready(counts, w, min(window, w)):
+            t[i * w + counts[i]] = step
+            counts[i] += 1
+        step += 1
+    return t
+
+
+def zipar_training_layout(h: int, w: int, window: int, rule: str = "above") -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """What the cached fixed-window sampler (`zipar`, kv_cache=True) computes, as one training
+    forward: attend [N + h - 2, N + h - 2] bool over the N raster slots (slot p: input x_{p-1},
+    slot 0 the class; predicts x_p) and h - 2 extra *query* columns; extras = [(slot, source)] per
+    used extra column (source: the raster index of the placeholder token it reads).
+
+    Slot p is fed at f(p) = max(t(p), t(p-1) + 1): with its query when its input is known, else
+    (a row started before the row above is complete) once x_{p-1} is decoded — its query state
+    then read a placeholder and no other slot saw it. A fed slot sees the slots q < p fed at or
+    before f(p), and its state is frozen (so every layer of a training forward under this mask
+    equals the cache's). The early row starts' query columns get position p, the placeholder
+    (`rule`, as `zipar_placeholders`) as input, and see q < p fed by t(p). Unused extra columns
+    (and s ≥ W: raster) see only themselves."""
+    n, t = h * w, zipar_schedule(h, w, window)
+    fed = [-1] + [max(t[p], t[p - 1] + 1) for p in range(1, n)]
+    f = torch.tensor(fed)
+    size = n + max(h - 2, 0)
+    attend = torch.eye(size, dtype=torch.bool)
+    attend[:n, :n] = torch.tril(f[None, :] <= f[:, None])
+    extras = []
+    for i in range(2, h):
+        p = i * w
+        if t[p] > t[p - 1]:  # row i starts after row i-1 is complete: no placeholder
+            continue
+        done = [c for c in range(w) if t[(i - 2) * w + c] < t[p]]
+        source = (i - 2) * w + len(done) - 1
+        if rule == "above":
+            source = next(k for k in range(i - 2, -1, -1) if t[k * w + w - 1] < t[p]) * w + w - 1
+        col = n + len(extras)
+        attend[col, :p] = f[:p] <= t[p]
+        extras.append((p, source))
+    return attend, extras
+
+
 def settle(x: int, p_old: torch.Tensor, p_new: torch.Tensor, r: float, gen: torch.Generator) -> tuple[int, bool]:
     """The adaptive window's test for a tentative first token x: (token, accepted?)."""
     if r < min(1.0, (p_new[x] / p_old[x]).item()):
@@ -72,9 +122,13 @@ def settle(x: int, p_old: torch.Tensor, p_new: torch.Tensor, r: float, gen: torc
           "(arXiv 2412.04062)", window=Param(4, 1, 256, help="s: columns row i-1 must lead by (fixed window)"),
           min_window=Param(0, 0, 256, help="s_min of the adaptive window (ICML version); 0 = fixed window"),
           placeholder=Param("latest", choices=PLACEHOLDERS, help="a new row's missing input x_{i-1,W-1}: latest = "
-                            "latest token of row i-2 (LlamaGen port); above = x_{k,W-1} of the nearest complete row (ours)"))
+                            "latest token of row i-2 (LlamaGen port); above = x_{k,W-1} of the nearest complete row (ours)"),
+          weights=Param("raster", choices=("raster", "zipar"), help="raster = the raster model (training-free, the "
+                        "paper); zipar = the model beside it fine-tuned under this sampler's context (ours; use with "
+                        "placeholder=above)"))
 def zipar(model: ImageModel, labels: torch.Tensor, gens: list[torch.Generator], window: int = 4,
-          min_window: int = 0, placeholder: str = "latest") -> tuple[torch.Tensor, list[dict]]:
+          min_window: int = 0, placeholder: str = "latest", weights: str = "raster") -> tuple[torch.Tensor, list[dict]]:
+    # `weights` picks the model `generate_images` hands in (generate.py); nothing to do here.
     if min_window:
         return adaptive_zipar(model, labels, gens, min(min_window, model.spec.width), placeholder)
     b, (h, w) = len(labels), (model.spec.height, model.spec.width)
