@@ -76,8 +76,9 @@ def companion(lm, sub: str):
     if key not in lm.state:
         path = model_dir(lm) / sub
         if not (path / "config.json").exists():
+            how = "--variant raster --zipar-windows ..." if sub == "zipar" else "--variant ..."
             raise ModelError(f"{lm.name}: no {sub!r} model beside it ({path}); this method needs its own "
-                             "trained model (`python -m decodelab.image.train --variant ... --out ...`)")
+                             f"trained model (`python -m decodelab.image.train {how} --out ...`)")
         from ..model import load
 
         lm.state[key] = load(str(path))
