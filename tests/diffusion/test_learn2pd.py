@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import decodelab
+import decodelab.tasks
 from decodelab.diffusion import learn2pd
 from decodelab.diffusion.sampling import Step
 
@@ -62,7 +63,7 @@ def test_stepwise_trajectories_carry_the_stability_features(tiny):
     x, y, final = learn2pd.trajectories(tiny, [tiny.encode(p) for p in PROMPTS], 8, "stable")
     assert x.shape == (3 * 36, len(learn2pd.STABLE_FEATURES)) and final.shape == (3, 8)
     batch_first_step = x[:3 * 8]  # step 0 of all three rows: no previous step
-    assert torch.all(batch_first_step[:, 8:] == 0)
+    assert torch.all(batch_first_step[:, 8:11] == 0)
     assert torch.all(x[3 * 8:, 10] == 1)  # later steps have one
     assert torch.equal(x[:, :8], learn2pd.collect(tiny, [tiny.encode(p) for p in PROMPTS], 8, context=True)[0])
 
@@ -79,17 +80,21 @@ def test_on_policy_trajectories_label_against_the_target(tiny):
     wrong[0, 0] = out[0, 0] + 1 if y[0] == 1 else out[0, 0]
     _, y2, _ = learn2pd.trajectories(tiny, prompts, 8, "stable", learn2pd.Learned(0, 8, model, 0.0, None), target=wrong)
     assert y2[0] == 1 - y[0] and torch.equal(y2[1:], y[1:])
+    logistic = learn2pd.Learned(0, 8, [0.0, 0.0, 0.0, 0.0, 10.0], 0.5, None)  # any kind of policy; records its states
+    x3, _, _ = learn2pd.trajectories(tiny, prompts, 8, "stable", logistic, target=final)
+    assert torch.equal(x3, x)
 
 
 def test_stable_filter_loads_is_deterministic_and_batch_invariant(tiny, tmp_path):
     path, *_ = _stable_filter(tiny, tmp_path)
     kw = dict(method="learn2pd", max_new_tokens=10, filter=str(path), accept=0.6)
-    batch = decodelab.generate_batch(tiny, PROMPTS, **kw)
-    again = decodelab.generate_batch(tiny, PROMPTS, **kw)
-    assert [g.token_ids for g in batch] == [g.token_ids for g in again]
-    for prompt, row in zip(PROMPTS, batch):
-        alone = decodelab.generate(tiny, prompt, **kw)
-        assert alone.token_ids == row.token_ids and alone.stats.forward_passes <= 10
+    for extra in ({}, {"budget": 0.5, "distinct": 2}):
+        batch = decodelab.generate_batch(tiny, PROMPTS, **kw, **extra)
+        again = decodelab.generate_batch(tiny, PROMPTS, **kw, **extra)
+        assert [g.token_ids for g in batch] == [g.token_ids for g in again]
+        for prompt, row in zip(PROMPTS, batch):
+            alone = decodelab.generate(tiny, prompt, **kw, **extra)
+            assert alone.token_ids == row.token_ids and alone.stats.forward_passes <= 10
     strict = decodelab.generate(tiny, PROMPTS[0], **{**kw, "accept": 1.0, "max_new_tokens": 8})
     assert strict.token_ids == decodelab.generate(tiny, PROMPTS[0], method="llada", max_new_tokens=8).token_ids
     budget = decodelab.generate(tiny, PROMPTS[0], **{**kw, "accept": 0.0, "budget": 1e-9, "max_new_tokens": 8})
@@ -105,7 +110,7 @@ def test_step_features_see_the_previous_step_of_the_same_rule():
     logits = torch.tensor([[[3.0, 0.0], [0.0, 3.0]]], dtype=torch.float64)
     masked = torch.ones(1, 2, dtype=torch.bool)
     first = rule.features(Step(torch.full((1, 2), 0.9, dtype=torch.float64), logits.argmax(-1), masked, 0, [], logits))
-    assert torch.all(first[..., 8:] == 0)
+    assert torch.all(first[..., 8:11] == 0)
     flipped = logits.flip(-1)
     second = rule.features(Step(torch.full((1, 2), 0.9, dtype=torch.float64), flipped.argmax(-1), masked, 1, [], flipped))
     assert second[0, :, 8].tolist() == [0.0, 0.0] and second[0, :, 10].tolist() == [1.0, 1.0]
@@ -137,3 +142,25 @@ def test_gate_commits_only_unchanged_argmaxes_or_very_confident_ones():
     changed[0, 2] = torch.tensor([1.0, 0.0])  # position 2's argmax flips, position 1's stays
     assert rule.select(step(changed)).tolist() == [[True, True, False]]
     assert rule.select(step(changed)).tolist() == [[True, True, True]]  # now 2 is unchanged too
+
+
+def test_the_fitting_command_runs_on_policy_rounds(tmp_path, capsys):
+    from pathlib import Path
+
+    init = Path(decodelab.load("builtin:tasks-diffusion").model.name_or_path) / "learn2pd-mlp.json"
+    out = tmp_path / "stable.json"
+    learn2pd.main(["--n", "1", "--kind", "stable", "--rounds", "1", "--policy-accept", "0.9", "--distinct", "1",
+                   "--init", str(init), "--out", str(out)])
+    assert '"round": 1' in capsys.readouterr().out
+    spec = learn2pd.load_filter(out)
+    assert spec["kind"] == "stable" and "--rounds 1" in spec["command"] and 7 * 24 <= spec["positions"] < 7 * 300  # ≥ one full step per row, < the stepwise run
+
+
+def test_the_shipped_stable_filter_loads_offline_and_parallelises():
+    lm = decodelab.load("builtin:tasks-diffusion")
+    items = [decodelab.tasks.make(t, 1, 0)[0] for t in ("copy", "latin4")]
+    kw = dict(method="learn2pd", filter="stable", accept=0.8, budget=0.15, distinct=2, max_new_tokens=24)
+    gens = decodelab.generate_batch(lm, [it.prompt for it in items], **kw)
+    for it, g in zip(items, gens):
+        assert g.stats.forward_passes < 8 and lm.mask_token_id not in g.token_ids
+        assert g.token_ids == decodelab.generate(lm, it.prompt, **kw).token_ids

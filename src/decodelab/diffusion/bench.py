@@ -47,6 +47,7 @@ TASK_CONFIGS = [  # (model, method, params); the first is the one-token-per-step
     (TASKS_DIFF, "ccd", {}),
     (TASKS_DIFF, "learn2pd", {}),
     (TASKS_DIFF, "learn2pd", {"filter": "mlp", "accept": 0.93}),
+    (TASKS_DIFF, "learn2pd", {"filter": "stable", "accept": 0.8, "budget": 0.15, "distinct": 2}),
     (TASKS_DIFF, "ebsampler", {"gamma": 0.1}),
     (TASKS_DIFF, "apd", {}),
     (TASKS_DIFF, "sspd", {"draft_length": 4}),

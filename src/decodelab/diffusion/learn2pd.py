@@ -39,8 +39,10 @@ FEATURES = ("confidence", "margin", "entropy", "offset", "bias")
 MLP_FEATURES = ("confidence", "margin", "entropy", "offset", "left", "right", "masked_share", "is_eos")
 # The stable variant adds what Beyond Confidence (CCD) and KLASS read across steps: whether the position's argmax
 # equals its argmax one step earlier, log(1 + KL(p_now ‖ p_prev)) of its distribution, and whether a previous
-# step exists for it (0 at a row's first step); it is fitted on the sampler's own (on-policy) trajectories.
-STABLE_FEATURES = (*MLP_FEATURES, "stable", "kl", "has_prev")
+# step exists for it (0 at a row's first step); and whether x0 repeats the token left / right of it (committed,
+# or that neighbour's own proposal) — the "39 39" failure of committing dependent neighbours. It is fitted on the
+# sampler's own (on-policy) trajectories.
+STABLE_FEATURES = (*MLP_FEATURES, "stable", "kl", "has_prev", "same_left", "same_right")
 MLP_HIDDEN = 64
 KINDS = {"mlp": MLP_FEATURES, "stable": STABLE_FEATURES}
 
@@ -48,7 +50,7 @@ KINDS = {"mlp": MLP_FEATURES, "stable": STABLE_FEATURES}
 def features(step: Step, eos_id: int | None = None, context: bool = False, stable: bool = False,
              prev: torch.Tensor | None = None) -> torch.Tensor:
     """[B, G, 5] (FEATURES), with context [B, G, 8] (MLP_FEATURES), with context and stable [B, G, 11]
-    (STABLE_FEATURES; `prev` = the previous step's logits [B, G, V], None at the first step), per position."""
+    (STABLE_FEATURES; `prev` = the previous step's logits [B, G, V], None at the first step) per position."""
     p = torch.softmax(step.logits, dim=-1)
     top2 = p.topk(2, dim=-1).values
     entropy = -(p * torch.log(p.clamp_min(1e-300))).sum(-1) / torch.log(torch.tensor(float(p.shape[-1])))
@@ -63,7 +65,13 @@ def features(step: Step, eos_id: int | None = None, context: bool = False, stabl
     share = step.masked.double().mean(-1, keepdim=True).expand(b, g)
     is_eos = (step.x0 == eos_id).double() if eos_id is not None else torch.zeros_like(offset)
     out = torch.stack([*own, left, right, share, is_eos], -1)
-    return torch.cat([out, stability(step.logits, prev)], -1) if stable else out
+    if not stable:
+        return out
+    token = torch.where(step.masked, step.x0, step.canvas.canvas) if step.canvas is not None else step.x0
+    none = torch.full((b, 1), -1, dtype=token.dtype, device=token.device)
+    same_left = (step.x0 == torch.cat([none, token[:, :-1]], 1)).double()
+    same_right = (step.x0 == torch.cat([token[:, 1:], none], 1)).double()
+    return torch.cat([out, stability(step.logits, prev), torch.stack([same_left, same_right], -1).cpu()], -1)
 
 
 def stability(logits: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor:
@@ -201,9 +209,9 @@ def load_filter(path: Path) -> dict:
 
 
 class _Recorder(Rule):
-    """Records the features and x0 at the candidates of every step. Without a `policy` it decodes one token
-    per step (LLaDA low-confidence); with one (a `Learned` rule) it decodes as that rule does, so the
-    records come from the filter's own trajectories (on-policy, as DAgger)."""
+    """Records the features (of `kind`) and x0 at the candidates of every step. Without a `policy` it decodes one
+    token per step (LLaDA low-confidence); with one (a `Learned` rule, any kind) it decodes as that rule does, so
+    the records come from the filter's own trajectories (on-policy, as DAgger)."""
 
     def __init__(self, gen_length: int, eos_id: int | None = None, kind: str = "logistic",
                  policy: Learned | None = None):
@@ -214,14 +222,11 @@ class _Recorder(Rule):
 
     def select(self, step: Step) -> torch.Tensor:
         cand = torch.isfinite(step.conf)
-        if self.policy is not None:
-            x = self.policy.features(step)
-        else:
-            x = features(step, self.eos_id, self.kind != "logistic", self.kind == "stable", self.prev)
-            self.prev = step.logits.clone()
+        x = features(step, self.eos_id, self.kind != "logistic", self.kind == "stable", self.prev)
+        self.prev = step.logits.clone()
         self.rows.append((x[cand], step.x0[cand].clone(), cand.nonzero()))
         self.canvas = step.canvas
-        return top1(step.conf) if self.policy is None else self.policy.decide(step, x)
+        return top1(step.conf) if self.policy is None else self.policy.select(step)
 
 
 def _run(lm, prompts: list[list[int]], gen_length: int, rule: Rule):
@@ -288,6 +293,25 @@ def fit_mlp(x: torch.Tensor, y: torch.Tensor, steps: int = 1500, seed: int = 0) 
     return model.double().eval()
 
 
+def dagger(lm, prompts: list[list[int]], gen_length: int, kind: str, target: torch.Tensor, model: MLP, rounds: int,
+           accept: float, distinct: int) -> tuple[torch.Tensor, torch.Tensor, MLP]:
+    """On-policy fitting (DAgger, Ross et al., arXiv:1011.0686): each round decodes the prompts with the current
+    filter, labels every candidate state it reaches by `target` (the one-token-per-step output), and refits on
+    all on-policy states so far — the filter is judged on the canvases it will meet, with several tokens committed
+    per step, where one-token-per-step trajectories never show an argmax that changes. Returns (x, y, model)."""
+    eos = min(lm.eos_token_ids) if lm.eos_token_ids else None
+    xs, ys = [], []
+    for r in range(rounds):
+        policy = Learned(0, gen_length, model, accept, eos, distinct=distinct)
+        xr, yr, _ = trajectories(lm, prompts, gen_length, kind, policy, target=target)
+        xs.append(xr)
+        ys.append(yr)
+        model = fit_mlp(torch.cat(xs), torch.cat(ys))
+        print(json.dumps({"round": r + 1, "positions": len(yr), "positive_share": round(float(yr.mean()), 4)}),
+              flush=True)
+    return torch.cat(xs), torch.cat(ys), model
+
+
 def main(argv: list[str] | None = None) -> None:
     from .. import load
     from ..tasks import make, names
@@ -300,9 +324,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kind", choices=("logistic", "mlp", "stable"), default="logistic")
     parser.add_argument("--rounds", type=int, default=0,
                         help="mlp/stable: on-policy rounds (DAgger): decode the training prompts with the filter "
-                             "fitted so far at --policy-accept, label its states by the one-token-per-step output, "
-                             "add them to the data and refit")
+                             "so far at --policy-accept / --distinct, label the states it reaches by the "
+                             "one-token-per-step output, and refit on all on-policy states collected so far")
     parser.add_argument("--policy-accept", type=float, default=0.9)
+    parser.add_argument("--distinct", type=int, default=0, help="the policy's `distinct` during the rounds")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="the round-1 policy (a filter JSON); default: the fit on one-token-per-step trajectories")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     lm = load(args.model)
@@ -314,14 +341,11 @@ def main(argv: list[str] | None = None) -> None:
         prompts = [lm.encode(it.prompt) for t in names() for it in make(t, args.n, seed=2000)]
     x, y, final = trajectories(lm, prompts, args.max_new_tokens, args.kind)
     if args.kind in KINDS:
-        model = fit_mlp(x, y)
-        eos = min(lm.eos_token_ids) if lm.eos_token_ids else None
-        for r in range(args.rounds):
-            policy = Learned(0, args.max_new_tokens, model, args.policy_accept, eos)
-            xr, yr, _ = trajectories(lm, prompts, args.max_new_tokens, args.kind, policy, target=final)
-            x, y = torch.cat([x, xr]), torch.cat([y, yr])
-            model = fit_mlp(x, y)
-            print(json.dumps({"round": r + 1, "positions": len(yr), "positive_share": round(float(yr.mean()), 4)}))
+        init = load_filter(args.init) if args.init else None
+        model = (init.get("mlp") or init["weights"]) if init else fit_mlp(x, y)
+        if args.rounds:
+            x, y, model = dagger(lm, prompts, args.max_new_tokens, args.kind, final, model, args.rounds,
+                                 args.policy_accept, args.distinct)
         with torch.no_grad():
             predicted = (model(x) > 0).double()
         fitted = {"kind": args.kind, "features": list(KINDS[args.kind]),
@@ -335,7 +359,8 @@ def main(argv: list[str] | None = None) -> None:
             "positive_share": round(float(y.mean()), 4), "train_accuracy": round(accuracy, 4),
             "command": f"python -m decodelab.diffusion.learn2pd --model {args.model} --prompts {args.prompts} "
                        f"--n {args.n} --max-new-tokens {args.max_new_tokens} --kind {args.kind}"
-                       + (f" --rounds {args.rounds} --policy-accept {args.policy_accept}" if args.rounds else "")
+                       + (f" --rounds {args.rounds} --policy-accept {args.policy_accept} --distinct {args.distinct}"
+                          + (f" --init {args.init}" if args.init else "") if args.rounds else "")
                        + " --out FILE"}
     args.out.write_text(json.dumps(spec, indent=None if args.kind in KINDS else 2) + "\n")
     print(json.dumps({k: v for k, v in spec.items() if k != "state"}))
