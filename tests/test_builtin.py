@@ -27,8 +27,8 @@ def test_offline_load_with_plain_transformers(name):
 def test_draft_shares_the_tokenizer_and_is_much_smaller():
     t, d = decodelab.load("builtin:pyco"), decodelab.load("builtin:pyco-draft")
     assert t.tokenizer.get_vocab() == d.tokenizer.get_vocab()
-    n = lambda lm: sum(p.numel() for p in lm.model.parameters())  # noqa: E731
-    assert n(d) * 8 <= n(t)
+    assert d.n_params * 8 <= t.n_params
+    assert t.n_params == sum(p.numel() for p in decodelab.load("builtin:pyco", backend="transformers").model.parameters())
     for tok in ("<|mask|>", "<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<|bos|>", "<|eos|>", "<|pad|>"):
         assert tok in t.tokenizer.get_vocab()
 

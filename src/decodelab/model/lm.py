@@ -254,7 +254,13 @@ class LM:
             return self.model.logits(hidden)
         return self.model.get_output_embeddings()(self.model.model.norm(hidden))
 
+    @property
+    def n_params(self) -> int:
+        """The model's parameter count (a native model's packed matmul weights are not nn.Parameters,
+        and a llama.cpp model holds none: both report their own)."""
+        return getattr(self.model, "n_params", None) or sum(p.numel() for p in self.model.parameters())
+
     def __repr__(self) -> str:
-        n = getattr(self.model, "n_params", None) or sum(p.numel() for p in self.model.parameters())
+        n = self.n_params
         return (f"LM({self.name!r}, {self.config.model_type}, {n / 1e6:.1f}M params, {self.dtype}, "
                 f"{self.device}, backend={self.backend!r})")

@@ -150,6 +150,7 @@ class NativeModel(nn.Module):
         self.head = self.embed if head is None or getattr(config, "tie_word_embeddings", False) else _param(head)
         self.eps = config.rms_norm_eps
         self.generation_config = None
+        self.n_params = sum(p.numel() for p in self.parameters())  # before pack() turns most into buffers
         self._rope_tables(config)
 
     def _rope_tables(self, config) -> None:

@@ -87,7 +87,7 @@ def model_card(target: str = "builtin:pyco", draft: str = "builtin:pyco-draft", 
     ce_d, pred_d = cross_entropy_and_argmax(d, windows)
     prompt = "import os\n\n\ndef main():"
     ms_t, ms_d = ms_per_token(t, prompt), ms_per_token(d, prompt)
-    n_params = [sum(p.numel() for p in m.model.parameters()) for m in (t, d)]
+    n_params = [m.n_params for m in (t, d)]
     return {
         "validation_tokens": int(windows[:, 1:].numel()),
         "target_params": n_params[0], "draft_params": n_params[1],
