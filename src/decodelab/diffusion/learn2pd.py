@@ -19,6 +19,15 @@ training/corpus.py — not the test split the benchmark suites draw from.)
 At decoding time (`method="learn2pd"`) a step commits every candidate whose predicted probability
 is ≥ `accept` (plus the top-1); once a row commits `<|eos|>`, every masked position after it is set
 to `<|eos|>` at once (End-of-Text prediction).
+
+Variants: `--kind mlp` (MLP_FEATURES, the paper's MLP) and `--kind stable` (STABLE_FEATURES: adds Beyond
+Confidence's / KLASS's step-stability signals and neighbour-repeat flags), the latter fitted on the filter's own
+trajectories with `--rounds` (DAgger; `dagger`). Commit options for any filter: `budget` (a cap on a step's
+summed predicted error), `distinct` (no two same-token commits close together in one step), `gate` (CCD: only
+an unchanged argmax or a very confident one). The shipped stable filter:
+
+    python -m decodelab.diffusion.learn2pd --model builtin:tasks-diffusion --n 150 --kind stable --rounds 3 \
+        --policy-accept 0.93 --distinct 1 --init src/decodelab/builtin/tasks-diffusion/learn2pd-mlp.json --out FILE
 """
 
 from __future__ import annotations
