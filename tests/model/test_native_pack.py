@@ -38,6 +38,22 @@ def test_which_models_pack(pyco_pair):
     # the embedding stays a dense tensor for the lookup; the head is packed with the rest
     assert not packed.model.embed.is_mkldnn and packed.model.head.is_mkldnn
     assert packed.model.head.shape == dense.model.head.shape
+    assert all(getattr(b, n).is_mkldnn for b in packed.model.layers for n in ("wqkv", "wo", "w_gate_up", "w_down"))
+
+
+def test_small_matrices_keep_torchs_matmul():
+    """Below PACK_MIN_ELEMENTS oneDNN's per-call cost outweighs it: the draft's 128-wide layers stay dense,
+    its 8,192 × 128 head packs, and its logits still equal the unpacked draft's."""
+    from decodelab.model.native import PACK_MIN_ELEMENTS
+
+    draft = decodelab.load("builtin:pyco-draft", backend="native")
+    weights = [getattr(b, n) for b in draft.model.layers for n in ("wqkv", "wo", "w_gate_up", "w_down")]
+    assert all(w.numel() < PACK_MIN_ELEMENTS and not w.is_mkldnn for w in weights)
+    assert draft.model.packed and draft.model.head.is_mkldnn
+    hf = decodelab.load("builtin:pyco-draft", backend="transformers")
+    dense = LM(from_transformers(hf.model, pack=False), hf.tokenizer, name=hf.name, backend="native")
+    ids = draft.encode("import os\n\n\ndef main():")
+    torch.testing.assert_close(draft.session().forward(ids), dense.session().forward(ids), atol=ATOL, rtol=0)
 
 
 def test_packed_logits_equal_unpacked_over_prefill_decode_chain_tree(pyco_pair):

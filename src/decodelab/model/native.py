@@ -53,8 +53,8 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
     """RMSNorm computed in float32 like transformers' LlamaRMSNorm, weight applied in the input dtype
     (torch's fused kernel: in float32 the same values as LlamaRMSNorm's op-by-op formula)."""
     if x.dtype == torch.float32:
-        return F.rms_norm(x, weight.shape, weight, eps)
-    return weight * F.rms_norm(x.float(), weight.shape, None, eps).to(x.dtype)
+        return torch.rms_norm(x, weight.shape, weight, eps)
+    return weight * torch.rms_norm(x.float(), weight.shape, None, eps).to(x.dtype)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
@@ -114,12 +114,13 @@ class Block(nn.Module):
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x @ weightᵀ + bias, through oneDNN when the weight was packed for it (`NativeModel.pack`)."""
     if weight.is_mkldnn:
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        return _LINEAR_POINTWISE(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
 
 
 _LINEAR_WEIGHTS = ("wqkv", "wo", "w_gate_up", "w_down")
 PACK_ROWS = 8  # the rows oneDNN packs for: a decode step has 1 per row, a verify pass a few
+PACK_MIN_ELEMENTS = 1 << 17  # smaller weights stay on F.linear (NativeModel.pack)
 
 
 def _packed(weight: torch.Tensor) -> torch.Tensor:
@@ -129,7 +130,11 @@ def _packed(weight: torch.Tensor) -> torch.Tensor:
 def can_pack(dtype: torch.dtype, device) -> bool:
     """oneDNN-packed matmuls are used for float32 / bfloat16 on a CPU whose torch has oneDNN."""
     return (torch.device(device).type == "cpu" and dtype in (torch.float32, torch.bfloat16)
-            and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+            and torch.backends.mkldnn.is_available() and _LINEAR_POINTWISE is not None)
+
+
+# the op's one overload, resolved once (calling the packet resolves it on every call: 33 times a step)
+_LINEAR_POINTWISE = getattr(getattr(torch.ops.mkldnn, "_linear_pointwise", None), "default", None)
 
 
 def _param(t: torch.Tensor | None) -> nn.Parameter | None:
@@ -171,7 +176,8 @@ class NativeModel(nn.Module):
 
     @property
     def packed(self) -> bool:
-        return self.head.is_mkldnn
+        """Whether any matmul weight runs through oneDNN (`pack`)."""
+        return self.head.is_mkldnn or any(getattr(b, n).is_mkldnn for b in self.layers for n in _LINEAR_WEIGHTS)
 
     @torch.inference_mode()
     def pack(self) -> bool:
@@ -182,22 +188,27 @@ class NativeModel(nn.Module):
         step take 3.8 ms through `F.linear` and 1.4 ms through oneDNN with prepacked weights, and 5 rows
         (a verify pass) cost about what one does (`python -m decodelab.bench.matmul`, docs/BACKENDS.md).
         Logits stay within float32 rounding of the unpacked model's (tests/model/test_native_pack.py).
-        Embeddings stay dense for the lookup; a tied head gets its own packed copy. Returns whether it
-        packed (False on a GPU, in float16, or where oneDNN cannot pack the dtype)."""
+        Small matrices (fewer than PACK_MIN_ELEMENTS) keep `F.linear`: there oneDNN's per-call cost is the
+        larger one (`builtin:pyco-draft`'s 128-wide layers ran 0.38 ms per step packed against 0.30 ms
+        unpacked; its 8,192 × 128 head packs). Embeddings stay dense for the lookup; a tied head gets its
+        own packed copy. Returns whether it packed anything (False on a GPU, in float16, or where oneDNN
+        cannot pack the dtype)."""
         if self.packed or not can_pack(self.dtype, self.embed.device):
             return self.packed
         try:
             for block in self.layers:
                 for name in _LINEAR_WEIGHTS:
-                    packed = _packed(getattr(block, name))
-                    delattr(block, name)
-                    setattr(block, name, packed)
-            head = _packed(self.head)
+                    if getattr(block, name).numel() >= PACK_MIN_ELEMENTS:
+                        packed = _packed(getattr(block, name))
+                        delattr(block, name)
+                        setattr(block, name, packed)
+            head = _packed(self.head) if self.head.numel() >= PACK_MIN_ELEMENTS else None
         except RuntimeError:  # this CPU's oneDNN cannot pack the dtype: keep torch's matmul
-            return False
-        del self.head  # a Parameter (the embedding's, when tied) cannot be replaced by a plain tensor
-        self.head = head
-        return True
+            return self.packed
+        if head is not None:
+            del self.head  # a Parameter (the embedding's, when tied) cannot be replaced by a plain tensor
+            self.head = head
+        return self.packed
 
     def truncated(self, layers: int) -> "NativeModel":
         """The same model exiting after `layers` decoder layers (shares every tensor: an early exit)."""
@@ -215,8 +226,9 @@ class NativeModel(nn.Module):
         """Decoder layers lo..hi−1 over hidden states x [B, n, H] at cache columns start..start+n."""
         cos = self.cos[positions].to(x.dtype)[:, None]  # [B, 1, n, D]
         sin = self.sin[positions].to(x.dtype)[:, None]
-        for i in range(lo, hi):
-            x = self.layers[i](x, cos, sin, cache.k[i], cache.v[i], start, mask)
+        layers = self.layers
+        for i in range(lo, hi):  # Block.forward directly: no module hooks are used, Module.__call__ costs
+            x = layers[i].forward(x, cos, sin, cache.k[i], cache.v[i], start, mask)
             if states is not None:
                 states.append(x)
         return x
