@@ -1,6 +1,7 @@
 """`decodelab decode-cost`: milliseconds per greedy decode step of one model, every backend side by side.
 
-Configurations (each a fresh load): the native backend in float32 and bfloat16, optionally compiled,
+Configurations (each a fresh load): the native backend in float32 and bfloat16 (matmul weights packed for
+oneDNN, and unpacked on torch's `F.linear` beside them: model/native.py `NativeModel.pack`), optionally compiled,
 the transformers adapter (decodelab's loop over transformers' forward), and transformers' own
 `generate` (greedy, its DynamicCache). Runs are interleaved (A B C …, R times) so machine drift hits
 all alike; the figure is the median over repeats of (time of N decode steps) / N, prefill excluded

@@ -155,7 +155,7 @@ class NativeModel(nn.Module):
         self.head = self.embed if head is None or getattr(config, "tie_word_embeddings", False) else _param(head)
         self.eps = config.rms_norm_eps
         self.generation_config = None
-        self.n_params = sum(p.numel() for p in self.parameters())  # before pack() turns most into buffers
+        self.n_params = sum(p.numel() for p in self.parameters())  # pack() turns most into plain tensors
         self._rope_tables(config)
 
     def _rope_tables(self, config) -> None:
@@ -185,12 +185,12 @@ class NativeModel(nn.Module):
 
         Why: on a CPU, torch's default float32 matmul (MKL's GEMM/GEMV) is slow at the few rows a decode
         or verify step has — on the project's 2-core AMD EPYC the 33 weight matmuls of a `builtin:pyco`
-        step take 3.8 ms through `F.linear` and 1.4 ms through oneDNN with prepacked weights, and 5 rows
-        (a verify pass) cost about what one does (`python -m decodelab.bench.matmul`, docs/BACKENDS.md).
+        step take 4.0 ms through `F.linear` and 1.5 ms through oneDNN with prepacked weights, and 5 rows
+        (a verify pass) cost 1.07× what one does (`python -m decodelab.bench.matmul`, docs/BACKENDS.md).
         Logits stay within float32 rounding of the unpacked model's (tests/model/test_native_pack.py).
         Small matrices (fewer than PACK_MIN_ELEMENTS) keep `F.linear`: there oneDNN's per-call cost is the
-        larger one (`builtin:pyco-draft`'s 128-wide layers ran 0.38 ms per step packed against 0.30 ms
-        unpacked; its 8,192 × 128 head packs). Embeddings stay dense for the lookup; a tied head gets its
+        larger one (`builtin:pyco-draft`'s step ran 0.38 ms with its 128-wide layers packed, 0.29 ms with
+        only its 8,192 × 128 head packed). Embeddings stay dense for the lookup; a tied head gets its
         own packed copy. Returns whether it packed anything (False on a GPU, in float16, or where oneDNN
         cannot pack the dtype)."""
         if self.packed or not can_pack(self.dtype, self.embed.device):
