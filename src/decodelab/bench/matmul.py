@@ -30,15 +30,13 @@ def weights(model: str | None) -> list[torch.Tensor]:
     return [w.detach() for w in [*mats, native.head]]
 
 
-def _times_ms(fn, repeats: int, inner: int = 10) -> list[float]:
+def _time_ms(fn, inner: int = 10) -> float:
+    """ms per call of fn, over `inner` calls after one warm-up call."""
     fn()
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        out.append((time.perf_counter() - t0) / inner * 1e3)
-    return out
+    t0 = time.perf_counter()
+    for _ in range(inner):
+        fn()
+    return (time.perf_counter() - t0) / inner * 1e3
 
 
 @torch.inference_mode()
@@ -58,8 +56,8 @@ def measure(model: str | None, rows: list[int], repeats: int) -> dict:
         for m in rows:
             for label, (mats, dtype) in routes.items():
                 xs = {k: torch.randn(m, k, dtype=dtype) for k in {w.shape[1] for w in mats}}
-                times.setdefault((label, m), []).extend(_times_ms(lambda xs=xs, mats=mats: [
-                    linear(xs[w.shape[1]], w) for w in mats], 1))
+                times.setdefault((label, m), []).append(_time_ms(lambda xs=xs, mats=mats: [
+                    linear(xs[w.shape[1]], w) for w in mats]))
     load_info = machine.report(before, machine.others_share(start, machine.sample()), machine.snapshot())
     table = {label: {m: round(statistics.median(times[(label, m)]), 3) for m in rows} for label in routes}
     return {"model": model or "builtin:pyco", "matrices": len(dense32), "threads": torch.get_num_threads(),

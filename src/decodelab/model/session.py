@@ -127,10 +127,9 @@ class Session:
             positions = (self.pad_mask[:, : start + n].cumsum(dim=1) - 1).clamp(min=0)[:, start:]
             return positions.to(self.lm.device)
         if parents is None:
-            offsets = torch.arange(start, start + n).expand(self.batch_size, n)
+            positions = torch.arange(start, start + n).expand(self.batch_size, n)
         else:
-            offsets = start + torch.tensor([tree_depths(row) for row in parents])
-        positions = offsets
+            positions = start + torch.tensor([tree_depths(row) for row in parents])
         if self.pad_mask is not None:
             positions = positions - (1 - self.pad_mask[:, :start]).sum(dim=1, keepdim=True)
         return positions.to(self.lm.device)

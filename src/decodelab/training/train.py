@@ -263,9 +263,7 @@ def export(model, tok_dir: Path, dest: Path, cfg: TrainConfig, wall: float) -> P
     """Save a float16 safetensors HF directory with the tokenizer and a training summary."""
     dest.mkdir(parents=True, exist_ok=True)
     model.to("cpu").to(torch.float16).save_pretrained(dest, safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (tok_dir / name).exists():
-            shutil.copy(tok_dir / name, dest / name)
+    _copy_tokenizer(tok_dir, dest)
     steps = min(cfg.steps, cfg.stop_after or cfg.steps)
     summary = {"config": cfg.name, "steps": steps, "schedule_steps": cfg.steps,
                **({"init": cfg.init} if cfg.init else {}),
