@@ -26,17 +26,38 @@ computes one mask. `premask` instead, once per step and before verification:
 The cost is masks for draft nodes verification never reaches (the siblings of a tree, the tail after a
 rejection), traded for one call with parallel work instead of a seek and a call per reached node; the
 json bench suite reports both (constraints/bench.py: batched calls, masks per call, µs per call).
+
+**Overlap with the forward.** A step's masks depend only on the grammar state after the tokens accepted
+so far and on the draft — not on the step's logits. So `premask_views` (the loop's hook) does the Python
+part on the calling thread (cutting chains, seeking and forking matchers, validating draft tokens, which
+hold the GIL) and hands the llguidance call, which releases the GIL (`py.detach` around the mask fill in
+llguidance's python_ext/src/llmatcher.rs, for `LLMatcher.unsafe_compute_mask_ptr*` and every
+`LLExecutor` call), plus the unpacking of the masks into the -inf pattern the processor applies, to one
+long-lived worker thread; it returns a `Pending` handle the loop joins right after the target's forward
+(`with premask_views(views, drafts): out = session.forward(...)`). Between start and join only the worker
+touches the step's matchers and `RowConstraint.masks`: the loop runs the forward, which reads neither.
+A worker exception is raised by the join, where the serial call would have raised it; a matcher that
+fails while computing reports it through `RowConstraint.error` as before, and the row stops with that
+reason. `OVERLAP = False` computes the masks on the calling thread before the forward (the same masks, so
+the same tokens: tests/constraints/test_overlap.py).
 """
 
 from __future__ import annotations
 
+import contextvars
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import torch
 
 from . import timing
-from .matcher import RowConstraint
+from .matcher import RowConstraint, unpack
 
 _EXECUTOR = None
 ENABLED = True  # False: every mask is computed one node at a time when verification asks (tests compare)
+OVERLAP = True  # False: a step's batched masks are computed before the forward, on the calling thread
+_WORKER: ThreadPoolExecutor | None = None
+_WORKER_LOCK = threading.Lock()
 
 
 def executor(threads: int | None = None):
@@ -50,17 +71,56 @@ def executor(threads: int | None = None):
     return _EXECUTOR
 
 
-def premask_views(views, drafts) -> int:
-    """`premask` for a verify step of the batched loop (methods/loop.py): `views` are the live rows'
-    `RowContext`s, `drafts` their drafts; rows without a grammar are skipped."""
+def worker() -> ThreadPoolExecutor:
+    """The one long-lived thread that computes the batched masks while the forward runs (made on first
+    use and reused by every step of every generation; a daemon-like pool thread, joined at exit)."""
+    global _WORKER
+    with _WORKER_LOCK:
+        if _WORKER is None:
+            _WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decodelab-grammar-mask")
+    return _WORKER
+
+
+class Pending:
+    """A step's batched masks being computed: `join()` waits and returns how many were computed (raising
+    the worker's exception, if any). As a context manager it joins on exit, so the worker never outlives
+    the step; when the body raised, that error wins and a worker error is dropped."""
+
+    def __init__(self, future: Future | None = None, computed: int = 0):
+        self._future, self.computed = future, computed
+
+    def join(self) -> int:
+        if self._future is not None:
+            future, self._future = self._future, None
+            self.computed = future.result()
+        return self.computed
+
+    def __enter__(self) -> "Pending":
+        return self
+
+    def __exit__(self, kind, error, trace) -> bool:
+        if kind is None:
+            self.join()
+        else:
+            try:
+                self.join()
+            except Exception:  # noqa: BLE001 - the body's error is the one to report
+                pass
+        return False
+
+
+def premask_views(views, drafts) -> Pending:
+    """Start `premask` for a verify step of the batched loop (methods/loop.py): `views` are the live
+    rows' `RowContext`s, `drafts` their drafts; rows without a grammar are skipped. Returns the handle to
+    join after the target's forward (the masks are computed meanwhile on the worker when `OVERLAP`)."""
     if not ENABLED:
-        return 0
+        return Pending()
     rows = []
     for view, draft in zip(views, drafts):
         mask = view.sampler.constraint
         if mask is not None:
             rows.append((mask.rows[0], view.ids()[mask.prompt_len:], draft, mask.eos))
-    return premask(rows)
+    return start(rows, OVERLAP)
 
 
 def premask(rows: list[tuple]) -> int:
@@ -68,12 +128,18 @@ def premask(rows: list[tuple]) -> int:
 
     rows: (row state, the row's generated tokens, its Draft, EOS ids) per constrained row of the step.
     Returns the number of masks computed (0: every mask was known and no call was made)."""
+    return start(rows, overlap=False).join()
+
+
+def start(rows: list[tuple], overlap: bool) -> Pending:
+    """`premask`, its llguidance call and unpacking on the worker thread when `overlap` (see the module
+    docstring); the Python part (chains, seeks, forks, validation) runs here."""
     t0 = timing.clock()
     chains = []  # (row, key of the head, matcher at the head, tokens after the head, EOS ids)
     for row, generated, draft, eos in rows:
         chains += [c + (set(eos),) for c in _chains(row, list(generated), draft, set(eos))]
     if not chains:
-        return 0
+        return Pending()
     words = (chains[0][0].grammar.tokenizer.vocab_size + 31) // 32
     jobs, at = [], 0
     for _, _, matcher, rest, eos in chains:
@@ -82,13 +148,28 @@ def premask(rows: list[tuple]) -> int:
         jobs.append((matcher, at, rest or [_rejected(matcher, eos)]))
         at += 1 + len(jobs[-1][2])
     bitmask = torch.full((at, words), -1, dtype=torch.int32)
-    executor().unsafe_compute_mask_ptr_with_draft_token(jobs, bitmask.data_ptr(), words * 4, at)
+    prepared = timing.clock() - t0
+    if not overlap:
+        return Pending(computed=_compute(chains, jobs, bitmask, prepared))
+    # the worker records its time into this thread's active timer (constraints/timing.py), if any
+    return Pending(worker().submit(contextvars.copy_context().run, _compute, chains, jobs, bitmask, prepared))
+
+
+def _compute(chains: list[tuple], jobs: list[tuple], bitmask: torch.Tensor, prepared: float) -> int:
+    """The llguidance call (GIL released), then each node's words and its forbidden-token row (what the
+    processor applies, unpacked here so the hit path after the forward is one masked_fill) into its row."""
+    t0 = timing.clock()
+    executor().unsafe_compute_mask_ptr_with_draft_token(jobs, bitmask.data_ptr(), bitmask.shape[1] * 4,
+                                                        bitmask.shape[0])
+    forbidden = ~unpack(bitmask, 32 * bitmask.shape[1])  # [nodes, 32·words] bool
     n = 0
     for (row, key, _, rest, _), (_, at, _) in zip(chains, jobs):
         for j in range(len(rest) + 1):
-            row.masks[key + tuple(rest[:j])] = bitmask[at + j]  # as many as the step's nodes, not bounded
+            node = key + tuple(rest[:j])  # as many as the step's nodes, not bounded
+            row.masks[node] = bitmask[at + j]
+            row.forbidden[node] = forbidden[at + j]
         n += 1 + len(rest)
-    timing.record_batch(timing.clock() - t0, n)
+    timing.record_batch(prepared + timing.clock() - t0, n)
     return n
 
 
@@ -109,6 +190,7 @@ def _chains(row: RowConstraint, generated: list[int], draft, eos: set[int]) -> l
             paths[i] = paths[p] + (tokens[i],)
     needed = set(paths.values())  # the row keeps the masks of this step's nodes only (bounded memory)
     row.masks = {k: v for k, v in row.masks.items() if k in needed}
+    row.forbidden = {k: v for k, v in row.forbidden.items() if k in needed}
     out, own = [], True
     for head in [-1] + [i for i, p in enumerate(parents) if first_child[p] != i]:
         chain = [head]

@@ -38,6 +38,8 @@ class RowConstraint:
         self.reachable = True  # False when the last seek hit a token the grammar rejects
         # masks known for this step, keyed by generated tokens → [⌈V/32⌉] int32 words (batched.py)
         self.masks: dict[tuple[int, ...], torch.Tensor] = {}
+        # the same step's batched masks unpacked: [32·⌈V/32⌉] bool, True where the token is forbidden
+        self.forbidden: dict[tuple[int, ...], torch.Tensor] = {}
 
     def remember(self, key: tuple[int, ...], words: torch.Tensor) -> None:
         """Keep the mask of the state after `key` (a bounded, oldest-first cache: the masks of one step)."""
@@ -171,14 +173,31 @@ class GrammarMask:
             allowed[b, [e for e in self.eos if e < vocab_size] or list(range(vocab_size))] = True
         return allowed
 
+    def _unpacked(self, input_ids: torch.LongTensor, vocab_size: int) -> torch.Tensor | None:
+        """[B, V] bool forbidden tokens when every row's mask was computed and unpacked by the step's
+        batched call (batched.py), else None."""
+        if input_ids.shape[0] != len(self.rows):
+            return None
+        found = []
+        for b, row in enumerate(self.rows):
+            known = row.forbidden.get(tuple(input_ids[b, self.prompt_len :].tolist()))
+            if known is None or known.numel() < vocab_size or known.numel() - vocab_size >= 32:
+                return None
+            found.append(known[:vocab_size])
+        self.hits = len(found)
+        return found[0][None] if len(found) == 1 else torch.stack(found)
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         # input_ids: [B, L]; scores: [B, V] → [B, V]
         t0 = timing.clock()  # mask time per call (constraints/timing.py): two clock reads
-        allowed = self.allowed(input_ids, scores.shape[-1]).to(scores.device)
-        masked = scores.masked_fill(~allowed, -float("inf"))
-        empty = ~torch.isfinite(masked).any(dim=-1, keepdim=True)  # penalties removed every allowed token
-        if bool(empty.any()):
-            masked = torch.where(empty & allowed, torch.zeros_like(scores), masked)
+        forbidden = self._unpacked(input_ids, scores.shape[-1])
+        if forbidden is None:
+            forbidden = ~self.allowed(input_ids, scores.shape[-1])
+        masked = scores.masked_fill(forbidden.to(scores.device), -float("inf"))
+        if not bool(torch.isfinite(masked.amax(dim=-1)).all()):  # else every row kept a finite score
+            empty = ~torch.isfinite(masked).any(dim=-1, keepdim=True)  # penalties removed every allowed token
+            if bool(empty.any()):
+                masked = torch.where(empty & ~forbidden.to(scores.device), torch.zeros_like(scores), masked)
         timing.record_mask(timing.clock() - t0, len(self.rows), self.hits)
         return masked
 

@@ -129,9 +129,10 @@ def _step(ctx, session, rows: list[int], proposers: dict, wants_hidden: bool, ca
     """One draft → batched verify → per-row accept step over the live rows; the tokens each row emits."""
     views = [ctx.row(b) for b in rows]
     drafts = _drafts(rows, views, proposers, session, caps)
-    premask_views(views, drafts)  # every grammar mask the verify reads, in one call (constraints/batched.py)
     ids, parents, chain = _pack([v.ids()[-1] for v in views], drafts, ctx.lm.pad_token_id)
-    out = session.forward(ids, parents=None if chain else parents, hidden=wants_hidden)
+    with premask_views(views, drafts):  # the verify's grammar masks, computed while the forward runs (batched.py)
+        lengths = [1 + len(d.tokens) + len(d.aux_tokens) for d in drafts]  # real tokens per row; the rest pads
+    out = session.forward(ids, parents=None if chain else parents, hidden=wants_hidden, lengths=lengths)
     logits, hidden = (out[0], out[1]) if wants_hidden else (out, None)
     nodes, emitted = [], [[] for _ in ctx.prompts]
     for i, (b, view, draft) in enumerate(zip(rows, views, drafts)):
