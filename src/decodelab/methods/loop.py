@@ -130,9 +130,9 @@ def _step(ctx, session, rows: list[int], proposers: dict, wants_hidden: bool, ca
     views = [ctx.row(b) for b in rows]
     drafts = _drafts(rows, views, proposers, session, caps)
     ids, parents, chain = _pack([v.ids()[-1] for v in views], drafts, ctx.lm.pad_token_id)
+    lengths = [1 + len(d.tokens) + len(d.aux_tokens) for d in drafts]  # real tokens per row; the rest pads
     with premask_views(views, drafts):  # the verify's grammar masks, computed while the forward runs (batched.py)
-        lengths = [1 + len(d.tokens) + len(d.aux_tokens) for d in drafts]  # real tokens per row; the rest pads
-    out = session.forward(ids, parents=None if chain else parents, hidden=wants_hidden, lengths=lengths)
+        out = session.forward(ids, parents=None if chain else parents, hidden=wants_hidden, lengths=lengths)
     logits, hidden = (out[0], out[1]) if wants_hidden else (out, None)
     nodes, emitted = [], [[] for _ in ctx.prompts]
     for i, (b, view, draft) in enumerate(zip(rows, views, drafts)):
