@@ -148,18 +148,24 @@ def test_every_speculative_method_gives_the_same_tokens_with_batched_masks(lm, m
     assert on != greedy_tokens  # the sampled run really sampled
 
 
-def test_mask_cost_bench_runs_both_routes_with_the_same_tokens(tmp_path):
+def test_mask_cost_bench_runs_every_route_with_the_same_tokens(tmp_path):
     """python -m decodelab.constraints.mask_cost on one json-suite prompt: counts only (no timing here)."""
     from decodelab.constraints import mask_cost
 
-    result = mask_cost.main(["--limit", "1", "--methods", "greedy,pld", "--out", str(tmp_path)])
-    rows = {(r["method"], r["batched"]): r for r in result["rows"]}
-    assert set(rows) == {("greedy", True), ("greedy", False), ("pld", True), ("pld", False)}
+    result = mask_cost.main(["--limit", "1", "--methods", "greedy,pld", "--repeats", "2", "--out", str(tmp_path)])
+    rows = {(r["method"], r["route"]): r for r in result["rows"]}
+    assert set(rows) == {(m, r) for m in ("greedy", "pld") for r in ("overlap", "batched", "one node")}
     for r in rows.values():
+        # the reference, both replays and every route emitted the same tokens
         assert r["same_tokens"] == "1/1" and r["tokens"] > 0 and r["mask_us_per_token"] > 0
         assert r["masks_per_token"] >= 1 - 1e-9  # every emitted token had its mask computed
+        assert isinstance(r["exposed_us_per_token"], float) and r["draft_grammar_us_per_token"] > 0
     for method in ("greedy", "pld"):  # the batched route asks llguidance less often
-        assert rows[method, True]["llguidance_calls_per_token"] < rows[method, False]["llguidance_calls_per_token"]
-    assert "| greedy | batched |" in (tmp_path / "mask_cost.md").read_text()
+        assert rows[method, "batched"]["llguidance_calls_per_token"] < rows[method, "one node"]["llguidance_calls_per_token"]
+        assert rows[method, "overlap"]["masks_per_token"] == rows[method, "batched"]["masks_per_token"]
+    assert "| greedy | overlap |" in (tmp_path / "mask_cost.md").read_text()
+    assert batched.OVERLAP is None and batched.ENABLED  # the default route restored
     with pytest.raises(SystemExit):
         mask_cost.main(["--methods", "llada"])
+    with pytest.raises(SystemExit):
+        mask_cost.main(["--routes", "overlap,sideways"])

@@ -39,12 +39,16 @@ touches the step's matchers and `RowConstraint.masks`: the loop runs the forward
 A worker exception is raised by the join, where the serial call would have raised it; a matcher that
 fails while computing reports it through `RowConstraint.error` as before, and the row stops with that
 reason. `OVERLAP = False` computes the masks on the calling thread before the forward (the same masks, so
-the same tokens: tests/constraints/test_overlap.py).
+the same tokens: tests/constraints/test_overlap.py); by default (`OVERLAP = None`) the worker is used only
+when the process may run on more cores than torch's intra-op threads (`torch.get_num_threads()`): with no
+core to spare, the worker would take one from the forward (constraints/mask_cost.py measures both routes
+and what each leaves exposed).
 """
 
 from __future__ import annotations
 
 import contextvars
+import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -55,7 +59,10 @@ from .matcher import RowConstraint, unpack
 
 _EXECUTOR = None
 ENABLED = True  # False: every mask is computed one node at a time when verification asks (tests compare)
-OVERLAP = True  # False: a step's batched masks are computed before the forward, on the calling thread
+# True: a step's batched masks are computed on the worker thread while the forward runs; False: before the
+# forward, on the calling thread; None (the default): overlap only when a core is free beside torch's
+# intra-op threads (`overlapping`) — on a machine with no spare core the worker would compete with the forward
+OVERLAP: bool | None = None
 _WORKER: ThreadPoolExecutor | None = None
 _WORKER_LOCK = threading.Lock()
 
@@ -69,6 +76,21 @@ def executor(threads: int | None = None):
 
         _EXECUTOR = LLExecutor(threads) if threads else LLExecutor()
     return _EXECUTOR
+
+
+def overlapping() -> bool:
+    """Whether `premask_views` computes on the worker thread (see `OVERLAP`)."""
+    if OVERLAP is not None:
+        return OVERLAP
+    return _cores() > torch.get_num_threads()
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 def worker() -> ThreadPoolExecutor:
@@ -120,7 +142,7 @@ def premask_views(views, drafts) -> Pending:
         mask = view.sampler.constraint
         if mask is not None:
             rows.append((mask.rows[0], view.ids()[mask.prompt_len:], draft, mask.eos))
-    return start(rows, OVERLAP)
+    return start(rows, overlapping())
 
 
 def premask(rows: list[tuple]) -> int:

@@ -19,7 +19,9 @@ the scores. Since a verify step's masks are computed together (batched.py: one l
 step for every draft node of every row), most processor calls read a mask (`mask_hits`) instead of
 computing one; the batched calls are timed apart (`batch_calls`, `batch_masks`, `batch_s`), and the
 mask time per token is the sum of both. The collector is a `contextvars.ContextVar`, so concurrent generations in other threads
-(the server) are not mixed in.
+(the server) are not mixed in; the batched call's worker thread (batched.py) records into the timer of
+the generation that started it. These are compute times: with the batched call overlapped with the
+forward, what the decode step waits for is less, and constraints/mask_cost.py measures that by replay.
 """
 
 from __future__ import annotations
@@ -45,6 +47,20 @@ class GrammarTimer:
     mask_hits: int = 0  # row masks a GrammarMask call read from the step's batch instead of computing
     batch_s: list[float] = field(default_factory=list)  # one entry per batched call (batched.py)
     batch_masks: int = 0  # masks the batched calls computed
+
+    def add(self, other: "GrammarTimer") -> None:
+        """Fold another timer's records into this one (a nested measurement, constraints/mask_cost.py)."""
+        self.mask_s += other.mask_s
+        self.ff_s += other.ff_s
+        self.check_s += other.check_s
+        self.batch_s += other.batch_s
+        self.mask_rows += other.mask_rows
+        self.mask_hits += other.mask_hits
+        self.batch_masks += other.batch_masks
+
+    def total_s(self) -> float:
+        """All the grammar work recorded: masks (processor and batched calls), checks, fast-forward queries."""
+        return sum(self.mask_s) + sum(self.batch_s) + sum(self.check_s) + sum(self.ff_s)
 
     def summary(self) -> dict:
         calls = sorted(self.mask_s)
