@@ -63,10 +63,13 @@ class RowConstraint:
 
     def seek(self, tokens: list[int]) -> bool:
         """Move to the state after `tokens`; False (state left at the longest valid prefix) if invalid."""
-        k, mine = 0, self.tokens
-        limit = min(len(mine), len(tokens))
-        while k < limit and mine[k] == tokens[k]:
-            k += 1
+        mine = self.tokens
+        if len(tokens) >= len(mine) and tokens[: len(mine)] == mine:  # the usual case: only new tokens
+            k = len(mine)
+        else:
+            k, limit = 0, min(len(mine), len(tokens))
+            while k < limit and mine[k] == tokens[k]:
+                k += 1
         self.rollback(len(mine) - k)
         self.reachable = self.advance(tokens[k:]) == len(tokens) - k
         return self.reachable
