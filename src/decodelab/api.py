@@ -127,26 +127,70 @@ def generate(lm: LM, prompt: str | list[int], *, method: str = "greedy", max_new
 
 def generate_batch(lm: LM, prompts: list[str | list[int]], *, method: str = "greedy", max_new_tokens: int = 64,
                    n: int = 1, seed: int | list[int] | None = None, stop: str | list[str] | None = None,
-                   **params) -> list[Generation]:
+                   max_batch: int | None = None, **params) -> list[Generation]:
     """Generate for several prompts (× n samples each, prompt-major): one batch for every batched method.
 
     Row i uses seed `seed + i` (or `seed[i]`): a row's output does not depend on the other rows.
     `constraint=` is one constraint for every row, or a list with one per prompt (greedy, sample, awrs,
-    the speculative methods and the diffusion samplers: each row follows its own grammar in one batch)."""
+    the speculative methods and the diffusion samplers: each row follows its own grammar in one batch).
+    `max_batch=B`: at most B rows run at once — a dataset in bounded memory. Methods that take rows into a
+    running batch keep B rows busy (a finished row's place goes to the next prompt at once, `Engine`), so
+    rows that finish early never leave the batch half empty; the others run in consecutive groups of B.
+    The outputs are the same either way."""
     if not prompts:
         raise UserError("prompts is empty")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise UserError(f"n must be an integer ≥ 1, got {n!r}")
+    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
+        raise UserError(f"max_batch must be an integer ≥ 1 or None, got {max_batch!r}")
     per_prompt = params.get("constraint")
     if isinstance(per_prompt, (list, tuple)):  # one constraint per prompt: each of its n samples follows it
         _check_one_per_prompt(per_prompt, len(prompts))
         params = {**params, "constraint": [c for c in per_prompt for _ in range(n)]}
     prompts = [p for p in prompts for _ in range(n)]
+    if max_batch is not None and max_batch < len(prompts):
+        return _windowed(lm, prompts, method, max_new_tokens, seed, stop, params, max_batch)
     results: dict[int, Generation] = {}
     for event in _run(lm, list(prompts), method, max_new_tokens, seed, stop, params):
         if event.generation is not None:
             results[event.row] = event.generation
     return [results[b] for b in range(len(prompts))]
+
+
+def _windowed(lm, prompts: list, method: str, max_new_tokens: int, seed, stop, params: dict,
+              max_batch: int) -> list[Generation]:
+    """generate_batch with at most `max_batch` rows at once: a rolling window on the continuous Engine
+    (Orca's iteration-level scheduling) where the method allows it, else consecutive groups."""
+    from .engine import Engine
+
+    info, ids, checked, stop, grammar, healing = _validate(lm, prompts, method, max_new_tokens, seed, stop,
+                                                           {k: v for k, v in params.items() if k != "logprobs"})
+    top = check_top(params.get("logprobs"))
+    seeds = list(seed) if isinstance(seed, (list, tuple)) else \
+        [None if seed is None else seed + i for i in range(len(ids))]
+    if not info.continuous or grammar is not None or healing:
+        out: list[Generation] = []
+        per_row = params.get("constraint")
+        for lo in range(0, len(ids), max_batch):
+            group = {**params, "constraint": per_row[lo : lo + max_batch]} if isinstance(per_row, list) else params
+            out += generate_batch(lm, ids[lo : lo + max_batch], method=method, max_new_tokens=max_new_tokens,
+                                  seed=seeds[lo : lo + max_batch] if seed is not None else None, stop=stop, **group)
+        return out
+    engine = Engine(lm, method, **checked)
+    rows: dict[int, int] = {}  # engine row → prompt index
+    results: dict[int, Generation] = {}
+    waiting = list(range(len(ids)))[::-1]
+    try:
+        while len(results) < len(ids):
+            while waiting and len(rows) - len(results) < max_batch:  # refill the batch from the queue
+                i = waiting.pop()
+                rows[engine.add(ids[i], max_new_tokens=max_new_tokens, seed=seeds[i], stop=stop, logprobs=top)] = i
+            for event in engine.step():
+                if event.generation is not None:
+                    results[rows[event.row]] = event.generation
+    finally:
+        engine.close()
+    return [results[i] for i in range(len(ids))]
 
 
 @torch.inference_mode()

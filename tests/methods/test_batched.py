@@ -173,3 +173,29 @@ def test_greedy_rows_of_a_batch_draft_as_deep_as_they_accept():
     depth_alone = max(len([n for n in g.stats.drafted if n]) for g in alone)
     depth_batch = len([n for n in batch[0].stats.drafted if n])
     assert depth_alone > FIRST_CAP and depth_batch < depth_alone
+
+
+@pytest.mark.parametrize("method", ["greedy", "pld", "speculative", "tree"])
+def test_max_batch_window_rows_equal_greedy_alone(method):
+    """generate_batch(max_batch=3) over 5 ragged prompts: at most 3 rows run at once, a finished row's
+    place going to the next prompt (Engine); every row still equals greedy alone, in prompt order."""
+    lm = SHARP["native"]
+    batch = decodelab.generate_batch(lm, PROMPTS, method=method, max_new_tokens=30, max_batch=3, **_needs(method))
+    assert [g.stats.batch_size <= 3 for g in batch] == [True] * len(PROMPTS)
+    for prompt, got in zip(PROMPTS, batch):
+        assert got.token_ids == decodelab.generate(lm, prompt, max_new_tokens=30).token_ids, (method, prompt)
+
+
+def test_max_batch_keeps_row_seeds_and_groups_other_methods():
+    """Sampled rows keep seed s + i under a window; a method that cannot take rows into a running batch
+    (beam search) runs consecutive groups with the same outputs as one batch."""
+    lm = SOFT["native"]
+    whole = decodelab.generate_batch(lm, PROMPTS, method="sample", seed=5, max_new_tokens=8)
+    window = decodelab.generate_batch(lm, PROMPTS, method="sample", seed=5, max_new_tokens=8, max_batch=2)
+    assert [g.token_ids for g in window] == [g.token_ids for g in whole]
+    beams = decodelab.generate_batch(lm, PROMPTS[:3], method="beam", max_new_tokens=6, num_beams=2)
+    grouped = decodelab.generate_batch(lm, PROMPTS[:3], method="beam", max_new_tokens=6, num_beams=2, max_batch=2)
+    assert [g.token_ids for g in grouped] == [g.token_ids for g in beams]
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="max_batch"):
+            decodelab.generate_batch(lm, PROMPTS, max_batch=bad)

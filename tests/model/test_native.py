@@ -149,6 +149,30 @@ def test_left_padded_batch_equals_rows_alone(pair):
             torch.testing.assert_close(second[b], alone[-1], atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("tree", [False, True])
+def test_ragged_rows_packed_equal_padded_and_transformers(pair, tree):
+    """A ragged verify batch (row b's first lengths[b] tokens real, the rest pads): the native backend
+    packs the pads out of every matmul (`lengths=`), and each row's real logits still equal the padded
+    forward's and the transformers model's — left-padded rows, chains and trees alike."""
+    from decodelab.model.native import Rows
+
+    native, hf = pair
+    lengths, n = [5, 1, 3], 5
+    assert Rows.worth(lengths, n)  # 9 of 15 slots real: this forward is packed
+    ids = torch.tensor([[40, 41, 42, 43, 44], [50, 0, 0, 0, 0], [60, 61, 62, 0, 0]])
+    parents = [[-1, 0, 0, 1, 1], [-1, -1, -1, -1, -1], [-1, 0, 0, -1, -1]] if tree else None
+    out = {}
+    for name, lm, kw in (("packed", native, {"lengths": lengths}), ("padded", native, {}), ("hf", hf, {})):
+        s = lm.session(batch_size=3)
+        s.forward(torch.tensor([[11, 12, 13, 14], [0, 0, 21, 22], [0, 31, 32, 33]]),
+                  pad_mask=torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1], [0, 1, 1, 1]]))
+        out[name] = s.forward(ids, parents=parents, **kw)
+    for b, m in enumerate(lengths):
+        torch.testing.assert_close(out["packed"][b, :m], out["padded"][b, :m], atol=ATOL, rtol=0)
+        torch.testing.assert_close(out["packed"][b, :m], out["hf"][b, :m], atol=ATOL, rtol=0)
+    assert out["packed"][1, 1:].abs().max() == 0  # the pads were not computed at all
+
+
 @pytest.mark.parametrize("running_longer", [True, False])
 def test_merge_rows_join_a_running_batch(pair, running_longer):
     """Rows prefilled apart and merged into a running batch (continuous batching) — with holes in the

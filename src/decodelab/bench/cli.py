@@ -36,8 +36,9 @@ def add_arguments(p) -> None:
     p.add_argument("--dtype", default=None, help="float32 (default on CPU), bfloat16 or float16")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--batch-size", default="1",
-                   help="prompts per generate_batch call (one batched forward per step; the peer is transformers' "
-                        "batched greedy), or a list such as 1,4,8,16: one run per size and a sweep table")
+                   help="rows running at once: each suite goes through one generate_batch call with max_batch = this "
+                        "(a finished row's place goes to the next prompt; the peer, transformers' batched greedy, runs "
+                        "consecutive groups of this size), or a list such as 1,4,8,16: one run per size and a sweep table")
     p.add_argument("--out", default="bench-out")
     p.add_argument("--json", action="store_true", help="end stdout with one JSON summary object")
     p.add_argument("--list", action="store_true", help="list suites and methods, then exit")
@@ -226,8 +227,8 @@ def _run_all(lm, entries, prompts, args, draft, constraints=None) -> list[dict]:
 
     from .runner import run_batch, run_one
 
-    if args.batch_size > 1:
-        prompts = {suite: _batches(plist, args.batch_size) for suite, plist in prompts.items()}
+    if args.batch_size > 1:  # the whole suite at once, at most batch_size rows running (generate_batch's max_batch)
+        prompts = {suite: _batches(plist, len(plist)) for suite, plist in prompts.items()}
     total = sum(len(p) for p in prompts.values()) * args.repeats * len(entries)
     progress = Progress(TextColumn("bench"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("{task.description}"))
@@ -239,7 +240,7 @@ def _run_all(lm, entries, prompts, args, draft, constraints=None) -> list[dict]:
     constraints = constraints or {}
     for e in entries:  # warm-up, not recorded
         if args.batch_size > 1:
-            run_batch(lm, e, first[1], min(8, first[2]), args.seed)
+            run_batch(lm, e, first[1][: args.batch_size], min(8, first[2]), args.seed, args.batch_size)
         else:
             constraint = None if e.is_peer else constraints.get(first_suite, {}).get(first[0])
             run_one(lm, e, first[1], min(8, first[2]), args.seed, draft, constraint)
@@ -253,7 +254,7 @@ def _run_all(lm, entries, prompts, args, draft, constraints=None) -> list[dict]:
                         if constraint and e.is_peer:  # transformers' generate has no grammar constraints
                             progress.advance(task)
                             continue
-                        rec = run_batch(lm, e, ids, n, args.seed + rep) if args.batch_size > 1 \
+                        rec = run_batch(lm, e, ids, n, args.seed + rep, args.batch_size) if args.batch_size > 1 \
                             else run_one(lm, e, ids, n, args.seed + rep, draft, constraint)
                         records.append({"suite": suite, "prompt_id": pid, "method": e.label, "repeat": rep, **rec})
                         progress.advance(task)

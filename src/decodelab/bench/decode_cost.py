@@ -147,15 +147,10 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> None:
-    import json
 
     if args.steps < 1 or args.repeats < 1:
         raise UserError("--steps and --repeats must be ≥ 1")
     machine.set_threads(args.threads)
     configs = llamacpp_configs() if args.backend == "llamacpp" else default_configs(args.compile)
     result = measure(args.model, configs, args.prompt, args.steps, args.repeats, args.device)
-    if machine.warning(result["load"]):
-        print(machine.warning(result["load"]))
-    print(markdown(result))
-    if args.json:
-        print(json.dumps(result))
+    machine.emit(result, markdown(result), args.json)

@@ -86,3 +86,15 @@ def warning(load: dict) -> str | None:
             f"{max(s for s in [load['before'].get('others_cpu_share') or 0, load['during_others_cpu_share'] or 0, load['after'].get('others_cpu_share') or 0]):.0%} "
             f"of the CPU; load average {load['before'].get('load_avg_1m')} → {load['after'].get('load_avg_1m')}); "
             "timings and speed-ups are not reliable — rerun on an idle machine")
+
+
+def emit(result: dict, text: str, as_json: bool) -> None:
+    """Print a micro-benchmark's result: the busy-machine warning if any, its table, then (as_json) one
+    JSON object on the last line."""
+    import json
+
+    if warning(result["load"]):
+        print(warning(result["load"]))
+    print(text)
+    if as_json:
+        print(json.dumps(result))

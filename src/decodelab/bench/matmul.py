@@ -11,7 +11,6 @@ Rounds are interleaved and the median is reported; the machine's load before and
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
@@ -84,11 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     machine.set_threads(args.threads)
     result = measure(args.model, [int(r) for r in args.rows.split(",")], args.repeats)
-    if machine.warning(result["load"]):
-        print(machine.warning(result["load"]))
-    print(markdown(result))
-    if args.json:
-        print(json.dumps(result))
+    machine.emit(result, markdown(result), args.json)
 
 
 if __name__ == "__main__":

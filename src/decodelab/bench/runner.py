@@ -118,9 +118,11 @@ def run_one(lm: LM, entry: Entry, ids: list[int], max_new_tokens: int, seed: int
     return rec
 
 
-def run_batch(lm: LM, entry: Entry, rows: list[list[int]], max_new_tokens: int, seed: int) -> dict:
-    """Time one batch of prompts through `generate_batch` (one batched forward per step); a raw record
-    whose token_ids is the list of rows and whose counts are the batch's."""
+def run_batch(lm: LM, entry: Entry, rows: list[list[int]], max_new_tokens: int, seed: int,
+              max_batch: int | None = None) -> dict:
+    """Time prompts through `generate_batch` (one batched forward per step over at most `max_batch` rows,
+    refilled as rows finish); a raw record whose token_ids is the list of rows and whose counts are the
+    whole run's. The transformers peer runs consecutive groups of `max_batch` rows."""
     from ..api import generate_batch
 
     _sync_reset(lm)
@@ -128,21 +130,26 @@ def run_batch(lm: LM, entry: Entry, rows: list[list[int]], max_new_tokens: int, 
     if entry.is_peer:
         from .peers import hf_generate_batch
 
-        rows_out = hf_generate_batch(lm, rows, max_new_tokens, entry.params)
+        size = max_batch or len(rows)
+        rows_out = [r for lo in range(0, len(rows), size)
+                    for r in hf_generate_batch(lm, rows[lo : lo + size], max_new_tokens, entry.params)]
         wall = time.perf_counter() - t0
         new = sum(len(r) for r in rows_out)
         return {"new_tokens": new, "wall_time_s": wall, "tokens_per_s": new / wall, "batch_size": len(rows),
                 "token_ids": rows_out, "peak_memory_mb": round(_peak_memory_mb(lm), 1)}
-    gens = generate_batch(lm, rows, method=entry.method, max_new_tokens=max_new_tokens, seed=seed, **entry.params)
+    gens = generate_batch(lm, rows, method=entry.method, max_new_tokens=max_new_tokens, seed=seed,
+                          max_batch=max_batch, **entry.params)
     if lm.device.type == "cuda":
         torch.cuda.synchronize(lm.device)
     wall = time.perf_counter() - t0
-    stats, new = gens[0].stats, sum(len(g.token_ids) for g in gens)
-    return {"new_tokens": new, "wall_time_s": wall, "tokens_per_s": new / wall, "batch_size": len(rows),
+    new = sum(len(g.token_ids) for g in gens)
+    steps = sum(g.stats.steps for g in gens)  # per row: its decode steps and the tokens they emitted
+    decode = sum(g.stats.decode_tokens for g in gens)
+    return {"new_tokens": new, "wall_time_s": wall, "tokens_per_s": new / wall, "batch_size": max_batch or len(rows),
             "token_ids": [g.token_ids for g in gens], "peak_memory_mb": round(_peak_memory_mb(lm), 1),
-            "steps": stats.steps, "forward_passes": stats.forward_passes, "decode_tokens": stats.decode_tokens,
-            "draft_forward_passes": stats.draft_forward_passes, "mean_accepted": stats.mean_accepted,
-            "draft_time_s": stats.draft_time_s}
+            "steps": steps, "decode_tokens": decode,
+            "mean_accepted": decode / steps if steps else 0.0,
+            "row_latency_s": sorted(g.stats.wall_time_s for g in gens)}
 
 
 def _sync_reset(lm: LM) -> None:
@@ -225,6 +232,13 @@ def aggregate(records: list[dict], entries: list[Entry], suites: list[str]) -> l
     return out
 
 
+def _share(recs: list[dict], key: str, total: float) -> float | None:
+    """Σ key ÷ total over records that carry the key (a batch's rows share their passes: it has none)."""
+    if not total or any(key not in r for r in recs):
+        return None
+    return round(sum(r[key] for r in recs) / total, 4)
+
+
 def _per_prompt_tps(recs: list[dict]) -> dict[str, float]:
     by_prompt: dict[str, list[dict]] = {}
     for r in recs:
@@ -252,8 +266,8 @@ def _aggregate_one(suite: str, e: Entry, recs: list[dict], base: dict[str, float
         "speedup_p25": round(_quantile(ratios, 0.25), 4) if ratios else None,
         "speedup_p75": round(_quantile(ratios, 0.75), 4) if ratios else None,
         "mean_accepted": round(sum(r["decode_tokens"] for r in with_stats) / steps, 4) if steps else None,
-        "forward_passes_per_token": round(sum(r["forward_passes"] for r in with_stats) / new, 4) if new else None,
-        "draft_time_share": round(sum(r["draft_time_s"] for r in with_stats) / wall, 4) if wall else None,
+        "forward_passes_per_token": _share(with_stats, "forward_passes", new),  # one-row records only
+        "draft_time_share": _share(with_stats, "draft_time_s", wall),
         "peak_memory_mb": max((r["peak_memory_mb"] for r in recs), default=None),
         "exact": None, "mismatch": None, "distribution_pvalue": None,
     }

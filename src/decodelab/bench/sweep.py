@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import statistics
 from pathlib import Path
 
 from ..errors import UserError
@@ -50,9 +51,10 @@ def _throughput(results: dict) -> dict[str, dict]:
     """Per method: tokens/s over all records (Σ tokens ÷ Σ wall time), exactness, τ."""
     out = {}
     for rec in results["records"]:
-        m = out.setdefault(rec["method"], {"tokens": 0, "wall": 0.0, "exact": True, "tau": []})
+        m = out.setdefault(rec["method"], {"tokens": 0, "wall": 0.0, "exact": True, "tau": [], "latency": []})
         m["tokens"] += rec["new_tokens"]
         m["wall"] += rec["wall_time_s"]
+        m["latency"] += rec.get("row_latency_s", [])
         if rec.get("mean_accepted"):
             m["tau"].append(rec["mean_accepted"])
     for a in results["aggregates"]:
@@ -61,7 +63,8 @@ def _throughput(results: dict) -> dict[str, dict]:
     table = {}
     for name, m in out.items():
         table[name] = {"tokens_per_s": round(m["tokens"] / m["wall"], 2) if m["wall"] else 0.0,
-                       "exact": m["exact"], "tau": round(sum(m["tau"]) / len(m["tau"]), 2) if m["tau"] else None}
+                       "exact": m["exact"], "tau": round(sum(m["tau"]) / len(m["tau"]), 2) if m["tau"] else None,
+                       "row_latency_p50_s": round(statistics.median(m["latency"]), 3) if m["latency"] else None}
     greedy = table.get("greedy", {}).get("tokens_per_s") or 0
     peer = table.get("hf:greedy", {}).get("tokens_per_s") or 0
     for entry in table.values():
@@ -88,6 +91,12 @@ def markdown(summary: dict) -> str:
             ratio = f" ({e['vs_greedy']:.2f}×)" if e["vs_greedy"] is not None and m != "greedy" else ""
             cells.append(f"{e['tokens_per_s']:.1f}{ratio}{'' if e['exact'] else ' NOT exact'}")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", "Median time from a row's arrival in the batch to its last token, s (decodelab methods):", "",
+              "| method | " + " | ".join(f"batch {b}" for b in sizes) + " |", "|---|" + "---:|" * len(sizes)]
+    for m in methods:
+        cells = [summary["by_batch_size"][b]["methods"].get(m, {}).get("row_latency_p50_s") for b in sizes]
+        if any(c is not None for c in cells):
+            lines.append(f"| {m} | " + " | ".join("—" if c is None else f"{c:.3f}" for c in cells) + " |")
     lines += ["", "decodelab batched greedy ÷ transformers batched greedy: " + ", ".join(
         f"batch {b}: {summary['by_batch_size'][b]['methods'].get('greedy', {}).get('vs_hf_greedy')}" for b in sizes),
         "", "Machine load per run (load average before → after, other processes' CPU share): " + "; ".join(

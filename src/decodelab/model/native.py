@@ -88,14 +88,46 @@ class Block(nn.Module):
         """x [B, n, H]; k/v_cache [B, kv_heads, T, D] (this layer's); writes columns start..start+n."""
         B, n, _ = x.shape
         q, k, v = self._qkv(_rms_norm(x, self.in_norm, self.eps), B, n, cos, sin)
+        attn = self._attend(q, k, v, k_cache, v_cache, start, mask)
+        return self._mlp(x + linear(attn.transpose(1, 2).reshape(B, n, -1), self.wo, self.bo))
+
+    def forward_packed(self, x, cos, sin, k_cache, v_cache, start: int, mask, rows: "Rows"):
+        """The same layer over packed tokens x [T, H] (`Rows`: where they sit in the [B, n] batch).
+
+        Every matmul runs over the T real tokens only; queries, keys and values are scattered into the
+        padded [B, n] layout just for the cache write and attention (pad slots are zero and never read)."""
+        qkv = self._qkv_rows(_rms_norm(x, self.in_norm, self.eps), cos, sin)  # [T, heads + 2·kv_heads, D]
+        full = qkv.new_zeros(rows.B * rows.n, *qkv.shape[1:]).index_copy_(0, rows.keep, qkv)
+        q, k, v = full.view(rows.B, rows.n, -1, self.head_dim).transpose(1, 2).split(
+            [self.heads, self.kv_heads, self.kv_heads], dim=1)
+        attn = self._attend(q, k, v, k_cache, v_cache, start, mask)
+        attn = attn.transpose(1, 2).reshape(rows.B * rows.n, -1).index_select(0, rows.keep)
+        return self._mlp(x + linear(attn, self.wo, self.bo))
+
+    def _attend(self, q, k, v, k_cache, v_cache, start: int, mask):
+        B, _, n, _ = q.shape
         end = start + n
         k_cache[:, :, start:end] = k
         v_cache[:, :, start:end] = v
-        attn = F.scaled_dot_product_attention(q, k_cache[:, :, :end], v_cache[:, :, :end], attn_mask=mask,
+        if B > 1 and 1 < n <= GROUPED_MAX_QUERIES and q.device.type == "cpu":
+            return _grouped_attention(q, k_cache[:, :, :end], v_cache[:, :, :end], mask)
+        return F.scaled_dot_product_attention(q, k_cache[:, :, :end], v_cache[:, :, :end], attn_mask=mask,
                                               enable_gqa=self.heads != self.kv_heads)
-        x = x + linear(attn.transpose(1, 2).reshape(B, n, -1), self.wo, self.bo)
+
+    def _mlp(self, x):
         gate, up = linear(_rms_norm(x, self.post_norm, self.eps), self.w_gate_up).chunk(2, dim=-1)
         return x + linear(F.silu(gate) * up, self.w_down)
+
+    def _qkv_rows(self, h, cos, sin):
+        """Fused projection and RoPE of packed tokens h [T, H], cos/sin [T, 1, D] → [T, heads + 2·kv, D]."""
+        qkv = linear(h, self.wqkv, self.bqkv).view(h.shape[0], -1, self.head_dim)
+        hk = self.heads + self.kv_heads
+        if self.q_norm is None:
+            qkv[:, :hk] = _rotate(qkv[:, :hk], cos, sin)
+        else:
+            qkv[:, : self.heads] = _rotate(_rms_norm(qkv[:, : self.heads], self.q_norm, self.eps), cos, sin)
+            qkv[:, self.heads : hk] = _rotate(_rms_norm(qkv[:, self.heads : hk], self.k_norm, self.eps), cos, sin)
+        return qkv
 
     def _qkv(self, h, B: int, n: int, cos, sin):
         """Fused projection and RoPE → q [B, heads, n, D], k and v [B, kv_heads, n, D] (Qwen3: q/k
@@ -109,6 +141,24 @@ class Block(nn.Module):
         q, k, v = qkv.split([self.heads, self.kv_heads, self.kv_heads], dim=2)
         q, k = _rms_norm(q, self.q_norm, self.eps), _rms_norm(k, self.k_norm, self.eps)
         return _rotate(q.transpose(1, 2), cos, sin), _rotate(k.transpose(1, 2), cos, sin), v.transpose(1, 2)
+
+
+GROUPED_MAX_QUERIES = 64  # verify widths up to this use _grouped_attention on a CPU batch
+
+
+def _grouped_attention(q, k, v, mask):
+    """Attention of a few new tokens per row with each KV head's query heads folded into one matmul:
+    q [B, heads, n, D] → [B, kv_heads, g·n, D] against k, v [B, kv_heads, T, D]; mask [B or 1, 1, n, T]
+    bool (True = attend) or None. The same values as SDPA's with `enable_gqa`. On a CPU, torch's fused
+    attention splits a batch of short queries into many tiny (row, head) blocks: at 8 rows × 2–11 new
+    tokens each (a batched verify step) these 3–4 ops take about half its time, so every row's drafted
+    columns cost less (`python -m decodelab.bench.verify_cost`)."""
+    B, H, n, D = q.shape
+    kv = k.shape[1]
+    scores = torch.matmul(q.reshape(B, kv, H // kv * n, D), k.transpose(-1, -2)).mul_(D ** -0.5)
+    if mask is not None:
+        scores = scores.view(B, kv, H // kv, n, -1).masked_fill_(~mask[:, None], float("-inf")).view(B, kv, -1, k.shape[2])
+    return torch.matmul(torch.softmax(scores, dim=-1), v).view(B, H, n, D)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -233,6 +283,22 @@ class NativeModel(nn.Module):
                 states.append(x)
         return x
 
+    def forward_packed(self, ids: torch.Tensor, positions: torch.Tensor, cache: "KVCache", start: int,
+                       mask: torch.Tensor | None, rows: "Rows") -> torch.Tensor:
+        """`forward` over only the real tokens of a ragged batch (varlen packing): ids, positions [B, n]
+        where row b's first rows.lengths[b] tokens are real and the rest pads. Logits [B, n, V], zero at
+        the pads. A verify step whose rows drafted different amounts pays for Σ lengths tokens in every
+        matmul instead of B·n (BASS, arXiv:2404.15778, §3.2, packs its ragged batch the same way)."""
+        keep = rows.keep
+        x = F.embedding(ids.reshape(-1).index_select(0, keep), self.embed)  # [T, H]
+        at = positions.reshape(-1).index_select(0, keep)
+        cos, sin = self.cos[at].to(x.dtype)[:, None], self.sin[at].to(x.dtype)[:, None]  # [T, 1, D]
+        for i, layer in enumerate(self.layers):
+            x = layer.forward_packed(x, cos, sin, cache.k[i], cache.v[i], start, mask, rows)
+        logits = self.logits(x)  # [T, V]
+        return logits.new_zeros(rows.B * rows.n, logits.shape[-1]).index_copy_(0, keep, logits).view(
+            rows.B, rows.n, -1)
+
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Final norm + LM head: [..., H] → [..., V]."""
         return linear(_rms_norm(h, self.norm, self.eps), self.head)
@@ -256,6 +322,22 @@ class NativeModel(nn.Module):
             states[-1] = h
             return logits, tuple(states)
         return logits
+
+
+class Rows:
+    """Where a ragged batch's real tokens sit: row b's first lengths[b] of n; `keep` their flat indices."""
+
+    def __init__(self, lengths: list[int], n: int, device):
+        self.B, self.n = len(lengths), n
+        self.keep = torch.tensor([b * n + j for b, m in enumerate(lengths) for j in range(m)], device=device)
+
+    @staticmethod
+    def worth(lengths: list[int] | None, n: int) -> bool:
+        """Pack when pads would be at least PACK_WASTE of the batch's B·n token slots."""
+        return lengths is not None and len(lengths) > 1 and n > 1 and sum(lengths) <= (1 - PACK_WASTE) * len(lengths) * n
+
+
+PACK_WASTE = 0.25  # below this share of pad slots, the scatter/gather of packing costs more than it saves
 
 
 class KVCache:
@@ -384,6 +466,9 @@ class NativeSession(Session):
                                  embeds=embeds)
         if reuse:
             return self._run_reusing(ids, positions, start, mask, last_only, *reuse)
+        if not (last_only or hidden) and Rows.worth(self._lengths, n):
+            return self.lm.model.forward_packed(ids, positions, self.cache, start, mask,
+                                                Rows(self._lengths, n, self.lm.device))
         step = self.lm.model
         if n == 1 and mask is None and not hidden and self.lm.state.get("compiled") is not None:
             step = self.lm.state["compiled"]  # the one decode-step shape torch.compile specialises on

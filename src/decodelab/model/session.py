@@ -59,7 +59,8 @@ class Session:
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor | list[int], parents: list[int] | None = None,
                 pad_mask: torch.Tensor | None = None, last_only: bool = False,
-                hidden: bool = False, token_weights: torch.Tensor | None = None):
+                hidden: bool = False, token_weights: torch.Tensor | None = None,
+                lengths: list[int] | None = None):
         """Run the model over new tokens and append them to the cache.
 
         input_ids: [B, n] (or a list for B = 1). parents: tree structure of the n nodes (None =
@@ -67,19 +68,22 @@ class Session:
         token_weights: [B, n, V] — each new position's input embedding is Σ_v w_v·E[v] instead of
         E[input_ids] (superposed decoding, search/superposed.py); input_ids still name what the cache
         records. Backends that cannot take it raise ModelError.
+        lengths: row b's new tokens are its first lengths[b] of n, the rest pads whose logits are never
+        read (a ragged verify batch); a backend may then skip the pads (the native one packs them out).
         Returns logits [B, n, V] float32 ([B, 1, V] when last_only); with hidden=True also the
         tuple of hidden states (embeddings + every layer, the last normed) at the new positions.
         """
         if token_weights is not None and not self.accepts_token_weights:
             raise ModelError(f"the {self.lm.backend} backend cannot feed superposed token embeddings")
-        self._token_weights = token_weights
+        self._token_weights, self._lengths = token_weights, lengths
         try:
             return self._forward(input_ids, parents, pad_mask, last_only, hidden)
         finally:
-            self._token_weights = None
+            self._token_weights = self._lengths = None
 
     accepts_token_weights = False  # backends that read self._token_weights in _run set it True
     _token_weights: torch.Tensor | None = None
+    _lengths: list[int] | None = None  # the ragged rows' real token counts, while a forward runs
 
     def _forward(self, input_ids, parents, pad_mask, last_only: bool, hidden: bool):
         ids = self._as_batch(input_ids)
