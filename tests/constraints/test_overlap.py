@@ -229,3 +229,14 @@ def test_the_masks_are_computed_while_the_forward_runs(lm, route, monkeypatch):
     route(True)
     _run(lm, "pld", 0.0, ROW_CONSTRAINTS[:2], PROMPTS[:2], max_new=12)
     assert seen and all(seen)
+
+
+def test_the_gil_check_runs():
+    """python -m decodelab.constraints.gil_check (the docs' GIL figures): it runs and reports every call;
+    the shares themselves are timings, not asserted here."""
+    from decodelab.constraints import gil_check
+
+    result = gil_check.main(["--seconds", "0.05"])
+    assert len(result["shares"]) == 6 and all(s > 0 for s in result["shares"].values())
+    with pytest.raises(SystemExit):
+        gil_check.main(["--seconds", "0"])

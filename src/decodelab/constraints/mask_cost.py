@@ -250,6 +250,9 @@ def _row(method: str, route: str, t: dict, prompts: int) -> dict:
             "exposed_us_per_token": round(exposed_us, 1),
             "draft_grammar_us_per_token": round(1e6 * t["draft_grammar_s"] / n, 1),
             "exposed_share_of_forward": round(exposed_us / forward_us, 4) if forward_us else None,
+            # the replayed steps themselves, to compare configurations (--torch-threads) with each other
+            "constrained_step_ms_per_token": round(1e3 * t["constrained_s"] / n, 3),
+            "unconstrained_step_ms_per_token": round(1e3 * t["unconstrained_s"] / n, 3),
             "wall_ms_per_token": round(1e3 * t["wall_s"] / n, 3),
             "same_tokens": f"{t['same']}/{prompts}"}
 
@@ -266,17 +269,20 @@ def markdown(result: dict, command: str) -> str:
              "one node = each mask when verification asks. Compute = the mask work done, on any thread; "
              "exposed = how much longer the decode steps took than the same steps (same drafts, same forwards, "
              "same tokens) without the grammar, plus the grammar work done while drafting (the drafting column); "
-             "÷ forward = per emitted token ÷ one target forward pass (the goal: exposed ≤ 5 %). Same tokens: "
-             "every route, both replays and the reference agree.", "",
+             "÷ forward = per emitted token ÷ one target forward pass (the goal: exposed ≤ 5 %). Steps ms / token: "
+             "the replayed steps' time per token with and without the grammar (medians; compare these across "
+             "--torch-threads settings: fewer torch threads may hide the mask better but slow the forward). "
+             "Same tokens: every route, both replays and the reference agree.", "",
              "| method | route | mask compute µs / token | masks / token | llguidance calls / token | "
              "forward µs / pass | compute ÷ forward | exposed µs / token | of which drafting | "
-             "exposed ÷ forward | wall ms / token | same tokens |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "exposed ÷ forward | steps ms / token: constrained | unconstrained | wall ms / token | same tokens |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
         lines.append(f"| {r['method']} | {r['route']} | {r['mask_us_per_token']} | {r['masks_per_token']} | "
                      f"{r['llguidance_calls_per_token']} | {r['forward_us_per_pass']} | "
                      f"{share(r['mask_share_of_forward'])} | {r['exposed_us_per_token']} | "
                      f"{r['draft_grammar_us_per_token']} | {share(r['exposed_share_of_forward'])} | "
+                     f"{r['constrained_step_ms_per_token']} | {r['unconstrained_step_ms_per_token']} | "
                      f"{r['wall_ms_per_token']} | {r['same_tokens']} |")
     return with_warning(lines, result["machine_load"])
 
