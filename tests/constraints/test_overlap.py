@@ -240,3 +240,31 @@ def test_the_gil_check_runs():
     assert len(result["shares"]) == 6 and all(s > 0 for s in result["shares"].values())
     with pytest.raises(SystemExit):
         gil_check.main(["--seconds", "0"])
+
+
+def _generate_in_child(queue):
+    lm = flat_lm(0, 0.3)
+    out = _run(lm, "greedy", 0.0, ROW_CONSTRAINTS[:2], PROMPTS[:2], max_new=12)
+    queue.put([g.token_ids for g in out])
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_forked_child_gets_its_own_worker(lm, route):
+    """After fork the parent's worker thread does not exist in the child: the child makes its own instead
+    of handing its masks to a thread that never runs them (a hang)."""
+    import multiprocessing
+
+    route(True)
+    want = [g.token_ids for g in _run(lm, "greedy", 0.0, ROW_CONSTRAINTS[:2], PROMPTS[:2], max_new=12)]
+    assert batched._WORKER is not None  # the parent's worker exists when the child forks
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_generate_in_child, args=(queue,))
+    child.start()
+    try:
+        got = queue.get(timeout=60)
+    finally:
+        child.join(10)
+        if child.is_alive():
+            child.kill()
+    assert got == want

@@ -93,6 +93,17 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+def _forget_threads() -> None:
+    """In a forked child: the parent's worker and llguidance pool threads do not exist there (a job
+    handed to them would never run), so both are made afresh on first use."""
+    global _WORKER, _EXECUTOR, _WORKER_LOCK
+    _WORKER, _EXECUTOR, _WORKER_LOCK = None, None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_threads)
+
+
 def worker() -> ThreadPoolExecutor:
     """The one long-lived thread that computes the batched masks while the forward runs (made on first
     use and reused by every step of every generation; a daemon-like pool thread, joined at exit)."""
