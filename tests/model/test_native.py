@@ -149,28 +149,35 @@ def test_left_padded_batch_equals_rows_alone(pair):
             torch.testing.assert_close(second[b], alone[-1], atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("lengths", [[5, 1, 3], [5, 1, 1, 1], [1, 1, 1, 5, 1, 1, 1]])
 @pytest.mark.parametrize("tree", [False, True])
-def test_ragged_rows_packed_equal_padded_and_transformers(pair, tree):
+def test_ragged_rows_packed_equal_padded_and_transformers(pair, tree, lengths):
     """A ragged verify batch (row b's first lengths[b] tokens real, the rest pads): the native backend
-    packs the pads out of every matmul (`lengths=`), and each row's real logits still equal the padded
-    forward's and the transformers model's — left-padded rows, chains and trees alike."""
+    packs the pads out of every matmul (`lengths=`) and runs attention over contiguous runs of rows, each
+    padded to its own width; each row's real logits still equal the padded forward's and the
+    transformers model's — left-padded rows, chains and trees alike."""
     from decodelab.model.native import Rows
 
     native, hf = pair
-    lengths, n = [5, 1, 3], 5
-    assert Rows.worth(lengths, n)  # 9 of 15 slots real: this forward is packed
-    ids = torch.tensor([[40, 41, 42, 43, 44], [50, 0, 0, 0, 0], [60, 61, 62, 0, 0]])
-    parents = [[-1, 0, 0, 1, 1], [-1, -1, -1, -1, -1], [-1, 0, 0, -1, -1]] if tree else None
+    B, n = len(lengths), max(lengths)
+    rows = Rows(lengths, n, "cpu")
+    assert Rows.worth(lengths, n) and len(rows.segments) == {3: 1, 4: 2, 7: 3}[B]  # every route is taken
+    gen = torch.Generator().manual_seed(B)
+    ids = torch.randint(3, 200, (B, n), generator=gen)
+    tree_rows = [[-1, 0, 0, 1, 1], [-1, -1, 0, -1, -1]]
+    parents = [tree_rows[b % 2][:n] + [-1] * (n - 5) for b in range(B)] if tree else None
+    prompts = torch.randint(3, 200, (B, 4), generator=gen)
+    pads = torch.tensor([[int(j >= b % 3) for j in range(4)] for b in range(B)])  # row b: b % 3 left pads
     out = {}
     for name, lm, kw in (("packed", native, {"lengths": lengths}), ("padded", native, {}), ("hf", hf, {})):
-        s = lm.session(batch_size=3)
-        s.forward(torch.tensor([[11, 12, 13, 14], [0, 0, 21, 22], [0, 31, 32, 33]]),
-                  pad_mask=torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1], [0, 1, 1, 1]]))
+        s = lm.session(batch_size=B)
+        s.forward(prompts, pad_mask=pads)
         out[name] = s.forward(ids, parents=parents, **kw)
     for b, m in enumerate(lengths):
         torch.testing.assert_close(out["packed"][b, :m], out["padded"][b, :m], atol=ATOL, rtol=0)
         torch.testing.assert_close(out["packed"][b, :m], out["hf"][b, :m], atol=ATOL, rtol=0)
-    assert out["packed"][1, 1:].abs().max() == 0  # the pads were not computed at all
+    short = lengths.index(1)
+    assert out["packed"][short, 1:].abs().max() == 0  # the pads were not computed at all
 
 
 @pytest.mark.parametrize("running_longer", [True, False])

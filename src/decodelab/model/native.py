@@ -100,19 +100,30 @@ class Block(nn.Module):
         full = qkv.new_zeros(rows.B * rows.n, *qkv.shape[1:]).index_copy_(0, rows.keep, qkv)
         q, k, v = full.view(rows.B, rows.n, -1, self.head_dim).transpose(1, 2).split(
             [self.heads, self.kv_heads, self.kv_heads], dim=1)
-        attn = self._attend(q, k, v, k_cache, v_cache, start, mask)
-        attn = attn.transpose(1, 2).reshape(rows.B * rows.n, -1).index_select(0, rows.keep)
+        k_cache[:, :, start : start + rows.n] = k
+        v_cache[:, :, start : start + rows.n] = v
+        parts = []
+        for (lo, hi, width), local in zip(rows.segments, rows.local_keep):  # contiguous rows, own width
+            seg_mask = None if mask is None else mask[lo:hi] if mask.shape[0] > 1 else mask
+            end = start + width  # a real token never sees this step's columns past its row's width
+            attn = self._attention(q[lo:hi, :, :width], k_cache[lo:hi, :, :end], v_cache[lo:hi, :, :end],
+                                   None if seg_mask is None else seg_mask[:, :, :width, :end])
+            attn = attn.transpose(1, 2).reshape((hi - lo) * width, -1)
+            parts.append(attn if local is None else attn.index_select(0, local))
+        attn = parts[0] if len(parts) == 1 else torch.cat(parts)
         return self._mlp(x + linear(attn, self.wo, self.bo))
 
     def _attend(self, q, k, v, k_cache, v_cache, start: int, mask):
-        B, _, n, _ = q.shape
-        end = start + n
+        end = start + q.shape[2]
         k_cache[:, :, start:end] = k
         v_cache[:, :, start:end] = v
+        return self._attention(q, k_cache[:, :, :end], v_cache[:, :, :end], mask)
+
+    def _attention(self, q, k, v, mask):
+        B, _, n, _ = q.shape
         if B > 1 and 1 < n <= GROUPED_MAX_QUERIES and q.device.type == "cpu":
-            return _grouped_attention(q, k_cache[:, :, :end], v_cache[:, :, :end], mask)
-        return F.scaled_dot_product_attention(q, k_cache[:, :, :end], v_cache[:, :, :end], attn_mask=mask,
-                                              enable_gqa=self.heads != self.kv_heads)
+            return _grouped_attention(q, k, v, mask)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.heads != self.kv_heads)
 
     def _mlp(self, x):
         gate, up = linear(_rms_norm(x, self.post_norm, self.eps), self.w_gate_up).chunk(2, dim=-1)
@@ -325,11 +336,20 @@ class NativeModel(nn.Module):
 
 
 class Rows:
-    """Where a ragged batch's real tokens sit: row b's first lengths[b] of n; `keep` their flat indices."""
+    """Where a ragged batch's real tokens sit: row b's first lengths[b] of n; `keep` their flat indices.
+
+    `segments`: the rows split into at most MAX_SEGMENTS contiguous runs (lo, hi, width) for attention,
+    each padded only to its own widest row — chosen to minimise the query slots attention computes, an
+    extra run counting as SEGMENT_COST slots (its few extra ops); `local_keep`: each run's real tokens in
+    its [hi − lo, width] layout (None when all are real). The cache rows of a run are a view: no copy."""
 
     def __init__(self, lengths: list[int], n: int, device):
         self.B, self.n = len(lengths), n
         self.keep = torch.tensor([b * n + j for b, m in enumerate(lengths) for j in range(m)], device=device)
+        self.segments = _segments(lengths)
+        self.local_keep = [None if all(m == w for m in lengths[lo:hi]) else torch.tensor(
+            [(b - lo) * w + j for b in range(lo, hi) for j in range(lengths[b])], device=device)
+            for lo, hi, w in self.segments]
 
     @staticmethod
     def worth(lengths: list[int] | None, n: int) -> bool:
@@ -338,6 +358,26 @@ class Rows:
 
 
 PACK_WASTE = 0.25  # below this share of pad slots, the scatter/gather of packing costs more than it saves
+MAX_SEGMENTS, SEGMENT_COST = 3, 8  # attention runs of a packed batch; what one more run costs, in query slots
+SEGMENT_MAX_ROWS = 32
+
+
+def _segments(lengths: list[int]) -> list[tuple[int, int, int]]:
+    """Contiguous runs (lo, hi, width) covering the rows, minimising Σ (SEGMENT_COST + rows · width)."""
+    B = len(lengths)
+    if B > SEGMENT_MAX_ROWS:  # the search is O(B²) in Python: one run
+        return [(0, B, max(lengths))]
+    best = {(0, 0): (0, [])}  # (runs used, rows covered) → (cost, runs)
+    for k in range(1, MAX_SEGMENTS + 1):
+        for hi in range(k, B + 1):
+            width, options = 0, []
+            for lo in range(hi - 1, k - 2, -1):  # the run lo..hi−1, its width kept as lo moves down
+                width = max(width, lengths[lo])
+                if (k - 1, lo) in best:
+                    cost, runs = best[(k - 1, lo)]
+                    options.append((cost + SEGMENT_COST + (hi - lo) * width, runs + [(lo, hi, width)]))
+            best[(k, hi)] = min(options, key=lambda o: o[0])
+    return min((best[(k, B)] for k in range(1, min(MAX_SEGMENTS, B) + 1)), key=lambda o: o[0])[1]
 
 
 class KVCache:
