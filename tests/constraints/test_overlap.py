@@ -268,3 +268,14 @@ def test_a_forked_child_gets_its_own_worker(lm, route):
         if child.is_alive():
             child.kill()
     assert got == want
+
+
+def test_the_workers_unpacking_equals_unpack():
+    from decodelab.constraints.matcher import unpack
+
+    gen = torch.Generator().manual_seed(0)
+    for nodes, words in ((1, 1), (3, 257), (2, 4010)):
+        bitmask = torch.randint(-2**31, 2**31 - 1, (nodes, words), dtype=torch.int32, generator=gen)
+        bitmask[0, 0] = -1  # all allowed, and
+        bitmask[-1, -1] = 0  # none allowed, at the ends
+        assert torch.equal(batched._forbidden(bitmask), ~unpack(bitmask, 32 * words))

@@ -49,9 +49,11 @@ from __future__ import annotations
 
 import contextvars
 import os
+import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
+import numpy as np
 import torch
 
 from . import timing
@@ -194,7 +196,7 @@ def _compute(chains: list[tuple], jobs: list[tuple], bitmask: torch.Tensor, prep
     t0 = timing.clock()
     executor().unsafe_compute_mask_ptr_with_draft_token(jobs, bitmask.data_ptr(), bitmask.shape[1] * 4,
                                                         bitmask.shape[0])
-    forbidden = ~unpack(bitmask, 32 * bitmask.shape[1])  # [nodes, 32·words] bool
+    forbidden = _forbidden(bitmask)  # [nodes, 32·words] bool
     n = 0
     for (row, key, _, rest, _), (_, at, _) in zip(chains, jobs):
         for j in range(len(rest) + 1):
@@ -204,6 +206,16 @@ def _compute(chains: list[tuple], jobs: list[tuple], bitmask: torch.Tensor, prep
         n += 1 + len(rest)
     timing.record_batch(prepared + timing.clock() - t0, n)
     return n
+
+
+def _forbidden(bitmask: torch.Tensor) -> torch.Tensor:
+    """[n, W] int32 words → [n, 32·W] bool, True where the token is forbidden (`~unpack`). Through numpy
+    on a little-endian host (bit j of byte k of word w is token 32w + 8k + j): one single-threaded call,
+    so the worker never opens a torch parallel region beside the forward's (large vocabularies)."""
+    if sys.byteorder != "little":  # pragma: no cover
+        return ~unpack(bitmask, 32 * bitmask.shape[1])
+    bits = np.unpackbits(bitmask.numpy().view(np.uint8), axis=1, bitorder="little")
+    return torch.from_numpy(bits == 0)
 
 
 def _rejected(matcher, eos: set[int]) -> int:
