@@ -44,6 +44,7 @@ from .service import (
     row_event_error,
     row_stats,
 )
+from .sse import Chunks, Sink
 
 log = logging.getLogger("decodelab.serve")
 DISCONNECT_POLL_S = 0.25
@@ -166,9 +167,8 @@ class _ChatShape:
 
 
 async def _serve(server: Server, request: Request, req, prompts, max_new_tokens, shape):
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[RowEvent] = asyncio.Queue()
-    job = server.job(req, prompts, max_new_tokens, lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev))
+    sink = server.events.sink()  # the worker's events for this request (serve/sse.py)
+    job = server.job(req, prompts, max_new_tokens, sink.put)
     try:
         server.scheduler.submit(job)
     except QueueFull as exc:
@@ -176,11 +176,11 @@ async def _serve(server: Server, request: Request, req, prompts, max_new_tokens,
     head = {"id": new_id("cmpl" if shape.object == "text_completion" else "chatcmpl"),
             "created": int(time.time()), "model": server.model_name}
     if req.stream:
-        first = await _first_event(server, request, job, queue, req.n)  # an early failure is still a 400
+        first = await _first_events(server, request, job, sink, req.n)  # an early failure is still a 400
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return StreamingResponse(_sse(server, job, first, queue, shape, head, include_usage, req.n),
+        return StreamingResponse(_sse(server, job, first, sink, Chunks(head, shape), include_usage, req.n),
                                  media_type="text/event-stream")
-    gens = await _collect(server, request, job, queue, req.n)
+    gens = await _collect(server, request, job, sink, req.n)
     choices = [shape.full(i, g.text, finish_reason(g)) for i, g in sorted(gens.items())]
     for choice, (i, g) in zip(choices, sorted(gens.items())):
         choice["logprobs"] = logprobs_block(server.lm, g.token_ids, g.logprobs, g.top_logprobs,
@@ -190,81 +190,103 @@ async def _serve(server: Server, request: Request, req, prompts, max_new_tokens,
             "decodelab": server.info_block(job, gens)}
 
 
-async def _next_event(request: Request, queue: asyncio.Queue) -> RowEvent:
-    """The job's next event, watching for the client going away while it waits."""
+async def _next_events(request: Request, sink: Sink) -> list[RowEvent]:
+    """The job's waiting events (at least one), watching for the client going away while it waits."""
     while True:
         try:
-            return await asyncio.wait_for(queue.get(), DISCONNECT_POLL_S)
+            return await asyncio.wait_for(sink.get(), DISCONNECT_POLL_S)
         except asyncio.TimeoutError:
             if await request.is_disconnected():
                 raise ApiError(499, "client disconnected") from None
 
 
-async def _first_event(server: Server, request: Request, job: Job, queue: asyncio.Queue, n: int) -> RowEvent:
+async def _first_events(server: Server, request: Request, job: Job, sink: Sink, n: int) -> list[RowEvent]:
     try:
-        event = await _next_event(request, queue)
-        if event.error is not None:
-            raise row_event_error(event)
+        events = await _next_events(request, sink)
+        if events[0].error is not None:
+            raise row_event_error(events[0])
     except BaseException:
         job.cancelled.set()
         server.finish(job, {}, n)
         raise
-    return event
+    return events
 
 
-async def _collect(server: Server, request: Request, job: Job, queue: asyncio.Queue, n: int) -> dict:
+async def _collect(server: Server, request: Request, job: Job, sink: Sink, n: int) -> dict:
     gens: dict = {}
     try:
         while len(gens) < len(job.rows):
-            event = await _next_event(request, queue)
-            if event.error is not None:
-                raise row_event_error(event)
-            if event.generation is not None:
-                gens[event.index] = event.generation
+            for event in await _next_events(request, sink):
+                if event.error is not None:
+                    raise row_event_error(event)
+                if event.generation is not None:
+                    gens[event.index] = event.generation
     finally:
         job.cancelled.set()  # no-op when done; stops the rows that are left otherwise
         server.finish(job, gens, n)
     return gens
 
 
-async def _sse(server: Server, job: Job, first: RowEvent, queue: asyncio.Queue, shape, head: dict,
+async def _sse(server: Server, job: Job, events: list[RowEvent], sink: Sink, chunks: Chunks,
                include_usage: bool, n: int) -> AsyncIterator[str]:
-    def chunk(choices: list[dict], **extra) -> str:
-        return "data: " + json.dumps({**head, "object": shape.chunk_object, "choices": choices, **extra}) + "\n\n"
-
+    """The stream's SSE lines: one chunk per event; the events waiting together go out in one write."""
+    shape = chunks.shape
     gens: dict = {}
     offsets: dict[int, int] = {}  # per choice: characters streamed so far (completions' text_offset)
+    out: list[str] = []
     try:
         if opening := shape.opening(r.index for r in job.rows):
-            yield chunk(opening)
-        event = first
+            out.append(chunks.line(opening))
         while True:
-            if event.error is not None:
-                err = row_event_error(event)
-                yield "data: " + json.dumps({"error": {"message": err.message, "code": err.status}}) + "\n\n"
+            failed = _lines(server, chunks, events, gens, offsets, out)
+            if failed or len(gens) == len(job.rows):
                 break
-            finish = None if event.generation is None else finish_reason(event.generation)
-            if event.text or finish or event.logprobs:
-                extra = {"decodelab": row_stats(event.index, event.generation)} if finish else {}
-                choice = shape.choice(event.index, event.text, finish)
-                if event.logprobs is not None:  # this chunk's tokens (the continuous engine scores as it streams)
-                    chat = shape.chunk_object != "text_completion"
-                    start = offsets.get(event.index, 0 if chat else len(shape.prefix(event.index)))
-                    block = logprobs_block(server.lm, event.token_ids, event.logprobs, event.top_logprobs, chat, start)
-                    choice["logprobs"] = block
-                    offsets[event.index] = start + (0 if chat else sum(len(t) for t in block["tokens"]))
-                yield chunk([choice], **extra)
-            if event.generation is not None:
-                gens[event.index] = event.generation
-            if len(gens) == len(job.rows):
-                break
-            event = await queue.get()
+            if out:
+                yield "".join(out)
+                out = []
+            events = await sink.get()
         if include_usage and len(gens) == len(job.rows):
-            yield chunk([], usage=server.usage(job, gens, n), decodelab=server.info_block(job, gens))
-        yield "data: [DONE]\n\n"
+            out.append(chunks.line([], usage=server.usage(job, gens, n), decodelab=server.info_block(job, gens)))
+        out.append("data: [DONE]\n\n")
+        yield "".join(out)
     finally:  # also reached when the client disconnects (the response task is cancelled)
         job.cancelled.set()
         server.finish(job, gens, n)
+
+
+def _lines(server: Server, chunks: Chunks, events: list[RowEvent], gens: dict, offsets: dict[int, int],
+           out: list[str]) -> bool:
+    """Append the events' chunks to `out` and the finished rows to `gens`; True after an error (its chunk
+    is the last)."""
+    for event in events:
+        if event.error is not None:
+            err = row_event_error(event)
+            out.append("data: " + json.dumps({"error": {"message": err.message, "code": err.status}}) + "\n\n")
+            return True
+        if event.generation is None and event.logprobs is None:
+            if event.text:  # the per-token chunk: a template around the text
+                out.append(chunks.text(event.index, event.text))
+            continue
+        if event.text or event.generation is not None or event.logprobs:
+            out.append(_event_line(server, chunks, event, offsets))
+        if event.generation is not None:
+            gens[event.index] = event.generation
+    return False
+
+
+def _event_line(server: Server, chunks: Chunks, event: RowEvent, offsets: dict[int, int]) -> str:
+    """The chunk of an event with a finish reason (and the choice's decodelab entry) or logprobs."""
+    shape = chunks.shape
+    finish = None if event.generation is None else finish_reason(event.generation)
+    extra = {"decodelab": row_stats(event.index, event.generation)} if finish else {}
+    choice = shape.choice(event.index, event.text, finish)
+    if event.logprobs is not None:  # this chunk's tokens (the continuous engine scores as it streams)
+        chat = shape.chunk_object != "text_completion"
+        start = offsets.get(event.index, 0 if chat else len(shape.prefix(event.index)))
+        block = logprobs_block(server.lm, event.token_ids, event.logprobs, event.top_logprobs, chat, start)
+        choice["logprobs"] = block
+        offsets[event.index] = start + (0 if chat else sum(len(t) for t in block["tokens"]))
+    return chunks.line([choice], **extra)
 
 
 # ---- auth, limits, errors, schema ----

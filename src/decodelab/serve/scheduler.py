@@ -114,12 +114,15 @@ class Scheduler(Protocol):
 class BatchingScheduler:
     """A bounded FIFO of jobs and one worker thread that groups compatible rows into batches."""
 
-    def __init__(self, lm, *, max_batch: int = 8, max_queue: int = 64, observer=None, stream_interval: int = 1):
+    def __init__(self, lm, *, max_batch: int = 8, max_queue: int = 64, observer=None, stream_interval: int = 1,
+                 flush: Callable[[], None] | None = None):
         if max_batch < 1 or max_queue < 1 or stream_interval < 1:
             raise ValueError("max_batch, max_queue and stream_interval must be ≥ 1")
         self.lm, self.max_batch, self.max_queue = lm, max_batch, max_queue
         self.stream_interval = stream_interval  # a streamed row's text goes out every N tokens (and at its end)
         self.observer = observer  # metrics: on_tokens(...) and on_row_done(...); may be None
+        self.flush = flush  # called once the events of a step (or a lone event) have been emitted; may be None
+        self._holding = False  # inside a step's events: flush once at their end
         self._queue: deque[Job] = deque()
         self._cond = threading.Condition()
         self._running = 0
@@ -220,6 +223,8 @@ class BatchingScheduler:
                 job.held[event.index] = event  # sent with the next tokens of this row
                 return
         job.emit(event)
+        if not self._holding and self.flush is not None:
+            self.flush()
 
     def _stream_row(self, job: Job, row: Row) -> None:
         from .. import stream
@@ -267,9 +272,9 @@ class ContinuousScheduler(BatchingScheduler):
     """
 
     def __init__(self, lm, *, max_batch: int = 8, max_queue: int = 64, observer=None, stream_interval: int = 1,
-                 mix_methods: bool = True):
+                 mix_methods: bool = True, flush: Callable[[], None] | None = None):
         super().__init__(lm, max_batch=max_batch, max_queue=max_queue, observer=observer,
-                         stream_interval=stream_interval)
+                         stream_interval=stream_interval, flush=flush)
         self.mix_methods = mix_methods  # False: one engine per method, each stepped in turn (no mixed engine)
         self._engines: dict[tuple, object] = {}
         self._owners: dict[tuple, tuple[Job, Row]] = {}  # (engine key, engine row) → the job's row
@@ -383,15 +388,21 @@ class ContinuousScheduler(BatchingScheduler):
                     del self._owners[(k, b)]
                     self._emit(job, RowEvent(row.index, error=exc))
             return
-        for event in events:
-            owner = self._owners.get((key, event.row))
-            if owner is None:
-                continue
-            job, row = owner
-            if event.generation is not None:
-                del self._owners[(key, event.row)]
-            self._emit(job, RowEvent(row.index, event.text, event.token_ids, event.generation,
-                                     logprobs=event.logprobs, top_logprobs=event.top_logprobs))
+        self._holding = True  # one wake-up of the event loop for the whole step (serve/sse.py)
+        try:
+            for event in events:
+                owner = self._owners.get((key, event.row))
+                if owner is None:
+                    continue
+                job, row = owner
+                if event.generation is not None:
+                    del self._owners[(key, event.row)]
+                self._emit(job, RowEvent(row.index, event.text, event.token_ids, event.generation,
+                                         logprobs=event.logprobs, top_logprobs=event.top_logprobs))
+        finally:
+            self._holding = False
+            if self.flush is not None:
+                self.flush()
 
 
 MIXED = ("mixed",)  # the key of the engine whose rows bring their own methods (Engine(mixed=True))

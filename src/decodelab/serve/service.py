@@ -21,6 +21,7 @@ from .errors import ApiError
 from .metrics import Metrics
 from .protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
 from .scheduler import ContinuousScheduler, Job, Row, RowEvent
+from .sse import EventPipe
 
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions (capped by the server's limit)
 MAX_CHOICES = 64  # prompts × n in one request
@@ -47,6 +48,7 @@ class Server:
         self.scheduler: ContinuousScheduler | None = None
         self.metrics: Metrics | None = None
         self._lock = threading.Lock()
+        self.events = EventPipe()  # worker → event loop (serve/sse.py): the scheduler flushes it after each step
         if lm is not None:
             self.set_model(lm)
 
@@ -56,7 +58,7 @@ class Server:
             self.metrics = Metrics(self.model_name)
             self.scheduler = ContinuousScheduler(lm, max_batch=self.max_batch, max_queue=self.max_queue,
                                                observer=self.metrics, stream_interval=self.stream_interval,
-                                               mix_methods=self.mix_methods)
+                                               mix_methods=self.mix_methods, flush=self.events.flush)
             self.metrics.track(self.scheduler)
             self.scheduler.start()
             self.lm = lm
