@@ -49,6 +49,9 @@ def test_inprocess_run_counts_every_request_and_matches_generate(model_dir, tmp_
         _check_level(level, c, 2)
     base = results["baseline"]
     assert base["requests"] == 2 and base["same_text"] == "2/2"  # greedy over HTTP == decodelab.generate
+    assert base["cpu_ms_per_token"] >= 0  # (clock ticks of 10 ms: may read 0 on a tiny model)
+    cpu = results["levels"][0]["cpu"]  # server and clients share this process: no split
+    assert cpu["server_s"] is None and cpu["client_s"] is None and cpu["client_ms_per_token"] is None
     assert base["output_tokens"] == results["levels"][0]["output_tokens"]
     summary = json.loads(cap.out.strip().splitlines()[-1])
     assert [lv["completed"] for lv in summary["levels"]] == [2, 6] and "requests" not in summary["levels"][0]
@@ -63,7 +66,11 @@ def test_subprocess_server_and_failed_requests_are_reported(model_dir, tmp_path,
     results = json.loads((out / "results.json").read_text())
     _check_level(results["levels"][0], 2, 1)
     assert results["config"]["server_command"][1:4] == ["-m", "decodelab.cli", "serve"]
-    assert "serving" in (out / "server.log").read_text()
+    assert "serving" in (out / "server.log").read_text() and "event loop" in (out / "server.log").read_text()
+    cpu = results["levels"][0]["cpu"]  # the server process's CPU (its model's too) and the clients', apart
+    assert cpu["server_s"] >= 0 and cpu["client_s"] >= 0
+    assert cpu["server_ms_per_token"] == pytest.approx(1e3 * cpu["server_s"] / results["levels"][0]["output_tokens"],
+                                                       abs=1e-3)
     rc = bench.main(_args(model_dir, tmp_path / "bad", "--server", "inprocess", "--method", "nope"))
     assert rc == 2 and "warm-up request failed: 400" in capsys.readouterr().err
 

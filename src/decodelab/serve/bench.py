@@ -12,7 +12,9 @@ does: aggregate output tokens/s, requests/s, time to first token (TTFT), time pe
 the first (TPOT), inter-chunk latency (ITL) and end-to-end latency, each as mean / p50 / p90 / p99,
 plus failures with their messages. `--baseline` also runs the c = 1 requests in-process
 (`decodelab.generate`, same prompts, seeds and parameters) for the HTTP layer's overhead per token
-and checks the outputs are the same text. The machine's load is recorded around each level
+and checks the outputs are the same text. CPU time per output token is recorded apart for the server
+process (every thread, the model's included; `--baseline` records the same for in-process generation) and
+for the benchmark's clients, so what the HTTP layer costs on each side can be told apart. The machine's load is recorded around each level
 (decodelab.bench.machine; the server subprocess's own CPU time is not counted as another process's).
 Writes results.json and report.md to `--out`. Only loopback addresses are ever contacted.
 """
@@ -154,7 +156,7 @@ def run_level(target: Target, args, prompts: list[str], concurrency: int, first_
     records: list[dict] = []
     lock = threading.Lock()
     before = machine.snapshot()  # 1 s of the machine alone, before the clock starts
-    cpu0, server0 = machine.sample(), _proc_cpu_s(target.server_pid)
+    cpu0, server0, client0 = machine.sample(), _proc_cpu_s(target.server_pid), _own_cpu_s()
     start = clock()
     deadline = start + args.time_limit
 
@@ -169,16 +171,26 @@ def run_level(target: Target, args, prompts: list[str], concurrency: int, first_
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         list(pool.map(client, range(concurrency)))
-    wall = clock() - start
-    during = _others_share(cpu0, machine.sample(), server0, _proc_cpu_s(target.server_pid))
+    wall, client1, server1 = clock() - start, _own_cpu_s(), _proc_cpu_s(target.server_pid)
+    during = _others_share(cpu0, machine.sample(), server0, server1)
     load = machine.report(before, during, machine.snapshot())
-    return summarize(concurrency, concurrency * args.requests, records, wall, load)
+    cpu = {"server_s": None if server0 is None or server1 is None else round(server1 - server0, 3),
+           "client_s": None if args.server == "inprocess" and not args.url else round(client1 - client0, 3)}
+    return summarize(concurrency, concurrency * args.requests, records, wall, load, cpu)
 
 
-def summarize(concurrency: int, planned: int, records: list[dict], wall: float, load: dict | None) -> dict:
+def summarize(concurrency: int, planned: int, records: list[dict], wall: float, load: dict | None,
+              cpu: dict | None = None) -> dict:
+    """A level's figures. `cpu`: CPU seconds of the server process (all its threads: the model too) and of
+    the benchmark's clients during the level (None where not measurable: an in-process or a --url server;
+    clients sharing the server's process), also per output token."""
     ok = [r for r in records if r["ok"]]
     tokens = sum(r["completion_tokens"] for r in ok)
     errors = sorted({f"{r['status']}: {r['error']}" for r in records if not r["ok"]})
+    cpu = dict(cpu or {})
+    for who in ("server", "client"):
+        s = cpu.get(f"{who}_s")
+        cpu[f"{who}_ms_per_token"] = round(1e3 * s / tokens, 4) if s is not None and tokens else None
     return {"concurrency": concurrency, "planned": planned, "completed": len(ok),
             "failed": len(records) - len(ok), "not_started": planned - len(records), "errors": errors[:5],
             "wall_s": round(wall, 6), "output_tokens": tokens,
@@ -187,7 +199,7 @@ def summarize(concurrency: int, planned: int, records: list[dict], wall: float, 
             "requests_per_s": round(len(ok) / wall, 4) if wall > 0 else None,
             "ttft_s": dist([r["ttft_s"] for r in ok]), "tpot_s": dist([r["tpot_s"] for r in ok]),
             "itl_s": dist([x for r in ok for x in r["itl_s"]]), "e2e_s": dist([r["e2e_s"] for r in ok]),
-            "load": load, "requests": [{k: v for k, v in r.items() if k != "itl_s"} for r in records]}
+            "load": load, "cpu": cpu, "requests": [{k: v for k, v in r.items() if k != "itl_s"} for r in records]}
 
 
 def dist(xs: list[float | None]) -> dict | None:
@@ -212,6 +224,12 @@ def _proc_cpu_s(pid: int | None) -> float | None:
     except OSError:
         return None
     return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+
+
+def _own_cpu_s() -> float:
+    """CPU seconds (user + system) of this process: the benchmark's clients while a level runs."""
+    t = os.times()
+    return t.user + t.system
 
 
 def _others_share(a, b, server_a: float | None, server_b: float | None) -> float | None:
@@ -333,7 +351,7 @@ def baseline(lm, args, prompts: list[str], n: int, responses: list[dict]) -> dic
     for method in args.methods:  # warm-up, as the server had its warm-up request
         generate(lm, prompts[0], method=method, max_new_tokens=args.max_tokens, seed=args.seed,
                  temperature=args.temperature, **params_for(args, method))
-    t0, tokens, same = clock(), 0, 0
+    t0, cpu0, tokens, same = clock(), _own_cpu_s(), 0, 0
     texts = {r["index"]: r["text"] for r in responses if r["ok"]}
     for i in range(n):
         method = request_method(args, i)
@@ -341,7 +359,7 @@ def baseline(lm, args, prompts: list[str], n: int, responses: list[dict]) -> dic
                      seed=args.seed + i, temperature=args.temperature, **params_for(args, method))
         tokens += len(g.token_ids)
         same += texts.get(i) == g.text
-    wall = clock() - t0
+    wall, cpu = clock() - t0, _own_cpu_s() - cpu0
     http_ok = [r for r in responses if r["ok"]]
     http_s_per_token = sum(r["e2e_s"] for r in http_ok) / max(1, sum(r["completion_tokens"] for r in http_ok))
     inproc = wall / tokens if tokens else None
@@ -349,6 +367,7 @@ def baseline(lm, args, prompts: list[str], n: int, responses: list[dict]) -> dic
             "s_per_token": round(inproc, 6) if inproc else None,
             "http_s_per_token_c1": round(http_s_per_token, 6),
             "http_overhead": round(http_s_per_token / inproc - 1, 4) if inproc else None,
+            "cpu_ms_per_token": round(1e3 * cpu / tokens, 4) if tokens else None,  # all of this process's threads
             "same_text": f"{same}/{n}"}
 
 
@@ -521,6 +540,14 @@ def markdown(results: dict) -> str:
         lines += ["", f"In-process baseline (the c = 1 requests through `decodelab.generate`): "
                       f"{1e3 * b['s_per_token']:.2f} ms/token vs {1e3 * b['http_s_per_token_c1']:.2f} over HTTP "
                       f"(overhead {b['http_overhead']:+.1%}); same text {b['same_text']}."]
+        c1 = next((lv["cpu"] for lv in results["levels"] if lv["concurrency"] == 1), None) or {}
+        if c1.get("server_ms_per_token") is not None and b.get("cpu_ms_per_token"):
+            client = c1.get("client_ms_per_token")
+            lines += [f"CPU time per token at c = 1 (every thread, the model's included): server process "
+                      f"{1e3 * c1['server_ms_per_token']:.0f} µs against {1e3 * b['cpu_ms_per_token']:.0f} µs "
+                      f"in-process (the HTTP layer: {1e3 * (c1['server_ms_per_token'] - b['cpu_ms_per_token']):+.0f}"
+                      f" µs); the benchmark's client "
+                      f"{'—' if client is None else f'{1e3 * client:.0f} µs'}."]
     return "\n".join(lines)
 
 
