@@ -25,6 +25,16 @@ def test_bad_flags_are_one_line_errors(capsys, argv, needle):
     assert needle in err and len(err.splitlines()) == 1
 
 
+def test_a_missing_event_loop_package_is_a_one_line_error(capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvloop" else real(name, *a))
+    assert main(["serve", "--loop", "uvloop"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--loop uvloop needs the uvloop package" in err and len(err.splitlines()) == 1
+
+
 def test_a_model_that_fails_to_load_stops_the_server_with_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "decodelab.cli", "serve", "--model", str(tmp_path / "nope"),
                              "--port", str(_free_port())], capture_output=True, text=True, timeout=120)

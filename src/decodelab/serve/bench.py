@@ -255,7 +255,8 @@ def start_subprocess(args, out: Path) -> Target:
     port = free_port()
     cmd = [sys.executable, "-m", "decodelab.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
            "--max-batch", str(args.max_batch), "--max-queue", str(args.max_queue),
-           "--stream-interval", str(args.stream_interval)] + (["--no-mix"] if args.no_mix else [])
+           "--stream-interval", str(args.stream_interval), "--loop", args.loop, "--http", args.http] + \
+        (["--no-mix"] if args.no_mix else [])
     for flag in ("model", "draft", "backend", "dtype", "device", "api_key"):
         if getattr(args, flag) is not None:
             cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
@@ -286,7 +287,7 @@ def start_inprocess(args, lm) -> Target:
                      stream_interval=args.stream_interval, mix_methods=not args.no_mix)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", loop=args.loop, http=args.http))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
 
@@ -401,6 +402,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-batch", type=int, default=16, help="the server's --max-batch (1 = one request at a time)")
     p.add_argument("--max-queue", type=int, default=256)
     p.add_argument("--stream-interval", type=int, default=1, help="the server's --stream-interval (tokens per chunk)")
+    p.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+                   help="the server's event loop (decodelab serve --loop; auto: uvloop when installed)")
+    p.add_argument("--http", choices=("auto", "httptools", "h11"), default="auto",
+                   help="the server's HTTP parser (decodelab serve --http; auto: httptools when installed)")
     p.add_argument("--no-stream", action="store_true", help="non-streamed requests (TTFT: the server's own figure)")
     p.add_argument("--baseline", action="store_true", help="also run the c=1 requests in-process (HTTP overhead)")
     p.add_argument("--startup-timeout", type=float, default=300.0)
@@ -426,6 +431,9 @@ def _check(args) -> None:
         raise UserError("--concurrency levels must be ≥ 1 and --time-limit > 0")
     if args.url is not None:
         _loopback(args.url)
+    from .cli import check_stack
+
+    check_stack(args.loop, args.http)
     if args.temperature < 0:
         raise UserError(f"--temperature must be ≥ 0, got {args.temperature}")
     args.methods = [m.strip() for m in args.method.split(",") if m.strip()]
@@ -489,7 +497,7 @@ def _load(args):
 def _config(args, target: Target) -> dict:
     keys = ("model", "draft", "backend", "dtype", "device", "method", "method_params", "temperature", "max_tokens",
             "levels", "requests", "time_limit", "suite", "prompt_chars", "seed", "server", "url", "max_batch", "max_queue", "no_stream",
-            "stream_interval", "no_mix")
+            "stream_interval", "no_mix", "loop", "http")
     return {"command": "python -m decodelab.serve.bench " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("bench.py")
             else "decodelab.serve.bench (API)", "server_command": target.log or None,
             **{k: getattr(args, k) for k in keys}, "stream": not args.no_stream}

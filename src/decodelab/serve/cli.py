@@ -24,6 +24,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--max-tokens", type=int, default=None, help="largest max_tokens a request may ask (default: context)")
     s.add_argument("--stream-interval", type=int, default=1,
                    help="streamed rows: send new text once every N tokens (and at the end); 1 = every step")
+    s.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+                   help="uvicorn's event loop (auto: uvloop when installed)")
+    s.add_argument("--http", choices=("auto", "httptools", "h11"), default="auto",
+                   help="uvicorn's HTTP parser (auto: httptools when installed)")
     s.add_argument("--no-mix", action="store_true",
                    help="never put rows of different methods in one step (one engine per method, in turn)")
     from ..cli import add_load_flags
@@ -40,6 +44,16 @@ def _check(args) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be ≥ 1, got {value}")
     if not 0 < args.port < 65536:
         raise UserError(f"--port must be in 1..65535, got {args.port}")
+    check_stack(args.loop, args.http)
+
+
+def check_stack(loop: str, http: str) -> None:
+    """`--loop uvloop` / `--http httptools` need those packages (the serve extra)."""
+    from importlib.util import find_spec
+
+    for flag, name in (("--loop", loop), ("--http", http)):
+        if name in ("uvloop", "httptools") and find_spec(name) is None:
+            raise UserError(f"{flag} {name} needs the {name} package: pip install 'decodelab[serve]'")
 
 
 def _warm_draft(lm, draft: str | None) -> None:
@@ -71,7 +85,8 @@ def cmd_serve(args) -> None:
     app = create_app(None, draft=args.draft, api_key=args.api_key, max_batch=args.max_batch,
                      max_queue=args.max_queue, max_tokens=args.max_tokens, stream_interval=args.stream_interval,
                      mix_methods=not args.no_mix)
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                                           loop=args.loop, http=args.http))
     failed: list[BaseException] = []
     loader = threading.Thread(target=_load_into, args=(args, app, server, failed), daemon=True)
     loader.start()
@@ -96,13 +111,17 @@ def _load_into(args, app, server, failed: list) -> None:
         failed.append(exc)
         server.should_exit = True
         return
-    print(f"decodelab: serving {lm.name} on http://{args.host}:{args.port}/v1 ({_stack()})", file=sys.stderr)
+    print(f"decodelab: serving {lm.name} on http://{args.host}:{args.port}/v1 ({_stack(args)})", file=sys.stderr)
 
 
-def _stack() -> str:
-    """The event loop and HTTP parser uvicorn picks ("auto"): uvloop and httptools when installed (the
-    serve extra), else asyncio and h11 — the former cost half the CPU per streamed chunk (docs/SERVING.md)."""
+def _stack(args) -> str:
+    """The event loop and HTTP parser uvicorn runs: with "auto", uvloop and httptools when installed (the
+    serve extra), else asyncio and h11 — the former cost about half the CPU per streamed chunk (docs/SERVING.md)."""
     from importlib.util import find_spec
 
-    loop = "uvloop" if find_spec("uvloop") is not None and sys.platform != "win32" else "asyncio"
-    return f"{loop} event loop, {'httptools' if find_spec('httptools') is not None else 'h11'} HTTP parser"
+    loop, http = args.loop, args.http
+    if loop == "auto":
+        loop = "uvloop" if find_spec("uvloop") is not None and sys.platform != "win32" else "asyncio"
+    if http == "auto":
+        http = "httptools" if find_spec("httptools") is not None else "h11"
+    return f"{loop} event loop, {http} HTTP parser"
