@@ -197,3 +197,20 @@ def test_echo_and_streamed_choices(served_lm):
 def test_union_field_errors_name_the_real_problem(served_lm, body, message):
     with TestClient(create_app(served_lm, max_tokens=4)) as client:
         assert client.post("/v1/completions", json=body).json()["error"]["message"] == message
+
+
+def test_checked_parameters_are_remembered_and_bad_ones_never(served_lm):
+    from decodelab.serve.errors import ApiError
+    from decodelab.serve.service import CHECKED_CACHE
+
+    server = create_app(served_lm).state.server
+    first = server._check_params("sample", {"temperature": 0.7, "top_p": 0.9})
+    assert first["temperature"] == 0.7 and first["top_p"] == 0.9
+    assert server._check_params("sample", {"top_p": 0.9, "temperature": 0.7}) is first  # same set, any key order
+    assert server._check_params("sample", {"temperature": 0.8})["temperature"] == 0.8
+    for _ in range(2):  # a bad value is a 400 every time
+        with pytest.raises(ApiError, match="top_p"):
+            server._check_params("sample", {"temperature": 0.7, "top_p": 7.0})
+    for i in range(CHECKED_CACHE + 5):
+        server._check_params("sample", {"temperature": 0.5 + i / 1000})
+    assert len(server._checked) == CHECKED_CACHE

@@ -127,7 +127,9 @@ def test_every_streamed_chunk_is_its_objects_json(live, path, body):
     chunks = [json.loads(e) for e in events]
     assert [json.dumps(c).encode() for c in chunks] == events
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
-    whole = json.loads(_post(url, path, body))
+    raw_whole = _post(url, path, body)
+    whole = json.loads(raw_whole)  # the non-streamed body: FastAPI's compact JSON of plain types, as before
+    assert json.dumps(whole, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode() == raw_whole
     for choice in whole["choices"]:
         pieces = [c["choices"][0] for c in chunks[:-1] if c["choices"] and c["choices"][0]["index"] == choice["index"]]
         key = "text" if "text" in choice else "content"

@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
@@ -186,8 +186,9 @@ async def _serve(server: Server, request: Request, req, prompts, max_new_tokens,
         choice["logprobs"] = logprobs_block(server.lm, g.token_ids, g.logprobs, g.top_logprobs,
                                             shape.object == "chat.completion",
                                             len(shape.prefix(i)) if hasattr(shape, "prefix") else 0)
-    return {**head, "object": shape.object, "choices": choices, "usage": server.usage(job, gens, req.n),
-            "decodelab": server.info_block(job, gens)}
+    # a Response, so FastAPI does not walk the body with jsonable_encoder (plain JSON types already: the same bytes)
+    return JSONResponse({**head, "object": shape.object, "choices": choices, "usage": server.usage(job, gens, req.n),
+                         "decodelab": server.info_block(job, gens)})
 
 
 async def _next_events(request: Request, sink: Sink) -> list[RowEvent]:
@@ -313,23 +314,25 @@ class _BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        too_large = error_response(413, f"request body larger than {self.limit} bytes")
         size = dict(scope["headers"]).get(b"content-length")
         if size is not None and (not size.isdigit() or int(size) > self.limit):
-            return await too_large(scope, receive, send)
+            return await self._too_large(scope, receive, send)
         body, seen = deque(), 0
         while True:
             message = await receive()
             body.append(message)
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                return await too_large(scope, receive, send)
+                return await self._too_large(scope, receive, send)
             if message["type"] != "http.request" or not message.get("more_body"):
                 break
 
         async def replay():
             return body.popleft() if body else await receive()
         await self.app(scope, replay, send)
+
+    async def _too_large(self, scope, receive, send) -> None:
+        await error_response(413, f"request body larger than {self.limit} bytes")(scope, receive, send)
 
 
 def _add_body_limit(app: FastAPI, limit: int) -> None:

@@ -9,6 +9,7 @@ and `tree` is the one the server started with (`--draft`).
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -25,6 +26,7 @@ from .sse import EventPipe
 
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions (capped by the server's limit)
 MAX_CHOICES = 64  # prompts × n in one request
+CHECKED_CACHE = 256  # parameter sets whose check is remembered (Server._check_params)
 
 
 @dataclass
@@ -48,6 +50,8 @@ class Server:
         self.scheduler: ContinuousScheduler | None = None
         self.metrics: Metrics | None = None
         self._lock = threading.Lock()
+        self._usable: tuple = (None, [])  # (model, registry size) → usable method names
+        self._checked: dict[tuple[str, str], dict] = {}  # (method, parameters as JSON) → check_params' result
         self.events = EventPipe()  # worker → event loop (serve/sse.py): the scheduler flushes it after each step
         if lm is not None:
             self.set_model(lm)
@@ -86,8 +90,13 @@ class Server:
         return min(self.limits.max_tokens or self.lm.max_length, self.lm.max_length)
 
     def usable_methods(self) -> list[str]:
-        """The registered methods for this model's kind (causal or diffusion)."""
-        return sorted(n for n, m in methods().items() if getattr(m, "kind", "causal") == model_kind(self.lm))
+        """The registered methods for this model's kind (causal or diffusion); computed once per model and
+        registry size (every request asks)."""
+        table, kind = methods(), model_kind(self.lm)
+        key = (id(self.lm), len(table))
+        if self._usable[0] != key:
+            self._usable = (key, sorted(n for n, m in table.items() if getattr(m, "kind", "causal") == kind))
+        return self._usable[1]
 
     # ---- building jobs ----
 
@@ -131,10 +140,7 @@ class Server:
         if top is not None and req.stream and (not methods()[method].continuous or _constraint(req) is not None):
             raise ApiError(400, f"streamed logprobs come from the continuous-batching engine: method {method!r} "
                                 "(or a constraint) needs stream=false for logprobs", "logprobs")
-        try:
-            checked = methods()[method].check_params(params)
-        except ValueError as exc:
-            raise ApiError(400, str(exc)) from None
+        checked = self._check_params(method, params)
         if (constraint := _constraint(req)) is not None:
             params["constraint"] = constraint
         if max_new_tokens is None:
@@ -151,6 +157,26 @@ class Server:
                 for j, p in enumerate(prompts) for i in range(req.n)]
         return Job(method, params, max_new_tokens, req.stop or [], rows, req.stream,
                    greedy=greedy, batched=methods()[method].batched, emit=emit, logprobs=top)
+
+    def _check_params(self, method: str, params: dict) -> dict:
+        """`MethodInfo.check_params` (ApiError 400 on a bad value), remembered for the parameters already
+        seen (at most CHECKED_CACHE sets): clients send the same few again and again, and the check builds
+        a full SamplingParams each time. Only valid parameters are remembered."""
+        try:
+            key = (method, json.dumps(params, sort_keys=True))
+        except (TypeError, ValueError):
+            key = None
+        if key is not None and key in self._checked:
+            return self._checked[key]
+        try:
+            checked = methods()[method].check_params(params)
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        if key is not None:
+            if len(self._checked) >= CHECKED_CACHE:
+                self._checked.pop(next(iter(self._checked)))
+            self._checked[key] = checked
+        return checked
 
     def _params(self, req: SamplingRequest) -> tuple[str, dict]:
         table = methods()
