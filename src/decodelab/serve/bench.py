@@ -372,6 +372,31 @@ def baseline(lm, args, prompts: list[str], n: int, responses: list[dict]) -> dic
             "same_text": f"{same}/{n}"}
 
 
+def paired(target: Target, lm, args, prompts: list[str]) -> dict:
+    """`--paired`: `--requests` requests at c = 1 again, each sent to the server and then run in-process
+    (`decodelab.generate`, same parameters) right after it, so both sides see the same machine: slow drift
+    between a whole HTTP phase and a whole in-process phase cannot bias the ratio. The overhead is the
+    HTTP end-to-end time over the in-process time (sums), and the median of the per-request ratios."""
+    from .. import generate
+
+    http_s, local_s, tokens, same, ratios = 0.0, 0.0, 0, 0, []
+    for i in range(args.requests):
+        method = request_method(args, i)
+        rec = send(target, request_body(args, i, prompts), args.time_limit + args.request_slack)
+        if not rec["ok"]:
+            raise UserError(f"paired request {i} failed: {rec['status']} {rec['error']}")
+        t0 = clock()
+        g = generate(lm, prompts[i % len(prompts)], method=method, max_new_tokens=args.max_tokens, seed=args.seed + i,
+                     temperature=args.temperature, **params_for(args, method))
+        local = clock() - t0
+        http_s, local_s, tokens = http_s + rec["e2e_s"], local_s + local, tokens + len(g.token_ids)
+        same += rec["text"] == g.text
+        ratios.append(rec["e2e_s"] / local)
+    return {"requests": args.requests, "output_tokens": tokens, "http_s_per_token": round(http_s / tokens, 6),
+            "inprocess_s_per_token": round(local_s / tokens, 6), "http_overhead": round(http_s / local_s - 1, 4),
+            "http_overhead_median": round(statistics.median(ratios) - 1, 4), "same_text": f"{same}/{args.requests}"}
+
+
 # ---- command line ----
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -408,6 +433,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the server's HTTP parser (decodelab serve --http; auto: httptools when installed)")
     p.add_argument("--no-stream", action="store_true", help="non-streamed requests (TTFT: the server's own figure)")
     p.add_argument("--baseline", action="store_true", help="also run the c=1 requests in-process (HTTP overhead)")
+    p.add_argument("--paired", action="store_true",
+                   help="also alternate --requests c = 1 requests over HTTP and in-process, one pair at a time "
+                        "(the HTTP overhead without drift between two phases)")
     p.add_argument("--startup-timeout", type=float, default=300.0)
     p.add_argument("--out", default="serve-bench-out")
     p.add_argument("--json", action="store_true", help="end stdout with one JSON summary object")
@@ -465,7 +493,7 @@ def run(args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     prompts = [p.text[-args.prompt_chars:] for p in load_suite(args.suite).prompts]
-    lm = _load(args) if (args.server == "inprocess" and not args.url) or args.baseline else None
+    lm = _load(args) if (args.server == "inprocess" and not args.url) or args.baseline or args.paired else None
     if args.url:
         target = url_target(args.url, args.api_key)
     else:
@@ -475,11 +503,14 @@ def run(args) -> dict:
         if not warm["ok"]:
             raise UserError(f"the warm-up request failed: {warm['status']} {warm['error']}")
         levels = [run_level(target, args, prompts, c) for c in args.levels]
+        pairs = paired(target, lm, args, prompts) if args.paired else None
     finally:
         if target.stop:
             target.stop()
     results = {"schema": "decodelab.serve-bench/1", "machine": machine_info(args), "config": _config(args, target),
                "levels": levels}
+    if pairs is not None:
+        results["paired"] = pairs
     c1 = next((lv for lv in levels if lv["concurrency"] == 1), None)
     if args.baseline and c1 is not None:
         results["baseline"] = baseline(lm, args, prompts, len(c1["requests"]), c1["requests"])
@@ -497,7 +528,7 @@ def _load(args):
 def _config(args, target: Target) -> dict:
     keys = ("model", "draft", "backend", "dtype", "device", "method", "method_params", "temperature", "max_tokens",
             "levels", "requests", "time_limit", "suite", "prompt_chars", "seed", "server", "url", "max_batch", "max_queue", "no_stream",
-            "stream_interval", "no_mix", "loop", "http")
+            "stream_interval", "no_mix", "loop", "http", "paired")
     return {"command": "python -m decodelab.serve.bench " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("bench.py")
             else "decodelab.serve.bench (API)", "server_command": target.log or None,
             **{k: getattr(args, k) for k in keys}, "stream": not args.no_stream}
@@ -556,6 +587,11 @@ def markdown(results: dict) -> str:
                       f"in-process (the HTTP layer: {1e3 * (c1['server_ms_per_token'] - b['cpu_ms_per_token']):+.0f}"
                       f" µs); the benchmark's client "
                       f"{'—' if client is None else f'{1e3 * client:.0f} µs'}."]
+    if p := results.get("paired"):
+        lines += ["", f"Paired (each of {p['requests']} requests over HTTP, then in-process right after it): "
+                      f"{1e3 * p['inprocess_s_per_token']:.2f} ms/token in-process vs {1e3 * p['http_s_per_token']:.2f} "
+                      f"over HTTP (overhead {p['http_overhead']:+.1%}, median per request "
+                      f"{p['http_overhead_median']:+.1%}); same text {p['same_text']}."]
     return "\n".join(lines)
 
 
@@ -570,7 +606,7 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps({"out": args.out, "levels": [{k: v for k, v in lv.items() if k != "requests"}
                                                        for lv in results["levels"]],
-                          "baseline": results.get("baseline")}))
+                          "baseline": results.get("baseline"), "paired": results.get("paired")}))
     return 0
 
 
