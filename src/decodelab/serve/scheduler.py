@@ -1,7 +1,9 @@
 """The scheduler between the HTTP layer and decoding: a bounded queue and one worker thread.
 
 The HTTP layer turns a request into a `Job` (one `Row` per choice), `submit`s it, and receives
-`RowEvent`s through the job's `emit` callback (called from the worker thread). The worker drives the
+`RowEvent`s through the job's `emit` callback (called from the worker thread); the scheduler's `flush`
+hook is called once a step's events (or a lone event) are all emitted, so the HTTP layer can wake its
+event loop once per step (serve/sse.py). The worker drives the
 public API only (`decodelab.stream` / `decodelab.generate_batch`):
 
 - non-streaming rows of the same method, parameters, `max_tokens` and stop strings, from any number
