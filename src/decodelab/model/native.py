@@ -162,7 +162,7 @@ def _grouped_attention(q, k, v, mask):
     q [B, heads, n, D] → [B, kv_heads, g·n, D] against k, v [B, kv_heads, T, D]; mask [B or 1, 1, n, T]
     bool (True = attend) or None. The same values as SDPA's with `enable_gqa`. On a CPU, torch's fused
     attention splits a batch of short queries into many tiny (row, head) blocks: at 8 rows × 2–11 new
-    tokens each (a batched verify step) these 3–4 ops take about half its time, so every row's drafted
+    tokens each (a batched verify step) these 3–4 ops take half to two thirds of its time, so every row's drafted
     columns cost less (`python -m decodelab.bench.verify_cost`)."""
     B, H, n, D = q.shape
     kv = k.shape[1]
