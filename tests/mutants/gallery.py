@@ -149,11 +149,19 @@ MUTANTS = [
     Mutant(
         "batched-grammar-mask-shifted",
         "src/decodelab/constraints/batched.py",
-        "            row.masks[key + tuple(rest[:j])] = bitmask[at + j]",
-        "            row.masks[key + tuple(rest[:j])] = bitmask[at + j - 1]",
+        "            row.masks[node] = bitmask[at + j]\n            row.forbidden[node] = forbidden[at + j]\n",
+        "            row.masks[node] = bitmask[at + j - 1]\n            row.forbidden[node] = forbidden[at + j - 1]\n",
         ("tests/constraints/test_batched_masks.py::test_one_call_gives_every_node_the_mask_a_fresh_matcher_computes[0]",
          "tests/constraints/test_batched_masks.py::test_every_speculative_method_gives_the_same_tokens_with_batched_masks[tree]"),
         "the one llguidance call per verify step hands each draft node its parent's mask",
+    ),
+    Mutant(
+        "packed-attention-misses-own-column",
+        "src/decodelab/model/native.py",
+        "            end = start + width  # a real token",
+        "            end = start + width - 1  # a real token",
+        ("tests/model/test_native.py::test_ragged_rows_packed_equal_padded_and_transformers[llama-False-lengths1]",),
+        "a packed ragged verify batch's attention run must reach its widest row's last column",
     ),
     Mutant(
         "sspd-grammar-step-unchecked",
