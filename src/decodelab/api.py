@@ -163,12 +163,12 @@ def _windowed(lm, prompts: list, method: str, max_new_tokens: int, seed, stop, p
     (Orca's iteration-level scheduling) where the method allows it, else consecutive groups."""
     from .engine import Engine
 
-    info, ids, checked, stop, grammar, healing = _validate(lm, prompts, method, max_new_tokens, seed, stop,
-                                                           {k: v for k, v in params.items() if k != "logprobs"})
-    top = check_top(params.get("logprobs"))
+    # checked once here (prompts, seeds, parameters); a grammar is compiled where it is used
+    info, ids, checked, stop, _, _ = _validate(lm, prompts, method, max_new_tokens, seed, stop,
+                                               {k: v for k, v in params.items() if k not in ("logprobs", "constraint")})
     seeds = list(seed) if isinstance(seed, (list, tuple)) else \
         [None if seed is None else seed + i for i in range(len(ids))]
-    if not info.continuous or grammar is not None or healing:
+    if not info.continuous or params.get("constraint") is not None or params.get("token_healing"):
         out: list[Generation] = []
         per_row = params.get("constraint")
         for lo in range(0, len(ids), max_batch):
@@ -176,6 +176,7 @@ def _windowed(lm, prompts: list, method: str, max_new_tokens: int, seed, stop, p
             out += generate_batch(lm, ids[lo : lo + max_batch], method=method, max_new_tokens=max_new_tokens,
                                   seed=seeds[lo : lo + max_batch] if seed is not None else None, stop=stop, **group)
         return out
+    top = check_top(params.get("logprobs"))
     engine = Engine(lm, method, **checked)
     rows: dict[int, int] = {}  # engine row → prompt index
     results: dict[int, Generation] = {}

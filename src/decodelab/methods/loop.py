@@ -129,8 +129,7 @@ def _step(ctx, session, rows: list[int], proposers: dict, wants_hidden: bool, ca
     """One draft → batched verify → per-row accept step over the live rows; the tokens each row emits."""
     views = [ctx.row(b) for b in rows]
     drafts = _drafts(rows, views, proposers, session, caps)
-    ids, parents, chain = _pack([v.ids()[-1] for v in views], drafts, ctx.lm.pad_token_id)
-    lengths = [1 + len(d.tokens) + len(d.aux_tokens) for d in drafts]  # real tokens per row; the rest pads
+    ids, parents, chain, lengths = _pack([v.ids()[-1] for v in views], drafts, ctx.lm.pad_token_id)
     with premask_views(views, drafts):  # the verify's grammar masks, computed while the forward runs (batched.py)
         out = session.forward(ids, parents=None if chain else parents, hidden=wants_hidden, lengths=lengths)
     logits, hidden = (out[0], out[1]) if wants_hidden else (out, None)
@@ -229,13 +228,15 @@ def _pruned(ctx, draft: Draft) -> Draft:
 
 
 def _pack(pending: list[int], drafts: list[Draft], pad: int):
-    """[R, n] ids (pending token + draft + aux per row, padded), per-row parents, all-chains flag."""
+    """[R, n] ids (pending token + draft + aux per row, padded), per-row parents, all-chains flag, and each
+    row's real token count (the rest are pads)."""
     rows = [[t] + d.tokens + d.aux_tokens for t, d in zip(pending, drafts)]
     parents = [[-1] + [p + 1 for p in d.parents + d.aux_parents] for d in drafts]
-    n = max(len(r) for r in rows)
+    lengths = [len(r) for r in rows]
+    n = max(lengths)
     chain = all(par == list(range(-1, len(par) - 1)) for par in parents)
     for r, par in zip(rows, parents):
         extra = n - len(r)
         r += [pad] * extra
         par += list(range(len(par) - 1, n - 1)) if chain else [-1] * extra  # padding never accepted
-    return torch.tensor(rows, dtype=torch.long), parents, chain
+    return torch.tensor(rows, dtype=torch.long), parents, chain, lengths

@@ -58,7 +58,7 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
-    """RoPE in the rotate-half layout: x [B, heads, n, D], cos/signed_sin [B, 1, n, D].
+    """RoPE in the rotate-half layout: x [..., heads, D], cos/signed_sin [..., 1, D].
 
     transformers' x·cos + rotate_half(x)·sin with rotate_half(x) = (−x₂, x₁): the sign sits in the
     table (`signed_sin` = (−sin₁, sin₂)), so the half swap is one roll and no negation (same values)."""
@@ -87,8 +87,9 @@ class Block(nn.Module):
     def forward(self, x, cos, sin, k_cache, v_cache, start: int, mask):
         """x [B, n, H]; k/v_cache [B, kv_heads, T, D] (this layer's); writes columns start..start+n."""
         B, n, _ = x.shape
-        q, k, v = self._qkv(_rms_norm(x, self.in_norm, self.eps), B, n, cos, sin)
-        attn = self._attend(q, k, v, k_cache, v_cache, start, mask)
+        qk, v = self._qkv(_rms_norm(x, self.in_norm, self.eps), cos, sin)  # [B, n, heads + kv, D], [B, n, kv, D]
+        q, k = qk.transpose(1, 2).split([self.heads, self.kv_heads], dim=1)
+        attn = self._attend(q, k, v.transpose(1, 2), k_cache, v_cache, start, mask)
         return self._mlp(x + linear(attn.transpose(1, 2).reshape(B, n, -1), self.wo, self.bo))
 
     def forward_packed(self, x, cos, sin, k_cache, v_cache, start: int, mask, rows: "Rows"):
@@ -96,7 +97,7 @@ class Block(nn.Module):
 
         Every matmul runs over the T real tokens only; queries, keys and values are scattered into the
         padded [B, n] layout just for the cache write and attention (pad slots are zero and never read)."""
-        qkv = self._qkv_rows(_rms_norm(x, self.in_norm, self.eps), cos, sin)  # [T, heads + 2·kv_heads, D]
+        qkv = torch.cat(self._qkv(_rms_norm(x, self.in_norm, self.eps), cos, sin), dim=1)  # [T, heads + 2·kv, D]
         full = qkv.new_zeros(rows.B * rows.n, *qkv.shape[1:]).index_copy_(0, rows.keep, qkv)
         q, k, v = full.view(rows.B, rows.n, -1, self.head_dim).transpose(1, 2).split(
             [self.heads, self.kv_heads, self.kv_heads], dim=1)
@@ -129,29 +130,16 @@ class Block(nn.Module):
         gate, up = linear(_rms_norm(x, self.post_norm, self.eps), self.w_gate_up).chunk(2, dim=-1)
         return x + linear(F.silu(gate) * up, self.w_down)
 
-    def _qkv_rows(self, h, cos, sin):
-        """Fused projection and RoPE of packed tokens h [T, H], cos/sin [T, 1, D] → [T, heads + 2·kv, D]."""
-        qkv = linear(h, self.wqkv, self.bqkv).view(h.shape[0], -1, self.head_dim)
+    def _qkv(self, h, cos, sin):
+        """Fused projection and RoPE of tokens h [..., H] (cos/sin [..., 1, D]) → q and k rotated together
+        [..., heads + kv_heads, D], and v [..., kv_heads, D] (Qwen3: q/k RMSNorm before RoPE)."""
+        qkv = linear(h, self.wqkv, self.bqkv).view(*h.shape[:-1], -1, self.head_dim)
         hk = self.heads + self.kv_heads
-        if self.q_norm is None:
-            qkv[:, :hk] = _rotate(qkv[:, :hk], cos, sin)
-        else:
-            qkv[:, : self.heads] = _rotate(_rms_norm(qkv[:, : self.heads], self.q_norm, self.eps), cos, sin)
-            qkv[:, self.heads : hk] = _rotate(_rms_norm(qkv[:, self.heads : hk], self.k_norm, self.eps), cos, sin)
-        return qkv
-
-    def _qkv(self, h, B: int, n: int, cos, sin):
-        """Fused projection and RoPE → q [B, heads, n, D], k and v [B, kv_heads, n, D] (Qwen3: q/k
-        RMSNorm before RoPE); without q/k norms, q and k are rotated in one call."""
-        D = self.head_dim
-        qkv = linear(h, self.wqkv, self.bqkv).view(B, n, self.heads + 2 * self.kv_heads, D)
-        if self.q_norm is None:
-            qk = _rotate(qkv[:, :, : self.heads + self.kv_heads].transpose(1, 2), cos, sin)
-            q, k = qk.split([self.heads, self.kv_heads], dim=1)
-            return q, k, qkv[:, :, self.heads + self.kv_heads :].transpose(1, 2)
-        q, k, v = qkv.split([self.heads, self.kv_heads, self.kv_heads], dim=2)
-        q, k = _rms_norm(q, self.q_norm, self.eps), _rms_norm(k, self.k_norm, self.eps)
-        return _rotate(q.transpose(1, 2), cos, sin), _rotate(k.transpose(1, 2), cos, sin), v.transpose(1, 2)
+        qk = qkv[..., :hk, :]
+        if self.q_norm is not None:
+            qk = torch.cat([_rms_norm(qk[..., : self.heads, :], self.q_norm, self.eps),
+                            _rms_norm(qk[..., self.heads :, :], self.k_norm, self.eps)], dim=-2)
+        return _rotate(qk, cos, sin), qkv[..., hk:, :]
 
 
 GROUPED_MAX_QUERIES = 64  # verify widths up to this use _grouped_attention on a CPU batch
@@ -282,11 +270,14 @@ class NativeModel(nn.Module):
         exit_model.register_buffer("sin", self.sin, persistent=False)
         return exit_model
 
+    def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and signed sin at `positions` ([B, n], or [T] packed) → [..., 1, D]: broadcast over heads."""
+        return self.cos[positions].to(dtype).unsqueeze(-2), self.sin[positions].to(dtype).unsqueeze(-2)
+
     def run_layers(self, x: torch.Tensor, positions: torch.Tensor, cache: "KVCache", start: int,
                    mask: torch.Tensor | None, lo: int, hi: int, states: list | None = None) -> torch.Tensor:
         """Decoder layers lo..hi−1 over hidden states x [B, n, H] at cache columns start..start+n."""
-        cos = self.cos[positions].to(x.dtype)[:, None]  # [B, 1, n, D]
-        sin = self.sin[positions].to(x.dtype)[:, None]
+        cos, sin = self._rope(positions, x.dtype)
         layers = self.layers
         for i in range(lo, hi):  # Block.forward directly: no module hooks are used, Module.__call__ costs
             x = layers[i].forward(x, cos, sin, cache.k[i], cache.v[i], start, mask)
@@ -303,7 +294,7 @@ class NativeModel(nn.Module):
         keep = rows.keep
         x = F.embedding(ids.reshape(-1).index_select(0, keep), self.embed)  # [T, H]
         at = positions.reshape(-1).index_select(0, keep)
-        cos, sin = self.cos[at].to(x.dtype)[:, None], self.sin[at].to(x.dtype)[:, None]  # [T, 1, D]
+        cos, sin = self._rope(at, x.dtype)
         for i, layer in enumerate(self.layers):
             x = layer.forward_packed(x, cos, sin, cache.k[i], cache.v[i], start, mask, rows)
         logits = self.logits(x)  # [T, V]
