@@ -64,11 +64,20 @@ MUTANTS = [
     Mutant(
         "pld-continuation-shifted",
         "src/decodelab/proposers/lookup.py",
-        "            cont = arr[start + n : start + n + num_tokens]\n",
-        "            cont = arr[start + n + 1 : start + n + 1 + num_tokens]\n",
+        "                return ids[start + n : start + n + num_tokens]\n",
+        "                return ids[start + n + 1 : start + n + 1 + num_tokens]\n",
         ("tests/proposers/test_proposers.py::test_lookup_returns_the_continuation_of_the_match",
          "tests/methods/test_tau_floors.py::test_tau_stays_above_its_floor[pld]"),
         "prompt lookup copies the continuation one position late: still lossless, no longer fast",
+    ),
+    Mutant(
+        "ngram-index-keeps-cut-ngrams",
+        "src/decodelab/proposers/lookup.py",
+        "                    del self.first[key]\n",
+        "                    pass\n",
+        ("tests/proposers/test_proposers.py::test_ngram_index_follows_a_list_that_grows_is_cut_back_and_regrows",),
+        "the prompt-lookup index keeps n-grams of tokens cut from the context: drafts copied from text "
+        "that is no longer there",
     ),
     Mutant(
         "top-p-drops-the-boundary-token",

@@ -12,6 +12,7 @@ proposer that stopped proposing useful tokens — only its speed can; see also t
   each token from, in the target's vocabulary.
 """
 
+import random
 from types import SimpleNamespace
 
 import pytest
@@ -22,7 +23,7 @@ from decodelab.methods.loop import speculative_loop
 from decodelab.proposers.draft_model import DraftModel
 from decodelab.proposers.jacobi import Jacobi
 from decodelab.proposers.lookahead import Lookahead, trie
-from decodelab.proposers.lookup import PromptLookup, lookup
+from decodelab.proposers.lookup import NgramIndex, PromptLookup, lookup
 from decodelab.proposers.recycling import TokenRecycling
 from decodelab.verify import Draft, Verdict
 
@@ -41,6 +42,32 @@ from fakes import context, noisy_copy, soft_lm, tiny_lm
 ])
 def test_lookup_returns_the_continuation_of_the_match(ids, n, k, want):
     assert lookup(ids, n, k) == want
+
+
+def _lookup_by_scan(ids: list[int], max_n: int, k: int) -> list[int]:
+    """The rule stated plainly: longest n first, earliest earlier occurrence, its next k tokens."""
+    for n in range(min(max_n, len(ids) - 1), 0, -1):
+        for start in range(len(ids) - n):
+            if ids[start : start + n] == ids[-n:]:
+                return ids[start + n : start + n + k]
+    return []
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ngram_index_follows_a_list_that_grows_is_cut_back_and_regrows(seed):
+    rng = random.Random(seed)
+    index, ids = NgramIndex(3), []
+    for _ in range(300):
+        move = rng.random()
+        if move < 0.6:  # a step accepted a few tokens (a small vocabulary: many repeated n-grams)
+            ids = ids + [rng.randrange(6) for _ in range(rng.randint(1, 4))]
+        elif move < 0.85:  # a draft tree's next chain: back to a shared prefix, then other tokens
+            ids = ids[: rng.randint(0, len(ids))] + [rng.randrange(6) for _ in range(rng.randint(0, 3))]
+        else:  # another context altogether
+            ids = [rng.randrange(6) for _ in range(rng.randint(0, 30))]
+        k = rng.randint(1, 8)
+        assert index.find(ids, k) == _lookup_by_scan(ids, 3, k), ids
+        assert index.tokens == ids and len(index.added) == len(ids)
 
 
 def test_prompt_lookup_proposes_a_deterministic_chain_within_the_limit():

@@ -298,8 +298,8 @@ class NativeModel(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer.forward_packed(x, cos, sin, cache.k[i], cache.v[i], start, mask, rows)
         logits = self.logits(x)  # [T, V]
-        return logits.new_zeros(rows.B * rows.n, logits.shape[-1]).index_copy_(0, keep, logits).view(
-            rows.B, rows.n, -1)
+        out = logits.new_empty(rows.B * rows.n, logits.shape[-1]).index_copy_(0, keep, logits)
+        return out.index_fill_(0, rows.pads, 0).view(rows.B, rows.n, -1)  # zeroing only the pads
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Final norm + LM head: [..., H] → [..., V]."""
@@ -327,7 +327,8 @@ class NativeModel(nn.Module):
 
 
 class Rows:
-    """Where a ragged batch's real tokens sit: row b's first lengths[b] of n; `keep` their flat indices.
+    """Where a ragged batch's real tokens sit: row b's first lengths[b] of n; `keep` their flat indices,
+    `pads` the others'.
 
     `segments`: the rows split into at most MAX_SEGMENTS contiguous runs (lo, hi, width) for attention,
     each padded only to its own widest row — chosen to minimise the query slots attention computes, an
@@ -337,6 +338,8 @@ class Rows:
     def __init__(self, lengths: list[int], n: int, device):
         self.B, self.n = len(lengths), n
         self.keep = torch.tensor([b * n + j for b, m in enumerate(lengths) for j in range(m)], device=device)
+        self.pads = torch.tensor([b * n + j for b, m in enumerate(lengths) for j in range(m, n)], dtype=torch.long,
+                                 device=device)
         self.segments = _segments(lengths)
         self.local_keep = [None if all(m == w for m in lengths[lo:hi]) else torch.tensor(
             [(b - lo) * w + j for b in range(lo, hi) for j in range(lengths[b])], device=device)

@@ -30,7 +30,7 @@ from ..model import LM
 from ..verify import Draft
 from .base import Stateless
 from .draft_model import in_vocab
-from .lookup import lookup
+from .lookup import NgramIndex
 
 LONG_FEED = 32  # a longer catch-up feed (the first step's prompt) is run separately, last logits only
 
@@ -56,7 +56,7 @@ class DraftTree(Stateless):
         self.branching = branching
         self.depth = depth
         self.ngram_stage = ngram_stage
-        self.max_ngram_size = max_ngram_size
+        self.index = NgramIndex(max_ngram_size)  # the context, then each chain in turn: cut back and regrown
         self.vocab = ctx.lm.vocab_size
 
     def propose(self, ctx, limit: int) -> Draft:
@@ -82,7 +82,7 @@ class DraftTree(Stateless):
         """Stage 2: up to n prompt-lookup tokens following ids (none when the stage is off)."""
         if not self.ngram_stage or n < 1:
             return []
-        return lookup(ids, self.max_ngram_size, n)
+        return self.index.find(ids, n)
 
     def _roots(self, history: list[int], depth: int) -> list[list[int]]:
         """One chain per top-`branching` next token; stage 2 may already lengthen the first one."""
