@@ -17,7 +17,7 @@ from constraint_cases import CONSTRAINTS, SCHEMAS, flat_lm
 
 import decodelab
 from decodelab.constraints import RowConstraint, batched, compile_constraint, timing
-from decodelab.constraints.matcher import unpack
+from decodelab.constraints.matcher import GrammarMask, unpack
 from decodelab.engine import run_method
 from decodelab.verify import Draft
 
@@ -102,6 +102,31 @@ def test_known_masks_are_not_computed_again_and_a_lone_head_costs_one_mask():
     assert batched.premask([(RowConstraint(grammar), generated, Draft(), [EOS])]) == 1
     assert batched.premask([(row, generated, Draft.chain(list(b"fals")), [EOS])]) == 4  # the root is known
     assert set(row.masks) == {tuple(generated) + tuple(b"fals"[:j]) for j in range(5)}  # the old step's are gone
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_steps_nodes_masked_at_once_equal_the_processor_node_by_node(seed):
+    """`GrammarMask.mask_nodes` (what verification uses when the grammar is the only history-reading
+    processor) gives every node of a premasked tree the same scores as the processor called on that
+    node's own history; with any node's mask unknown it declines (None)."""
+    rng = random.Random(seed)
+    grammar = compile_constraint(LM, CONSTRAINTS[0])
+    prompt, generated = [5, 6, 7], list(PREFIXES[0].encode())
+    draft = random_tree(grammar, generated, rng, 10)
+    paths = node_paths(draft, generated)
+    valid = [i for i in range(-1, len(draft.tokens)) if one_node_mask(grammar, paths[i]) is not None]
+    draft = Draft([draft.tokens[i] for i in valid[1:]], [valid.index(draft.parents[i]) - 1 for i in valid[1:]])
+    keys = [tuple(p) for _, p in sorted(node_paths(draft, generated).items())]
+    scores = torch.randn(len(keys), V, generator=torch.Generator().manual_seed(seed))
+    mask = GrammarMask([grammar], len(prompt))
+    assert mask.mask_nodes(keys, scores) is None  # nothing premasked yet
+    batched.premask([(mask.rows[0], generated, draft, [EOS])])
+    together = mask.mask_nodes(keys, scores)
+    fresh = GrammarMask([grammar], len(prompt))
+    for i, key in enumerate(keys):
+        alone = fresh(torch.tensor([prompt + list(key)]), scores[i : i + 1])[0]
+        assert torch.equal(together[i], alone), i
+    assert mask.mask_nodes(keys + [keys[-1] + (EOS, EOS)], torch.randn(len(keys) + 1, V)) is None
 
 
 SPECULATIVE = ["speculative", "pld", "lookahead", "recycling", "tree", "selfspec", "jacobi"]

@@ -196,13 +196,34 @@ class GrammarMask:
         forbidden = self._unpacked(input_ids, scores.shape[-1])
         if forbidden is None:
             forbidden = ~self.allowed(input_ids, scores.shape[-1])
-        masked = scores.masked_fill(forbidden.to(scores.device), -float("inf"))
-        if not bool(torch.isfinite(masked.amax(dim=-1)).all()):  # else every row kept a finite score
-            empty = ~torch.isfinite(masked).any(dim=-1, keepdim=True)  # penalties removed every allowed token
-            if bool(empty.any()):
-                masked = torch.where(empty & ~forbidden.to(scores.device), torch.zeros_like(scores), masked)
+        masked = apply_forbidden(scores, forbidden)
         timing.record_mask(timing.clock() - t0, len(self.rows), self.hits)
         return masked
+
+    def mask_nodes(self, keys: list[tuple[int, ...]], scores: torch.FloatTensor) -> torch.FloatTensor | None:
+        """scores [N, V] of one row's nodes masked at once, node i by the state after generated tokens
+        keys[i] — when the step's batched call (batched.py) already computed every one of those masks;
+        else None (the caller masks node by node). The same values as calling the processor per node."""
+        t0 = timing.clock()
+        row, vocab = self.rows[0], scores.shape[-1]
+        found = [row.forbidden.get(key) for key in keys]
+        if len(self.rows) != 1 or any(f is None or f.numel() < vocab or f.numel() - vocab >= 32 for f in found):
+            return None
+        masked = apply_forbidden(scores, torch.stack(found)[:, :vocab])
+        timing.record_mask(timing.clock() - t0, len(keys), len(keys))
+        return masked
+
+
+def apply_forbidden(scores: torch.FloatTensor, forbidden: torch.Tensor) -> torch.FloatTensor:
+    """scores [B, V] with -inf where forbidden [B, V] is True; a row left with no finite score (penalties
+    removed every allowed token) gets 0 at its allowed tokens instead, so it never turns NaN."""
+    forbidden = forbidden.to(scores.device)
+    masked = scores.masked_fill(forbidden, -float("inf"))
+    if not bool(torch.isfinite(masked.amax(dim=-1)).all()):  # else every row kept a finite score
+        empty = ~torch.isfinite(masked).any(dim=-1, keepdim=True)
+        if bool(empty.any()):
+            masked = torch.where(empty & ~forbidden, torch.zeros_like(scores), masked)
+    return masked
 
 
 def prune(draft: Draft, row: RowConstraint, generated: list[int]) -> Draft:

@@ -49,8 +49,20 @@ class _TargetP:
         self.all = None
         if not self.sampler.needs_history:  # [1 + n(+aux), V] all at once
             self.all, log_z = self.sampler.probs_and_log_z(None, logits)
-            if log_z is not None:
-                self.log_z = dict(enumerate(log_z.tolist(), start=-1))
+        elif self.sampler.grammar_only_history and not draft.aux_tokens:
+            self.all, log_z = self._masked_at_once(ctx, draft, logits)
+        if self.all is not None and log_z is not None:
+            self.log_z = dict(enumerate(log_z.tolist(), start=-1))
+
+    def _masked_at_once(self, ctx, draft: Draft, logits: torch.Tensor):
+        """Under a grammar alone, every node's mask from the step's batched call (constraints/batched.py)
+        applied in one call instead of one per node; (None, None) when any mask is not known."""
+        constraint = self.sampler.constraint
+        keys = [tuple(self.base[constraint.prompt_len:])]
+        for token, parent in zip(draft.tokens, draft.parents):  # parents precede their children
+            keys.append(keys[parent + 1] + (token,))
+        masked = constraint.mask_nodes(keys, logits)
+        return (None, None) if masked is None else self.sampler.probs_of_processed(masked)
 
     def __call__(self, node: int) -> torch.Tensor:
         if self.all is not None:

@@ -110,12 +110,23 @@ class Sampler:
         return self._probs(input_ids, logits, log_z=True)
 
     def _probs(self, input_ids, logits, log_z: bool):
-        processed = _apply(self.logits_processors, input_ids, logits)
+        return self.probs_of_processed(_apply(self.logits_processors, input_ids, logits), log_z, input_ids)
+
+    @property
+    def grammar_only_history(self) -> bool:
+        """The grammar mask is the only processor that reads the history (no penalties, no healing), so
+        a caller that masks the logits itself may pass them to `probs_of_processed`."""
+        return (self.constraint is not None and self.logits_processors == [self.constraint]
+                and not any(w.needs_history for w in self.warpers))
+
+    def probs_of_processed(self, processed: torch.FloatTensor, log_z: bool = True, input_ids=None):
+        """`probs_and_log_z` from logits the logits processors have already processed (the warpers read
+        no history: `input_ids` only passes through)."""
         if not self.greedy:
             warped = _apply(self.warpers, input_ids, processed)
             return _softmax(warped), log_kept_mass(processed, warped, self.temperature) if log_z else None
         best = processed.argmax(dim=-1, keepdim=True)  # [B, 1]
-        return torch.zeros_like(logits, dtype=torch.float32).scatter_(-1, best, 1.0), None
+        return torch.zeros_like(processed, dtype=torch.float32).scatter_(-1, best, 1.0), None
 
     def sample(self, probs: torch.FloatTensor, generator: torch.Generator | None = None) -> torch.LongTensor:
         # probs: [B, V] → [B] token ids
