@@ -25,7 +25,7 @@ class CpuSample:
     t: float
     busy: int  # jiffies all cores spent not idle
     total: int  # jiffies all cores
-    own: float  # seconds of CPU this process used
+    own: float  # seconds of CPU this process used (and the children it has waited for)
 
 
 def set_threads(threads: int | None) -> None:
@@ -45,7 +45,8 @@ def sample() -> CpuSample | None:
         return None
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
     times = os.times()
-    return CpuSample(time.time(), sum(fields) - idle, sum(fields), times.user + times.system)
+    own = times.user + times.system + times.children_user + times.children_system  # with the children it ran
+    return CpuSample(time.time(), sum(fields) - idle, sum(fields), own)
 
 
 def others_share(a: CpuSample | None, b: CpuSample | None) -> float | None:

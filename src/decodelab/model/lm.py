@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -85,7 +86,35 @@ def load(name: str | None = None, *, device: str = "cpu", dtype: torch.dtype | s
 
     backend: "native" (decodelab's Llama-family forward, model/native.py), "transformers" (the
     adapter, any architecture), or "auto" — native where the architecture is supported.
-    compile: torch.compile the native backend's decode step (model/native.py, compile_decode_step)."""
+    compile: torch.compile the native backend's decode step (model/native.py, compile_decode_step).
+
+    The loading itself runs on a short-lived thread (`_off_thread`), so that the calling thread starts no
+    OpenMP thread team of its own: a server or app that loads on its main thread and generates on a
+    worker would otherwise keep two teams, and GNU OpenMP, seeing more of its threads than CPUs, stops
+    spinning between parallel regions — a native decode step then ran about twice as slow on a 2-core
+    machine (`python -m decodelab.bench.thread_cost`, docs/BENCHMARKS.md)."""
+    return _off_thread(_load, name, device, dtype, backend, allow_pickle, trust_remote_code, compile)
+
+
+def _off_thread(fn, *args):
+    """fn(*args) on a new thread, joined at once: its result, or its exception raised here."""
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread below
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="decodelab-load", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _load(name, device, dtype, backend, allow_pickle, trust_remote_code, compile) -> "LM":
     if backend not in BACKENDS:
         raise ModelError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     from transformers import AutoConfig, AutoModelForCausalLM
