@@ -23,7 +23,7 @@ from decodelab.methods.loop import speculative_loop
 from decodelab.proposers.draft_model import DraftModel
 from decodelab.proposers.jacobi import Jacobi
 from decodelab.proposers.lookahead import Lookahead, trie
-from decodelab.proposers.lookup import NgramIndex, PromptLookup, lookup
+from decodelab.proposers.lookup import NgramIndex, PromptLookup
 from decodelab.proposers.recycling import TokenRecycling
 from decodelab.verify import Draft, Verdict
 
@@ -41,7 +41,7 @@ from fakes import context, noisy_copy, soft_lm, tiny_lm
     ([1, 2, 3, 4, 5, 1, 2, 3], 1, 3, [4, 5, 1]),  # max_ngram_size 1 only looks at the last token
 ])
 def test_lookup_returns_the_continuation_of_the_match(ids, n, k, want):
-    assert lookup(ids, n, k) == want
+    assert NgramIndex(n).find(ids, k) == want
 
 
 def _lookup_by_scan(ids: list[int], max_n: int, k: int) -> list[int]:

@@ -205,9 +205,11 @@ class GrammarMask:
         keys[i] — when the step's batched call (batched.py) already computed every one of those masks;
         else None (the caller masks node by node). The same values as calling the processor per node."""
         t0 = timing.clock()
-        row, vocab = self.rows[0], scores.shape[-1]
-        found = [row.forbidden.get(key) for key in keys]
-        if len(self.rows) != 1 or any(f is None or f.numel() < vocab or f.numel() - vocab >= 32 for f in found):
+        if len(self.rows) != 1:
+            return None
+        vocab = scores.shape[-1]
+        found = [self.rows[0].forbidden.get(key) for key in keys]
+        if any(f is None or f.numel() < vocab or f.numel() - vocab >= 32 for f in found):
             return None
         masked = apply_forbidden(scores, torch.stack(found)[:, :vocab])
         timing.record_mask(timing.clock() - t0, len(keys), len(keys))

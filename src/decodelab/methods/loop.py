@@ -50,11 +50,11 @@ class _TargetP:
         if not self.sampler.needs_history:  # [1 + n(+aux), V] all at once
             self.all, log_z = self.sampler.probs_and_log_z(None, logits)
         elif self.sampler.grammar_only_history and not draft.aux_tokens:
-            self.all, log_z = self._masked_at_once(ctx, draft, logits)
+            self.all, log_z = self._masked_at_once(draft, logits)
         if self.all is not None and log_z is not None:
             self.log_z = dict(enumerate(log_z.tolist(), start=-1))
 
-    def _masked_at_once(self, ctx, draft: Draft, logits: torch.Tensor):
+    def _masked_at_once(self, draft: Draft, logits: torch.Tensor):
         """Under a grammar alone, every node's mask from the step's batched call (constraints/batched.py)
         applied in one call instead of one per node; (None, None) when any mask is not known."""
         constraint = self.sampler.constraint

@@ -69,12 +69,6 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return lo
 
 
-def lookup(ids: list[int], max_ngram_size: int, num_tokens: int) -> list[int]:
-    """Up to num_tokens tokens that followed the earliest earlier occurrence of the final n-gram (a
-    one-off search; a proposer that looks up every step keeps an `NgramIndex`)."""
-    return NgramIndex(max_ngram_size).find(list(ids), num_tokens)
-
-
 class PromptLookup(Stateless):
     def __init__(self, max_ngram_size: int, num_draft_tokens: int):
         self.num_draft_tokens = num_draft_tokens
