@@ -90,3 +90,34 @@ def test_compile_loads_unpacked_weights():
     (the compiled step itself is traced lazily, on first use: not run here)."""
     lm = decodelab.load(backend="native", compile=True)
     assert not lm.model.packed and lm.state["compiled"] is not None
+
+
+def test_compile_auto_keeps_whichever_decode_step_measured_faster(tmp_path):
+    """compile="auto" times the compiled decode step against eager (packed where that applies) at load
+    time and keeps the faster one: the record holds both times and the choice is their minimum; the
+    kept model is packed as an eager load's is, and greedy tokens equal an eager load's."""
+    from fakes import byte_tokenizer, tiny_lm
+
+    tiny_lm("llama", seed=3).model.save_pretrained(tmp_path)
+    byte_tokenizer().save_pretrained(tmp_path)
+    auto = decodelab.load(str(tmp_path), backend="native", compile="auto")
+    record = auto.state["compile_choice"]
+    assert record["eager"] > 0 and record["compiled"] > 0
+    assert record["chosen"] == min(("eager", "compiled"), key=record.get)
+    assert (auto.state["compiled"] is not None) == (record["chosen"] == "compiled")
+    eager = decodelab.load(str(tmp_path), backend="native")
+    assert auto.model.packed == eager.model.packed
+    for prompt in ("def f(x):", "abcabcabc"):
+        assert decodelab.generate(auto, prompt, max_new_tokens=12).token_ids == \
+            decodelab.generate(eager, prompt, max_new_tokens=12).token_ids
+
+
+def test_compile_auto_runs_eager_where_nothing_compiles_and_a_bad_value_is_an_error(tmp_path):
+    from fakes import byte_tokenizer, tiny_lm
+
+    tiny_lm("gpt2", seed=3).model.save_pretrained(tmp_path)
+    byte_tokenizer().save_pretrained(tmp_path)
+    lm = decodelab.load(str(tmp_path), compile="auto")  # GPT-2: the transformers adapter, eager
+    assert lm.backend == "transformers" and "compile_choice" not in lm.state
+    with pytest.raises(decodelab.ModelError, match="compile must be True, False or 'auto'"):
+        decodelab.load(str(tmp_path), compile="yes")

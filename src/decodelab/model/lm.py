@@ -81,19 +81,28 @@ BACKENDS = ("auto", "native", "transformers", "llamacpp")
 
 def load(name: str | None = None, *, device: str = "cpu", dtype: torch.dtype | str | None = None,
          backend: str = "auto", allow_pickle: bool = False, trust_remote_code: bool = False,
-         compile: bool = False) -> "LM":
+         compile: bool | str = False) -> "LM":
     """Load a causal LM + tokenizer. `name=None` → the embedded default `builtin:pyco`.
 
     backend: "native" (decodelab's Llama-family forward, model/native.py), "transformers" (the
     adapter, any architecture), or "auto" — native where the architecture is supported.
-    compile: torch.compile the native backend's decode step (model/native.py, compile_decode_step).
+    compile: torch.compile the native backend's decode step (model/native.py, compile_decode_step);
+    "auto" times the compiled step against eager at load time, on the calling thread, and keeps the faster
+    (`LM.state["compile_choice"]` records both; a backend that cannot compile runs eager), so it never makes
+    decoding slower the way an unconditional compile can on a CPU (docs/BENCHMARKS.md).
 
     The loading itself runs on a short-lived thread (`_off_thread`), so that the calling thread starts no
     OpenMP thread team of its own: a server or app that loads on its main thread and generates on a
     worker would otherwise keep two teams, and GNU OpenMP, seeing more of its threads than CPUs, stops
     spinning between parallel regions — a native decode step then ran about twice as slow on a 2-core
     machine (`python -m decodelab.bench.thread_cost`, docs/BENCHMARKS.md)."""
-    return _off_thread(_load, name, device, dtype, backend, allow_pickle, trust_remote_code, compile)
+    lm = _off_thread(_load, name, device, dtype, backend, allow_pickle, trust_remote_code, compile)
+    if compile == "auto" and lm.backend == "native":  # timed where decoding is likely to run: this thread
+        from .native import choose_compiled
+
+        lm.model, compiled, record = choose_compiled(lm.model)  # the same weights, packed where that applies
+        lm.state.update(compiled=compiled, compile_choice=record)
+    return lm
 
 
 def _off_thread(fn, *args):
@@ -117,6 +126,8 @@ def _off_thread(fn, *args):
 def _load(name, device, dtype, backend, allow_pickle, trust_remote_code, compile) -> "LM":
     if backend not in BACKENDS:
         raise ModelError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if compile not in (True, False, "auto"):
+        raise ModelError(f"compile must be True, False or 'auto', got {compile!r}")
     from transformers import AutoConfig, AutoModelForCausalLM
 
     name = name or DEFAULT_MODEL
@@ -129,7 +140,7 @@ def _load(name, device, dtype, backend, allow_pickle, trust_remote_code, compile
     if backend == "llamacpp":  # llama.cpp's forward over a converted GGUF (model/llamacpp.py)
         from .llamacpp import load_llamacpp
 
-        if compile:
+        if compile is True:
             raise ModelError("compile=True needs the native backend (llamacpp runs llama.cpp's compiled kernels)")
         return load_llamacpp(name, location, local, dtype, device, trust_remote_code)
     dtype = _dtype(dtype) or (torch.float32 if device == "cpu" else torch.float16)
@@ -146,12 +157,12 @@ def _load(name, device, dtype, backend, allow_pickle, trust_remote_code, compile
     native_model = _native(name, location, local, config, backend, allow_pickle, dtype, device, pack=not compile)
     if native_model is not None:
         lm = LM(native_model, _tokenizer(name, location, trust_remote_code), name=name, backend="native")
-        if compile:
+        if compile is True:
             from .native import compile_decode_step
 
             compile_decode_step(lm)
         return lm
-    if compile:
+    if compile is True:
         raise ModelError(f"{name}: compile=True needs the native backend (this model runs on transformers)")
     try:
         model, info = AutoModelForCausalLM.from_pretrained(

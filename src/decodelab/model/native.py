@@ -15,7 +15,9 @@ computed by the library that defines it. Everything else runs through the transf
 
 from __future__ import annotations
 
+import copy
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -621,8 +623,47 @@ def compile_decode_step(lm) -> None:
     """torch.compile the single-token decode step of a native LM (CUDA graphs on a GPU).
 
     Other shapes (prefill, drafts, trees) stay eager. Whether it pays is measured, not assumed:
-    `decodelab decode-cost` times eager and compiled side by side (docs/BENCHMARKS.md)."""
+    `decodelab decode-cost` times eager and compiled side by side (docs/BENCHMARKS.md), and
+    `load(..., compile="auto")` keeps it only where it measured faster (`choose_compiled`)."""
     if lm.backend != "native":
         raise ModelError("compile=True needs the native backend")
-    mode = "reduce-overhead" if lm.device.type == "cuda" else None
-    lm.state["compiled"] = torch.compile(lm.model, dynamic=True, mode=mode)
+    lm.state["compiled"] = _compiled(lm.model)
+
+
+def _compiled(model: NativeModel):
+    return torch.compile(model, dynamic=True, mode="reduce-overhead" if model.embed.device.type == "cuda" else None)
+
+
+def choose_compiled(dense: NativeModel, steps: int = 16, rounds: int = 3) -> tuple[NativeModel, object, dict]:
+    """`compile="auto"`: the eager model (packed for oneDNN where that applies) and the compiled decode step
+    timed against each other on this machine; returns (eager model, the compiled step or None, the record).
+
+    The compiled step runs `dense` (torch.compile cannot trace packed weights), so where packing applies and
+    compiling wins both copies of the weights are kept: eager, packed, for every other shape. The step is
+    timed the way a decode runs (one token, a growing cache), in interleaved rounds after a warm-up that
+    includes the compilation itself; the median of the rounds decides, so compiling never makes the decode
+    step slower than eager measured."""
+    eager = copy.deepcopy(dense) if can_pack(dense.dtype, dense.embed.device) else dense
+    eager.pack()
+    compiled = _compiled(dense)
+    times: dict[str, list[float]] = {"eager": [], "compiled": []}
+    with torch.inference_mode():
+        cache = KVCache(eager, 1, 4 * steps)
+        prompt = torch.zeros(1, steps, dtype=torch.long, device=eager.embed.device)
+        eager(prompt, torch.arange(steps, device=prompt.device)[None], cache, 0, None, last_only=True)
+        for r in range(rounds + 1):  # round 0 warms both up (and compiles)
+            for name, step in (("eager", eager), ("compiled", compiled)):
+                t0 = time.perf_counter()
+                for i in range(steps, 2 * steps):
+                    step(prompt[:, :1], torch.tensor([[i]], device=prompt.device), cache, i, None, last_only=True)
+                _synchronize(prompt.device)
+                if r:
+                    times[name].append((time.perf_counter() - t0) / steps * 1e3)
+    record = {k: round(statistics.median(v), 4) for k, v in times.items()}
+    record["chosen"] = "compiled" if record["compiled"] < record["eager"] else "eager"
+    return eager, compiled if record["chosen"] == "compiled" else None, record
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
