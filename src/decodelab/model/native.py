@@ -634,17 +634,19 @@ def _compiled(model: NativeModel):
     return torch.compile(model, dynamic=True, mode="reduce-overhead" if model.embed.device.type == "cuda" else None)
 
 
-def choose_compiled(dense: NativeModel, steps: int = 16, rounds: int = 3) -> tuple[NativeModel, object, dict]:
+def choose_compiled(dense: NativeModel, steps: int = 32, rounds: int = 5) -> tuple[NativeModel, object, dict]:
     """`compile="auto"`: the eager model (packed for oneDNN where that applies) and the compiled decode step
     timed against each other on this machine; returns (eager model, the compiled step or None, the record).
 
     The compiled step runs `dense` (torch.compile cannot trace packed weights), so where packing applies and
-    compiling wins both copies of the weights are kept: eager, packed, for every other shape. The step is
+    compiling wins both copies of the weights are kept: eager, packed, for every other shape; where nothing
+    packs, both run the one model. The step is
     timed the way a decode runs (one token, a growing cache), in interleaved rounds after a warm-up that
     includes the compilation itself; the median of the rounds decides, so compiling never makes the decode
     step slower than eager measured."""
-    eager = copy.deepcopy(dense) if can_pack(dense.dtype, dense.embed.device) else dense
-    eager.pack()
+    eager = copy.deepcopy(dense)
+    if not eager.pack():  # nothing to pack (a GPU, float16, small weights): one copy serves both
+        eager = dense
     compiled = _compiled(dense)
     times: dict[str, list[float]] = {"eager": [], "compiled": []}
     with torch.inference_mode():
