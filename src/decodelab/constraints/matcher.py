@@ -181,14 +181,11 @@ class GrammarMask:
         batched call (batched.py), else None."""
         if input_ids.shape[0] != len(self.rows):
             return None
-        found = []
-        for b, row in enumerate(self.rows):
-            known = row.forbidden.get(tuple(input_ids[b, self.prompt_len :].tolist()))
-            if known is None or known.numel() < vocab_size or known.numel() - vocab_size >= 32:
-                return None
-            found.append(known[:vocab_size])
-        self.hits = len(found)
-        return found[0][None] if len(found) == 1 else torch.stack(found)
+        found = _known([(row, tuple(input_ids[b, self.prompt_len :].tolist())) for b, row in enumerate(self.rows)],
+                       vocab_size)
+        if found is not None:
+            self.hits = len(self.rows)
+        return found
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         # input_ids: [B, L]; scores: [B, V] → [B, V]
@@ -207,13 +204,24 @@ class GrammarMask:
         t0 = timing.clock()
         if len(self.rows) != 1:
             return None
-        vocab = scores.shape[-1]
-        found = [self.rows[0].forbidden.get(key) for key in keys]
-        if any(f is None or f.numel() < vocab or f.numel() - vocab >= 32 for f in found):
+        forbidden = _known([(self.rows[0], key) for key in keys], scores.shape[-1])
+        if forbidden is None:
             return None
-        masked = apply_forbidden(scores, torch.stack(found)[:, :vocab])
+        masked = apply_forbidden(scores, forbidden)
         timing.record_mask(timing.clock() - t0, len(keys), len(keys))
         return masked
+
+
+def _known(wanted: list[tuple[RowConstraint, tuple[int, ...]]], vocab_size: int) -> torch.Tensor | None:
+    """[N, V] bool forbidden tokens of each (row, generated tokens) from the step's batched masks, or None
+    when any of them is not known (or was computed for another vocabulary size)."""
+    found = []
+    for row, key in wanted:
+        known = row.forbidden.get(key)
+        if known is None or known.numel() < vocab_size or known.numel() - vocab_size >= 32:
+            return None
+        found.append(known[:vocab_size])
+    return found[0][None] if len(found) == 1 else torch.stack(found)
 
 
 def apply_forbidden(scores: torch.FloatTensor, forbidden: torch.Tensor) -> torch.FloatTensor:
