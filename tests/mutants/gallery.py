@@ -173,6 +173,16 @@ MUTANTS = [
         "a packed ragged verify batch's attention run must reach its widest row's last column",
     ),
     Mutant(
+        "pack-auto-keeps-the-slower",
+        "src/decodelab/model/native.py",
+        '            if sum(times["packed"]) < sum(times["dense"]):\n',
+        '            if sum(times["packed"]) > sum(times["dense"]):\n',
+        ("tests/model/test_native_pack.py::test_pack_auto_follows_the_timings[packed]",
+         "tests/model/test_native_pack.py::test_pack_auto_follows_the_timings[dense]",
+         "tests/model/test_native_pack.py::test_pack_auto_packs_exactly_the_kinds_that_timed_faster"),
+        'load(pack="auto") must pack the weight kinds where oneDNN timed faster, not the others',
+    ),
+    Mutant(
         "sspd-grammar-step-unchecked",
         "src/decodelab/constraints/diffusion.py",
         "        commit = view.filter(canvas, x0, top1(conf.masked_fill(~candidates[None], NEG_INF)))\n",

@@ -1,7 +1,8 @@
 """`decodelab decode-cost`: milliseconds per greedy decode step of one model, every backend side by side.
 
-Configurations (each a fresh load): the native backend in float32 and bfloat16 (matmul weights packed for
-oneDNN, and unpacked on torch's `F.linear` beside them: model/native.py `NativeModel.pack`), optionally compiled,
+Configurations (each a fresh load): the native backend in float32 and bfloat16 as loaded by default
+(`pack="auto"`: matmul weights packed for oneDNN where that timed faster on this CPU), with every large weight
+packed, and unpacked on torch's `F.linear` (model/native.py `NativeModel.pack`), optionally compiled,
 the transformers adapter (decodelab's loop over transformers' forward), and transformers' own
 `generate` (greedy, its DynamicCache). Runs are interleaved (A B C …, R times) so machine drift hits
 all alike; the figure is the median over repeats of (time of N decode steps) / N, prefill excluded
@@ -27,18 +28,20 @@ class Config:
     dtype: str
     compile: bool = False
     generate: bool = False  # transformers' generate instead of decodelab's session loop
-    packed: bool = True  # native: oneDNN-packed matmul weights (False: torch's F.linear, the MKL route)
+    pack: bool | str = "auto"  # native: load(pack=...) — oneDNN-packed matmul weights, False: torch's F.linear
 
 
 def default_configs(compile_too: bool) -> list[Config]:
     configs = [Config("native float32", "native", "float32"), Config("native bfloat16", "native", "bfloat16"),
-               Config("native float32, F.linear (unpacked)", "native", "float32", packed=False),
-               Config("native bfloat16, F.linear (unpacked)", "native", "bfloat16", packed=False),
+               Config("native float32, all packed", "native", "float32", pack=True),
+               Config("native bfloat16, all packed", "native", "bfloat16", pack=True),
+               Config("native float32, F.linear (unpacked)", "native", "float32", pack=False),
+               Config("native bfloat16, F.linear (unpacked)", "native", "bfloat16", pack=False),
                Config("transformers adapter float32", "transformers", "float32"),
                Config("transformers generate float32", "transformers", "float32", generate=True),
                Config("transformers generate bfloat16", "transformers", "bfloat16", generate=True)]
     if compile_too:
-        configs[4:4] = [Config("native float32 compiled", "native", "float32", compile=True),
+        configs[6:6] = [Config("native float32 compiled", "native", "float32", compile=True),
                         Config("native bfloat16 compiled", "native", "bfloat16", compile=True)]
     return configs
 
@@ -88,13 +91,9 @@ def generate_ms(lm, ids: list[int], steps: int) -> float:
 def _load(model: str | None, c: Config, device: str):
     from ..model import load
 
-    if c.packed:
-        return load(model, device=device, dtype=c.dtype, backend=c.backend, compile=c.compile)
-    from ..model.lm import LM
-    from ..model.native import from_transformers
-
-    hf = load(model, device=device, dtype=c.dtype, backend="transformers")  # the same weights, not repacked
-    return LM(from_transformers(hf.model, pack=False), hf.tokenizer, name=hf.name, backend="native")
+    if c.backend == "native":
+        return load(model, device=device, dtype=c.dtype, backend="native", compile=c.compile, pack=c.pack)
+    return load(model, device=device, dtype=c.dtype, backend=c.backend, compile=c.compile)
 
 
 def _sync(lm) -> None:
@@ -118,7 +117,8 @@ def measure(model: str | None, configs: list[Config], prompt: str, steps: int, r
     base = statistics.median(times[configs[0]])
     rows = [{"config": c.label, "backend": c.backend, "dtype": c.dtype, "compiled": c.compile,
              "ms_per_token": round(statistics.median(t), 3), "tokens_per_s": round(1e3 / statistics.median(t), 1),
-             "vs_first": round(statistics.median(t) / base, 3), "all_ms": [round(x, 3) for x in t]}
+             "vs_first": round(statistics.median(t) / base, 3), "all_ms": [round(x, 3) for x in t],
+             "pack_choice": lms[c].state.get("pack_choice")}
             for c, t in times.items()]
     return {"model": model or "builtin:pyco", "prompt_tokens": len(ids), "steps": steps, "repeats": repeats,
             "threads": torch.get_num_threads(), "load": load_info, "rows": rows}

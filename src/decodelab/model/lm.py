@@ -81,7 +81,7 @@ BACKENDS = ("auto", "native", "transformers", "llamacpp")
 
 def load(name: str | None = None, *, device: str = "cpu", dtype: torch.dtype | str | None = None,
          backend: str = "auto", allow_pickle: bool = False, trust_remote_code: bool = False,
-         compile: bool | str = False) -> "LM":
+         compile: bool | str = False, pack: bool | str = "auto") -> "LM":
     """Load a causal LM + tokenizer. `name=None` → the embedded default `builtin:pyco`.
 
     backend: "native" (decodelab's Llama-family forward, model/native.py), "transformers" (the
@@ -90,18 +90,31 @@ def load(name: str | None = None, *, device: str = "cpu", dtype: torch.dtype | s
     "auto" times the compiled step against eager at load time, on the calling thread, and keeps the faster
     (`LM.state["compile_choice"]` records both; a backend that cannot compile runs eager), so it never makes
     decoding slower the way an unconditional compile can on a CPU (docs/BENCHMARKS.md).
+    pack: the native backend's matmul weights on a CPU repacked for oneDNN (model/native.py, NativeModel.pack)
+    — True packs every large weight, False keeps torch's `F.linear`, "auto" (the default) times both per
+    weight kind at load, on the calling thread, and packs only where oneDNN was faster on this CPU
+    (`LM.state["pack_choice"]`): which is faster differs between CPUs (docs/BACKENDS.md).
 
     The loading itself runs on a short-lived thread (`_off_thread`), so that the calling thread starts no
     OpenMP thread team of its own: a server or app that loads on its main thread and generates on a
     worker would otherwise keep two teams, and GNU OpenMP, seeing more of its threads than CPUs, stops
     spinning between parallel regions — a native decode step then ran about twice as slow on a 2-core
     machine (`python -m decodelab.bench.thread_cost`, docs/BENCHMARKS.md)."""
-    lm = _off_thread(_load, name, device, dtype, backend, allow_pickle, trust_remote_code, compile)
-    if compile == "auto" and lm.backend == "native":  # timed where decoding is likely to run: this thread
-        from .native import choose_compiled
+    if pack not in (True, False, "auto"):
+        raise ModelError(f"pack must be True, False or 'auto', got {pack!r}")
+    lm = _off_thread(_load, name, device, dtype, backend, allow_pickle, trust_remote_code, compile, pack is True)
+    if lm.backend != "native" or compile is True:
+        return lm
+    from .native import choose_compiled, choose_packing  # timed where decoding is likely to run: this thread
 
-        lm.model, compiled, record = choose_compiled(lm.model)  # the same weights, packed where that applies
+    names = None  # pack=True: every large weight (already packed unless compile="auto" kept them dense)
+    if pack == "auto":
+        names, lm.state["pack_choice"] = choose_packing(lm.model)
+    if compile == "auto":  # the eager model packed as chosen, the compiled step on the dense weights
+        lm.model, compiled, record = choose_compiled(lm.model, names if pack else set())
         lm.state.update(compiled=compiled, compile_choice=record)
+    elif pack == "auto":
+        lm.model.pack(names)
     return lm
 
 
@@ -123,7 +136,7 @@ def _off_thread(fn, *args):
     return box["value"]
 
 
-def _load(name, device, dtype, backend, allow_pickle, trust_remote_code, compile) -> "LM":
+def _load(name, device, dtype, backend, allow_pickle, trust_remote_code, compile, pack: bool) -> "LM":
     if backend not in BACKENDS:
         raise ModelError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if compile not in (True, False, "auto"):
@@ -154,7 +167,7 @@ def _load(name, device, dtype, backend, allow_pickle, trust_remote_code, compile
         raise ModelError(f"{name}: cannot read config — {_short(exc)}") from None
     if getattr(config, "decodelab_kind", None) == "image" and backend == "auto":
         backend = "transformers"  # image-token models run under explicit masks (image/model.py)
-    native_model = _native(name, location, local, config, backend, allow_pickle, dtype, device, pack=not compile)
+    native_model = _native(name, location, local, config, backend, allow_pickle, dtype, device, pack=pack and not compile)
     if native_model is not None:
         lm = LM(native_model, _tokenizer(name, location, trust_remote_code), name=name, backend="native")
         if compile is True:

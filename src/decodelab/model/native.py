@@ -231,29 +231,33 @@ class NativeModel(nn.Module):
         return self.head.is_mkldnn or any(getattr(b, n).is_mkldnn for b in self.layers for n in _LINEAR_WEIGHTS)
 
     @torch.inference_mode()
-    def pack(self) -> bool:
-        """Repack every matmul weight for oneDNN (in place; call after moving to the device).
+    def pack(self, names: "set[str] | None" = None) -> bool:
+        """Repack matmul weights for oneDNN (in place; call after moving to the device).
 
-        Why: on a CPU, torch's default float32 matmul (MKL's GEMM/GEMV) is slow at the few rows a decode
-        or verify step has — on the project's 2-core AMD EPYC the 33 weight matmuls of a `builtin:pyco`
-        step take 4.0 ms through `F.linear` and 1.5 ms through oneDNN with prepacked weights, and 5 rows
-        (a verify pass) cost 1.07× what one does (`python -m decodelab.bench.matmul`, docs/BACKENDS.md).
+        `names`: which of the layers' weights ("wqkv", "wo", "w_gate_up", "w_down") and "head" to pack;
+        None packs every one of at least PACK_MIN_ELEMENTS elements (`choose_packing` measures instead).
+
+        Why: on a CPU, torch's default float32 matmul (MKL's GEMM/GEMV) can be slow at the few rows a decode
+        or verify step has — on an AMD EPYC (2 cores) the 33 weight matmuls of a `builtin:pyco` step took
+        4.0 ms through `F.linear` and 1.5 ms through oneDNN with prepacked weights, and 5 rows (a verify
+        pass) cost 1.07× what one does. It depends on the CPU: on an Intel Xeon (Sapphire Rapids, 2 cores)
+        the one-row step was faster through `F.linear` (1.8 against 2.5 ms) and packed won from 5 rows on
+        (`python -m decodelab.bench.matmul`, docs/BACKENDS.md) — hence `load(pack="auto")`.
         Logits stay within float32 rounding of the unpacked model's (tests/model/test_native_pack.py).
-        Small matrices (fewer than PACK_MIN_ELEMENTS) keep `F.linear`: there oneDNN's per-call cost is the
-        larger one (`builtin:pyco-draft`'s step ran 0.38 ms with its 128-wide layers packed, 0.29 ms with
-        only its 8,192 × 128 head packed). Embeddings stay dense for the lookup; a tied head gets its
-        own packed copy. Returns whether it packed anything (False on a GPU, in float16, or where oneDNN
-        cannot pack the dtype)."""
-        if self.packed or not can_pack(self.dtype, self.embed.device):
+        Embeddings stay dense for the lookup; a tied head gets its own packed copy. Returns whether it
+        packed anything (False on a GPU, in float16, or where oneDNN cannot pack the dtype)."""
+        if not can_pack(self.dtype, self.embed.device):
             return self.packed
+        wanted = lambda name, w: (not w.is_mkldnn and  # noqa: E731
+                                  (w.numel() >= PACK_MIN_ELEMENTS if names is None else name in names))
         try:
             for block in self.layers:
                 for name in _LINEAR_WEIGHTS:
-                    if getattr(block, name).numel() >= PACK_MIN_ELEMENTS:
+                    if wanted(name, getattr(block, name)):
                         packed = _packed(getattr(block, name))
                         delattr(block, name)
                         setattr(block, name, packed)
-            head = _packed(self.head) if self.head.numel() >= PACK_MIN_ELEMENTS else None
+            head = _packed(self.head) if wanted("head", self.head) else None
         except RuntimeError:  # this CPU's oneDNN cannot pack the dtype: keep torch's matmul
             return self.packed
         if head is not None:
@@ -634,9 +638,11 @@ def _compiled(model: NativeModel):
     return torch.compile(model, dynamic=True, mode="reduce-overhead" if model.embed.device.type == "cuda" else None)
 
 
-def choose_compiled(dense: NativeModel, steps: int = 32, rounds: int = 5) -> tuple[NativeModel, object, dict]:
+def choose_compiled(dense: NativeModel, pack: "set[str] | None" = None, steps: int = 32,
+                    rounds: int = 5) -> tuple[NativeModel, object, dict]:
     """`compile="auto"`: the eager model (packed for oneDNN where that applies) and the compiled decode step
     timed against each other on this machine; returns (eager model, the compiled step or None, the record).
+    `pack`: the weights the eager model packs (`NativeModel.pack`'s names; None: every large one).
 
     The compiled step runs `dense` (torch.compile cannot trace packed weights), so where packing applies and
     compiling wins both copies of the weights are kept: eager, packed, for every other shape; where nothing
@@ -645,7 +651,7 @@ def choose_compiled(dense: NativeModel, steps: int = 32, rounds: int = 5) -> tup
     includes the compilation itself; the median of the rounds decides, so compiling never makes the decode
     step slower than eager measured."""
     eager = copy.deepcopy(dense)
-    if not eager.pack():  # nothing to pack (a GPU, float16, small weights): one copy serves both
+    if not eager.pack(pack):  # nothing to pack (a GPU, float16, small weights): one copy serves both
         eager = dense
     compiled = _compiled(dense)
     times: dict[str, list[float]] = {"eager": [], "compiled": []}
@@ -664,6 +670,54 @@ def choose_compiled(dense: NativeModel, steps: int = 32, rounds: int = 5) -> tup
     record = {k: round(statistics.median(v), 4) for k, v in times.items()}
     record["chosen"] = "compiled" if record["compiled"] < record["eager"] else "eager"
     return eager, compiled if record["chosen"] == "compiled" else None, record
+
+
+PACK_TIMING_ROWS = (1, 5)  # a decode step's one token per row and a 4-draft verify pass's five
+PACK_TIMING_LAYERS = 4  # weights cycled through per timing: out of L2 like a real step's, bounded memory
+
+
+def choose_packing(model: NativeModel, reps: int = 9, calls: int = 8) -> tuple[set[str], dict]:
+    """`pack="auto"`: for each matmul weight kind of the layers ("wqkv", "wo", "w_gate_up", "w_down") and
+    the head, time `F.linear` on the dense weight against oneDNN on a packed copy, at 1 and 5 rows, on this
+    machine and thread; returns (the kinds where packed was faster summed over both row counts, the record).
+
+    Which is faster depends on the CPU, not only on the shapes (`NativeModel.pack`): packing is
+    never assumed. Each timing cycles through the weights of up to PACK_TIMING_LAYERS layers (read from
+    cache or memory as a decode step reads them, not from L1/L2 as one weight called in a loop would be)
+    and packs only those copies, so the memory it needs is bounded; `calls` calls per sample, the median of
+    `reps` samples, dense and packed interleaved. Nothing is timed where packing cannot apply."""
+    record: dict = {}
+    if model.packed or not can_pack(model.dtype, model.embed.device):
+        return set(), record
+    layers = model.layers[: PACK_TIMING_LAYERS]
+    kinds = {name: [getattr(b, name) for b in layers] for name in _LINEAR_WEIGHTS}
+    kinds["head"] = [model.head]
+    chosen = set()
+    with torch.inference_mode():
+        for name, dense in kinds.items():
+            try:
+                packed = [_packed(w) for w in dense]
+            except RuntimeError:  # oneDNN cannot pack this dtype here
+                return set(), record
+            times: dict[str, list[float]] = {"dense": [], "packed": []}
+            for rows in PACK_TIMING_ROWS:
+                x = torch.randn(rows, dense[0].shape[1], dtype=model.dtype, device=model.embed.device)
+                samples = {"dense": [], "packed": []}
+                for r in range(reps + 1):  # sample 0 warms up
+                    for route, weights in (("dense", dense), ("packed", packed)):
+                        t0 = time.perf_counter()
+                        for c in range(calls):
+                            linear(x, weights[c % len(weights)])
+                        if r:
+                            samples[route].append((time.perf_counter() - t0) / calls * 1e6)
+                for route, values in samples.items():
+                    times[route].append(round(statistics.median(values), 2))
+            record[name] = {"shape": list(dense[0].shape), "rows": list(PACK_TIMING_ROWS),
+                            "dense_us": times["dense"], "packed_us": times["packed"]}
+            if sum(times["packed"]) < sum(times["dense"]):
+                chosen.add(name)
+    record["chosen"] = sorted(chosen)
+    return chosen, record
 
 
 def _synchronize(device: torch.device) -> None:
