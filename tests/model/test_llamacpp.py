@@ -348,3 +348,35 @@ def _measure() -> None:
 if __name__ == "__main__":
     torch.set_num_threads(1)
     _measure()
+
+
+def test_a_kernel_crash_in_the_test_forward_is_a_model_error(tmp_path):
+    """Where llama.cpp's AMX kernels would serve a q8_0 model, one forward runs in a child first: a child
+    killed by a signal (here SIGILL, what an AMX build died with on an AMX-advertising VM) is a one-line
+    ModelError naming the signal and the fix, and the process goes on; float types are never probed."""
+    import sys
+
+    from decodelab.model.llamacpp import check_kernels
+
+    crash = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGILL)"]
+    check_kernels(tmp_path / "f32.gguf", "f32", command=crash)  # float32 does not take AMX: no child
+    with pytest.raises(ModelError, match=r"AMX kernels crash on this machine \(SIGILL .*rebuild llama-cpp-python"):
+        check_kernels(tmp_path / "q8.gguf", "q8_0", command=crash)
+    with pytest.raises(ModelError, match="SIGILL"):  # remembered for the file: not probed again
+        check_kernels(tmp_path / "q8.gguf", "q8_0", command=[sys.executable, "-c", "pass"])
+
+
+def test_the_test_forward_runs_a_real_q8_0_model():
+    """The probe child itself loads the converted GGUF and decodes; on a build whose kernels work it exits
+    cleanly and the load goes on."""
+    import sys
+
+    from decodelab.model.llamacpp import check_kernels
+
+    lm = decodelab.load("builtin:pyco-draft", backend="llamacpp", dtype="q8_0")
+    probe = [sys.executable, "-c", f"from decodelab.model.llamacpp import _probe; _probe({str(lm.model.file)!r})"]
+    import subprocess
+
+    assert subprocess.run(probe, capture_output=True, timeout=300).returncode == 0
+    check_kernels(lm.model.file, "q8_0", command=probe)
+    assert decodelab.generate(lm, "def f(x):", max_new_tokens=4).token_ids

@@ -183,6 +183,14 @@ MUTANTS = [
         'load(pack="auto") must pack the weight kinds where oneDNN timed faster, not the others',
     ),
     Mutant(
+        "llamacpp-kernel-crash-ignored",
+        "src/decodelab/model/llamacpp.py",
+        "        _checked[key] = None if done.returncode >= 0 else _signal_name(-done.returncode)\n",
+        "        _checked[key] = None\n",
+        ("tests/model/test_llamacpp.py::test_a_kernel_crash_in_the_test_forward_is_a_model_error",),
+        "a q8_0 model whose test forward died must be a ModelError, not a crash at the first real forward",
+    ),
+    Mutant(
         "sspd-grammar-step-unchecked",
         "src/decodelab/constraints/diffusion.py",
         "        commit = view.filter(canvas, x0, top1(conf.masked_fill(~candidates[None], NEG_INF)))\n",

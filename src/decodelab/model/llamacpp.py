@@ -106,7 +106,63 @@ def load_llamacpp(name: str, location, local: bool, dtype, device: str, trust_re
     if reason is not None:
         raise ModelError(f"{name}: the llamacpp backend cannot run {reason}; use backend='native' or 'transformers'")
     model = LlamaCppModel(config, Path(location), gguf_dtype(dtype))
+    check_kernels(model.file, model.gguf_dtype)
     return LM(model, _tokenizer(name, location, trust_remote_code), name=name, backend="llamacpp")
+
+
+AMX_DTYPES = ("q8_0",)  # the quantised types llama.cpp's AMX kernels take (float types do not)
+_checked: dict[str, str | None] = {}  # GGUF file → None (runs) or why not, once per process
+
+
+def amx_build() -> bool:
+    """Whether this llama.cpp was built with its AMX kernels (`-march=native` on an AMX-advertising Xeon)."""
+    return "AMX_INT8 = 1" in lib().llama_print_system_info().decode(errors="replace")
+
+
+def check_kernels(file: Path, dtype: str, command: list[str] | None = None) -> None:
+    """Run one forward of `file` in a child process first where this build's AMX kernels would serve it.
+
+    On a Xeon that advertises AMX, a llama.cpp built with `-march=native` takes AMX for q8_0 matmuls, and in
+    a virtual machine that does not enable the tiles the first forward dies with "Illegal instruction"
+    (seen on this project's development VM). A signal cannot be caught: the process — a server with it —
+    would go down. So the first load of such a model per process runs one decode in a child; a child killed
+    by a signal is a one-line ModelError saying how to rebuild (docs/BACKENDS.md, Install), the rest loads
+    as usual. `command` replaces the child's command line (tests)."""
+    if dtype not in AMX_DTYPES or not (command or amx_build()):
+        return
+    key = str(file)
+    if key not in _checked:
+        import subprocess
+        import sys
+
+        command = command or [sys.executable, "-c", f"from {__name__} import _probe; _probe({key!r})"]
+        done = subprocess.run(command, capture_output=True, timeout=600)
+        _checked[key] = None if done.returncode >= 0 else _signal_name(-done.returncode)
+    if _checked[key] is not None:
+        raise ModelError(f"{file.name}: llama.cpp's AMX kernels crash on this machine ({_checked[key]} in a test "
+                         "forward); rebuild llama-cpp-python without AMX (docs/BACKENDS.md, Install) or use "
+                         "dtype float32 / bfloat16")
+
+
+def _signal_name(number: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _probe(file: str) -> None:
+    """The child of `check_kernels`: load `file` and decode two tokens."""
+    C = lib()
+    params = C.llama_model_default_params()
+    params.n_gpu_layers = 0
+    model = C.llama_model_load_from_file(file.encode(), params)
+    ctx = C.llama_init_from_model(model, C.llama_context_default_params()) if model else None
+    feed = (C.llama_token * 2)(1, 2)
+    if not ctx or C.llama_decode(ctx, C.llama_batch_get_one(feed, 2)) != 0:
+        raise SystemExit(2)  # not a crash: the parent loaded the file, so this only shows in the tests
 
 
 class LlamaCppModel(nn.Module):
