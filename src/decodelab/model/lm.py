@@ -92,7 +92,7 @@ def load(name: str | None = None, *, device: str = "cpu", dtype: torch.dtype | s
     decoding slower the way an unconditional compile can on a CPU (docs/BENCHMARKS.md).
     pack: the native backend's matmul weights on a CPU repacked for oneDNN (model/native.py, NativeModel.pack)
     — True packs every large weight, False keeps torch's `F.linear`, "auto" (the default) times both per
-    weight kind at load, on the calling thread, and packs only where oneDNN was faster on this CPU
+    weight kind at load (on the loading thread, below) and packs only where oneDNN was faster on this CPU
     (`LM.state["pack_choice"]`): which is faster differs between CPUs (docs/BACKENDS.md).
 
     The loading itself runs on a short-lived thread (`_off_thread`), so that the calling thread starts no
@@ -102,19 +102,13 @@ def load(name: str | None = None, *, device: str = "cpu", dtype: torch.dtype | s
     machine (`python -m decodelab.bench.thread_cost`, docs/BENCHMARKS.md)."""
     if pack not in (True, False, "auto"):
         raise ModelError(f"pack must be True, False or 'auto', got {pack!r}")
-    lm = _off_thread(_load, name, device, dtype, backend, allow_pickle, trust_remote_code, compile, pack is True)
-    if lm.backend != "native" or compile is True:
-        return lm
-    from .native import choose_compiled, choose_packing  # timed where decoding is likely to run: this thread
+    lm = _off_thread(_load, name, device, dtype, backend, allow_pickle, trust_remote_code, compile, pack)
+    if compile == "auto" and lm.backend == "native":  # timed where decoding is likely to run: this thread
+        from .native import choose_compiled
 
-    names = None  # pack=True: every large weight (already packed unless compile="auto" kept them dense)
-    if pack == "auto":
-        names, lm.state["pack_choice"] = choose_packing(lm.model)
-    if compile == "auto":  # the eager model packed as chosen, the compiled step on the dense weights
-        lm.model, compiled, record = choose_compiled(lm.model, names if pack else set())
+        names = set(lm.state["pack_choice"]["chosen"]) if pack == "auto" else None if pack else set()
+        lm.model, compiled, record = choose_compiled(lm.model, names)  # eager packed as chosen, compiled dense
         lm.state.update(compiled=compiled, compile_choice=record)
-    elif pack == "auto":
-        lm.model.pack(names)
     return lm
 
 
@@ -136,7 +130,7 @@ def _off_thread(fn, *args):
     return box["value"]
 
 
-def _load(name, device, dtype, backend, allow_pickle, trust_remote_code, compile, pack: bool) -> "LM":
+def _load(name, device, dtype, backend, allow_pickle, trust_remote_code, compile, pack) -> "LM":
     if backend not in BACKENDS:
         raise ModelError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if compile not in (True, False, "auto"):
@@ -167,9 +161,16 @@ def _load(name, device, dtype, backend, allow_pickle, trust_remote_code, compile
         raise ModelError(f"{name}: cannot read config — {_short(exc)}") from None
     if getattr(config, "decodelab_kind", None) == "image" and backend == "auto":
         backend = "transformers"  # image-token models run under explicit masks (image/model.py)
-    native_model = _native(name, location, local, config, backend, allow_pickle, dtype, device, pack=pack and not compile)
+    native_model = _native(name, location, local, config, backend, allow_pickle, dtype, device,
+                           pack=pack is True and not compile)
     if native_model is not None:
         lm = LM(native_model, _tokenizer(name, location, trust_remote_code), name=name, backend="native")
+        if pack == "auto" and compile is not True:  # timed here, on the loading thread (_off_thread's reason)
+            from .native import choose_packing
+
+            names, lm.state["pack_choice"] = choose_packing(native_model)
+            if compile is False:  # compile="auto" packs its eager copy as chosen (load)
+                native_model.pack(names)
         if compile is True:
             from .native import compile_decode_step
 

@@ -686,7 +686,7 @@ def choose_packing(model: NativeModel, reps: int = 9, calls: int = 8) -> tuple[s
     cache or memory as a decode step reads them, not from L1/L2 as one weight called in a loop would be)
     and packs only those copies, so the memory it needs is bounded; `calls` calls per sample, the median of
     `reps` samples, dense and packed interleaved. Nothing is timed where packing cannot apply."""
-    record: dict = {}
+    record: dict = {"chosen": []}
     if model.packed or not can_pack(model.dtype, model.embed.device):
         return set(), record
     layers = model.layers[: PACK_TIMING_LAYERS]
@@ -698,7 +698,7 @@ def choose_packing(model: NativeModel, reps: int = 9, calls: int = 8) -> tuple[s
             try:
                 packed = [_packed(w) for w in dense]
             except RuntimeError:  # oneDNN cannot pack this dtype here
-                return set(), record
+                return set(), {"chosen": []}
             times: dict[str, list[float]] = {"dense": [], "packed": []}
             for rows in PACK_TIMING_ROWS:
                 x = torch.randn(rows, dense[0].shape[1], dtype=model.dtype, device=model.embed.device)
