@@ -38,3 +38,13 @@ def test_thread_cost_table_states_each_scenario_against_the_main_thread():
     ms = dict(zip(SCENARIOS, (2.0, 4.5, 2.1)))
     table = markdown({"model": "builtin:pyco", "steps": 64, "repeats": 5, "threads": 2, "ms_per_token": ms})
     assert "| main | 2.0 | 1.00× |" in table and "| worker, loaded on main | 4.5 | 2.25× |" in table
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_thread_cost_child_times_every_scenario(scenario):
+    """Each scenario's child body runs as the bench runs it (the in-place loader call included), returning
+    one positive time per repeat."""
+    from decodelab.bench.thread_cost import _child
+
+    times = _child(scenario, None, steps=2, repeats=2, threads=1)
+    assert len(times) == 2 and all(t > 0 for t in times)

@@ -39,7 +39,7 @@ def _child(scenario: str, model: str | None, steps: int, repeats: int, threads: 
 
     machine.set_threads(threads)
     if scenario == "worker, loaded on main":  # the loader's body on this thread: its OpenMP team stays
-        lm = lm_module._load(model, "cpu", None, "native", False, False, False)
+        lm = lm_module._load(model, "cpu", None, "native", False, False, False, "auto")
     else:
         lm = lm_module.load(model, backend="native")
     ids = lm.encode("import os\n\n\ndef main():")
