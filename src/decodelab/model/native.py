@@ -241,7 +241,7 @@ class NativeModel(nn.Module):
         or verify step has — on an AMD EPYC (2 cores) the 33 weight matmuls of a `builtin:pyco` step took
         4.0 ms through `F.linear` and 1.5 ms through oneDNN with prepacked weights, and 5 rows (a verify
         pass) cost 1.07× what one does. It depends on the CPU: on an Intel Xeon (Sapphire Rapids, 2 cores)
-        the one-row step was faster through `F.linear` (1.8 against 2.5 ms) and packed won from 5 rows on
+        the one-row step was faster through `F.linear` (1.9 against 2.9 ms) and packed only tied at 5 rows
         (`python -m decodelab.bench.matmul`, docs/BACKENDS.md) — hence `load(pack="auto")`.
         Logits stay within float32 rounding of the unpacked model's (tests/model/test_native_pack.py).
         Embeddings stay dense for the lookup; a tied head gets its own packed copy. Returns whether it
