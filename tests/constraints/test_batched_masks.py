@@ -185,6 +185,9 @@ def test_mask_cost_bench_runs_every_route_with_the_same_tokens(tmp_path):
         assert r["same_tokens"] == "1/1" and r["tokens"] > 0 and r["mask_us_per_token"] > 0
         assert r["masks_per_token"] >= 1 - 1e-9  # every emitted token had its mask computed
         assert isinstance(r["exposed_us_per_token"], float) and r["draft_grammar_us_per_token"] > 0
+        # the shares are of one plain decode step timed in the run, not of the mean pass (prefill, several tokens)
+        assert r["exposed_share_of_step"] == pytest.approx(r["exposed_us_per_token"] / result["decode_step_us"], abs=1e-3)
+        assert result["decode_step_us"] > 0
     for method in ("greedy", "pld"):  # the batched route asks llguidance less often
         assert rows[method, "batched"]["llguidance_calls_per_token"] < rows[method, "one node"]["llguidance_calls_per_token"]
         assert rows[method, "overlap"]["masks_per_token"] == rows[method, "batched"]["masks_per_token"]

@@ -36,8 +36,35 @@ def test_a_load_error_is_raised_in_the_callers_thread_as_itself():
 
 def test_thread_cost_table_states_each_scenario_against_the_main_thread():
     ms = dict(zip(SCENARIOS, (2.0, 4.5, 2.1)))
-    table = markdown({"model": "builtin:pyco", "steps": 64, "repeats": 5, "threads": 2, "ms_per_token": ms})
-    assert "| main | 2.0 | 1.00× |" in table and "| worker, loaded on main | 4.5 | 2.25× |" in table
+    rounds = dict(zip(SCENARIOS, ([1.9, 2.0], [4.5, 4.6], [2.1, 2.2])))
+    table = markdown({"model": "builtin:pyco", "steps": 64, "repeats": 5, "rounds": 2, "threads": 2,
+                      "ms_per_token": ms, "per_round": rounds})
+    assert "| main | 2.0 | 1.00× | 1.9 / 2.0 |" in table and "| worker, loaded on main | 4.5 | 2.25× | 4.5 / 4.6 |" in table
+    assert "5 repeats × 2 rounds (the scenarios interleaved)" in table
+
+
+def test_thread_cost_runs_the_scenarios_in_interleaved_rounds(monkeypatch):
+    """Every round runs each scenario's process once, in order; the figure is the median of all repeats."""
+    import json
+    import subprocess
+    from types import SimpleNamespace
+
+    from decodelab.bench import thread_cost
+
+    order = []
+
+    def fake_run(cmd, **kwargs):
+        scenario = cmd[cmd.index("--child") + 1]
+        order.append(scenario)
+        base = {"main": 2.0, "worker, loaded on main": 4.0, "worker, decodelab.load": 2.2}[scenario]
+        return SimpleNamespace(stdout=json.dumps([base + 0.1 * len(order), base]) + "\n")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setattr(thread_cost.machine, "snapshot", lambda seconds=1.0: {})
+    result = thread_cost.measure(None, steps=4, repeats=2, threads=1, rounds=2)
+    assert order == list(SCENARIOS) * 2
+    assert result["per_round"]["main"] == [2.05, 2.2]  # round 1: [2.1, 2.0]; round 2: [2.4, 2.0]
+    assert result["ms_per_token"]["main"] == 2.05  # the median of 2.1, 2.0, 2.4, 2.0
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

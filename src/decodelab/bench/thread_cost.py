@@ -4,7 +4,7 @@ A server (or any app) loads its model once and generates on a worker thread. Wit
 every thread that runs a parallel region keeps a thread team; once a process holds more OpenMP threads
 than CPUs, libgomp stops spinning between parallel regions and every region wakes its workers through
 the kernel — a decode step is dozens of regions. This times native greedy decoding (ms per token,
-prefill excluded) in three fresh processes:
+prefill excluded) in three kinds of fresh process, run in interleaved rounds:
 
 - `main`: loaded and generated on the main thread (one team);
 - `worker, loaded on main`: the model loaded on the main thread by the loader's body run in place (the
@@ -59,27 +59,34 @@ def _child(scenario: str, model: str | None, steps: int, repeats: int, threads: 
     return out
 
 
-def measure(model: str | None, steps: int, repeats: int, threads: int | None) -> dict:
+def measure(model: str | None, steps: int, repeats: int, threads: int | None, rounds: int = 3) -> dict:
+    """Each scenario's process run `rounds` times, the scenarios interleaved round by round (a machine whose
+    speed drifts over minutes — a VM under a busy host — then moves every scenario alike); ms per token is
+    the median of every repeat of every round, `per_round` the median of each round."""
     before, start = machine.snapshot(), machine.sample()
-    rows = {}
-    for scenario in SCENARIOS:
-        cmd = [sys.executable, "-m", "decodelab.bench.thread_cost", "--child", scenario, "--steps", str(steps),
-               "--repeats", str(repeats)] + (["--model", model] if model else []) + \
-              (["--threads", str(threads)] if threads else [])
-        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        rows[scenario] = round(statistics.median(json.loads(done.stdout.strip().splitlines()[-1])), 3)
+    times: dict[str, list[list[float]]] = {scenario: [] for scenario in SCENARIOS}
+    for _ in range(rounds):
+        for scenario in SCENARIOS:
+            cmd = [sys.executable, "-m", "decodelab.bench.thread_cost", "--child", scenario, "--steps", str(steps),
+                   "--repeats", str(repeats)] + (["--model", model] if model else []) + \
+                  (["--threads", str(threads)] if threads else [])
+            done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            times[scenario].append(json.loads(done.stdout.strip().splitlines()[-1]))
     load_info = machine.report(before, machine.others_share(start, machine.sample()), machine.snapshot())
-    return {"model": model or "builtin:pyco", "steps": steps, "repeats": repeats, "threads": threads,
-            "ms_per_token": rows, "load": load_info}
+    return {"model": model or "builtin:pyco", "steps": steps, "repeats": repeats, "rounds": rounds,
+            "threads": threads,
+            "ms_per_token": {k: round(statistics.median(x for r in v for x in r), 3) for k, v in times.items()},
+            "per_round": {k: [round(statistics.median(r), 3) for r in v] for k, v in times.items()},
+            "load": load_info}
 
 
 def markdown(result: dict) -> str:
     base = result["ms_per_token"]["main"]
-    lines = [f"{result['model']}, native greedy, {result['steps']} steps, median of {result['repeats']}, "
-             f"torch threads: {result['threads'] or 'default'}", "",
-             "| generating on | ms / token | × main |", "|---|---:|---:|"]
+    lines = [f"{result['model']}, native greedy, {result['steps']} steps, median of {result['repeats']} repeats × "
+             f"{result['rounds']} rounds (the scenarios interleaved), torch threads: {result['threads'] or 'default'}",
+             "", "| generating on | ms / token | × main | each round |", "|---|---:|---:|---|"]
     for scenario, ms in result["ms_per_token"].items():
-        lines.append(f"| {scenario} | {ms} | {ms / base:.2f}× |")
+        lines.append(f"| {scenario} | {ms} | {ms / base:.2f}× | {' / '.join(map(str, result['per_round'][scenario]))} |")
     return "\n".join(lines)
 
 
@@ -88,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default=None, help="default builtin:pyco (a model the native backend runs)")
     p.add_argument("--steps", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=3, help="runs of every scenario's process, interleaved")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--child", choices=SCENARIOS, default=None, help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="end stdout with one JSON object")
@@ -95,7 +103,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.child is not None:
         print(json.dumps(_child(args.child, args.model, args.steps, args.repeats, args.threads)))
         return
-    result = measure(args.model, args.steps, args.repeats, args.threads)
+    if args.rounds < 1:
+        p.error(f"--rounds must be ≥ 1, got {args.rounds}")
+    result = measure(args.model, args.steps, args.repeats, args.threads, args.rounds)
     machine.emit(result, markdown(result), args.json)
 
 
