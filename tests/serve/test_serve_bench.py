@@ -50,10 +50,13 @@ def test_inprocess_run_counts_every_request_and_matches_generate(model_dir, tmp_
     base = results["baseline"]
     assert base["requests"] == 2 and base["same_text"] == "2/2"  # greedy over HTTP == decodelab.generate
     assert base["cpu_ms_per_token"] >= 0  # (clock ticks of 10 ms: may read 0 on a tiny model)
-    pairs = results["paired"]  # each request over HTTP, then in-process: same text, overhead from the same pairs
+    pairs = results["paired"]  # each request over HTTP and in-process (alternating order): same text, overhead from the same pairs
     assert pairs["requests"] == 2 and pairs["same_text"] == "2/2" and pairs["output_tokens"] == base["output_tokens"]
     assert pairs["http_overhead"] == pytest.approx(pairs["http_s_per_token"] / pairs["inprocess_s_per_token"] - 1,
                                                    rel=0.02)  # (per-token figures are rounded to µs)
+    assert pairs["order"] == ["http", "in-process", "in-process", "http"]  # each pair's order alternates
+    low, high = pairs["http_overhead_quartiles"]
+    assert low <= pairs["http_overhead_median"] <= high
     cpu = results["levels"][0]["cpu"]  # server and clients share this process: no split
     assert cpu["server_s"] is None and cpu["client_s"] is None and cpu["client_ms_per_token"] is None
     assert base["output_tokens"] == results["levels"][0]["output_tokens"]
@@ -61,7 +64,8 @@ def test_inprocess_run_counts_every_request_and_matches_generate(model_dir, tmp_
     assert [lv["completed"] for lv in summary["levels"]] == [2, 6] and "requests" not in summary["levels"][0]
     report = (out / "report.md").read_text()
     assert "| 1 | 2/2 | 0 |" in report and "| 3 | 6/6 | 0 |" in report and "same text 2/2" in report
-    assert "Paired (each of 2 requests" in report and summary["paired"] == pairs
+    assert "Paired (each of 2 requests over HTTP and in-process next to it, the order alternating)" in report
+    assert "middle half of the requests" in report and summary["paired"] == pairs
 
 
 def test_subprocess_server_and_failed_requests_are_reported(model_dir, tmp_path, capsys):

@@ -373,28 +373,48 @@ def baseline(lm, args, prompts: list[str], n: int, responses: list[dict]) -> dic
 
 
 def paired(target: Target, lm, args, prompts: list[str]) -> dict:
-    """`--paired`: `--requests` requests at c = 1 again, each sent to the server and then run in-process
-    (`decodelab.generate`, same parameters) right after it, so both sides see the same machine: slow drift
-    between a whole HTTP phase and a whole in-process phase cannot bias the ratio. The overhead is the
-    HTTP end-to-end time over the in-process time (sums), and the median of the per-request ratios."""
+    """`--paired`: `--requests` requests at c = 1 again, each sent to the server and run in-process
+    (`decodelab.generate`, same parameters) next to it, so both sides see the same machine: slow drift
+    between a whole HTTP phase and a whole in-process phase cannot bias the ratio. The pair's order
+    alternates (even requests over HTTP first, odd ones in-process first), so whatever the first run of a
+    pair leaves behind — caches, a CPU still spinning up or winding down on a VM — falls on both sides
+    alike. The overhead is the HTTP end-to-end time over the in-process time (sums), the median of the
+    per-request ratios, and their middle half (quartiles: how far single requests spread on this machine)."""
     from .. import generate
 
-    http_s, local_s, tokens, same, ratios = 0.0, 0.0, 0, 0, []
-    for i in range(args.requests):
-        method = request_method(args, i)
+    http_s, local_s, tokens, same, ratios, order = 0.0, 0.0, 0, 0, [], []
+
+    def over_http(i: int) -> dict:
         rec = send(target, request_body(args, i, prompts), args.time_limit + args.request_slack)
         if not rec["ok"]:
             raise UserError(f"paired request {i} failed: {rec['status']} {rec['error']}")
+        order.append("http")
+        return rec
+
+    def in_process(i: int):
+        method = request_method(args, i)
         t0 = clock()
         g = generate(lm, prompts[i % len(prompts)], method=method, max_new_tokens=args.max_tokens, seed=args.seed + i,
                      temperature=args.temperature, **params_for(args, method))
-        local = clock() - t0
+        order.append("in-process")
+        return g, clock() - t0
+
+    for i in range(args.requests):
+        if i % 2 == 0:
+            rec = over_http(i)
+            g, local = in_process(i)
+        else:
+            g, local = in_process(i)
+            rec = over_http(i)
         http_s, local_s, tokens = http_s + rec["e2e_s"], local_s + local, tokens + len(g.token_ids)
         same += rec["text"] == g.text
         ratios.append(rec["e2e_s"] / local)
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
     return {"requests": args.requests, "output_tokens": tokens, "http_s_per_token": round(http_s / tokens, 6),
             "inprocess_s_per_token": round(local_s / tokens, 6), "http_overhead": round(http_s / local_s - 1, 4),
-            "http_overhead_median": round(statistics.median(ratios) - 1, 4), "same_text": f"{same}/{args.requests}"}
+            "http_overhead_median": round(statistics.median(ratios) - 1, 4),
+            "http_overhead_quartiles": [round(quartiles[0] - 1, 4), round(quartiles[2] - 1, 4)],
+            "order": order, "same_text": f"{same}/{args.requests}"}
 
 
 # ---- command line ----
@@ -588,10 +608,13 @@ def markdown(results: dict) -> str:
                       f" µs); the benchmark's client "
                       f"{'—' if client is None else f'{1e3 * client:.0f} µs'}."]
     if p := results.get("paired"):
-        lines += ["", f"Paired (each of {p['requests']} requests over HTTP, then in-process right after it): "
-                      f"{1e3 * p['inprocess_s_per_token']:.2f} ms/token in-process vs {1e3 * p['http_s_per_token']:.2f} "
-                      f"over HTTP (overhead {p['http_overhead']:+.1%}, median per request "
-                      f"{p['http_overhead_median']:+.1%}); same text {p['same_text']}."]
+        spread = p.get("http_overhead_quartiles")
+        lines += ["", f"Paired (each of {p['requests']} requests over HTTP and in-process next to it, the order "
+                      f"alternating): {1e3 * p['inprocess_s_per_token']:.2f} ms/token in-process vs "
+                      f"{1e3 * p['http_s_per_token']:.2f} over HTTP (overhead {p['http_overhead']:+.1%}, median per "
+                      f"request {p['http_overhead_median']:+.1%}"
+                      + (f", middle half of the requests {spread[0]:+.1%} to {spread[1]:+.1%}" if spread else "")
+                      + f"); same text {p['same_text']}."]
     return "\n".join(lines)
 
 
