@@ -35,10 +35,9 @@ out the once-per-request work (compiling the grammar, the first token's mask aft
 use greedy's proposer (none); the drafts are the method's own. "exposed ÷ step" is the exposed time per
 emitted token ÷ one plain one-token decode step (the issue's goal: ≤ 5 % of a decode step), timed after each
 prompt in the same run (`bench.decode_cost.session_ms`, 3 × DECODE_STEPS steps: the median of the three,
-then the median over prompts). It is
-not the "forward µs / pass" column: a constrained pass often feeds several tokens (fast-forward, drafts)
-and the passes include the prefill, so that mean is larger than a decode step — 2× on an Intel Xeon whose
-several-row matmuls cost more than one row's. Runs are
+then the median over prompts). It is not the "forward µs / pass" column: a constrained pass often feeds
+several tokens (fast-forward, drafts) and the passes include the prefill, so that mean is larger than a
+decode step — up to 2.5× on an Intel Xeon whose several-row matmuls cost more than one row's. Runs are
 interleaved per prompt after one warm-up generation per method; the machine's load is recorded
 (bench/machine.py) and a busy machine is flagged.
 """
