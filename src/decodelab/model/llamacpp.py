@@ -156,13 +156,19 @@ def _signal_name(number: int) -> str:
 def _probe(file: str) -> None:
     """The child of `check_kernels`: load `file` and decode two tokens."""
     C = lib()
-    params = C.llama_model_default_params()
-    params.n_gpu_layers = 0
-    model = C.llama_model_load_from_file(file.encode(), params)
+    model = _load_file(file)
     ctx = C.llama_init_from_model(model, C.llama_context_default_params()) if model else None
     feed = (C.llama_token * 2)(1, 2)
     if not ctx or C.llama_decode(ctx, C.llama_batch_get_one(feed, 2)) != 0:
         raise SystemExit(2)  # not a crash: the parent loaded the file, so this only shows in the tests
+
+
+def _load_file(file: str | Path):
+    """llama.cpp's model pointer for a GGUF file, every layer on the CPU (NULL when it cannot load)."""
+    C = lib()
+    params = C.llama_model_default_params()
+    params.n_gpu_layers = 0
+    return C.llama_model_load_from_file(str(file).encode(), params)
 
 
 class LlamaCppModel(nn.Module):
@@ -178,9 +184,7 @@ class LlamaCppModel(nn.Module):
         self.marker = nn.Parameter(torch.empty(0, dtype=_TORCH_DTYPE[dtype]), requires_grad=False)
         self.generation_config = _generation_config(source)
         self.file = gguf_export.gguf_path(source, dtype, layers)
-        params = C.llama_model_default_params()
-        params.n_gpu_layers = 0
-        self._ptr = C.llama_model_load_from_file(str(self.file).encode(), params)
+        self._ptr = _load_file(self.file)
         if not self._ptr:
             raise ModelError(f"{self.file}: llama.cpp cannot load it{_last_log()}")
         self.vocab_size = C.llama_vocab_n_tokens(C.llama_model_get_vocab(self._ptr))
