@@ -244,7 +244,9 @@ class NativeModel(nn.Module):
         the one-row step was faster through `F.linear` (1.9 against 2.9 ms) and packed only tied at 5 rows
         (`python -m decodelab.bench.matmul`, docs/BACKENDS.md) — hence `load(pack="auto")`.
         Logits stay within float32 rounding of the unpacked model's (tests/model/test_native_pack.py).
-        Embeddings stay dense for the lookup; a tied head gets its own packed copy. Returns whether it
+        With `names=None`, small matrices (fewer than PACK_MIN_ELEMENTS) keep `F.linear`: there oneDNN's
+        per-call cost is the larger one (on the AMD EPYC `builtin:pyco-draft`'s step ran 0.38 ms with its
+        128-wide layers packed, 0.29 ms with only its 8,192 × 128 head packed). Embeddings stay dense for the lookup; a tied head gets its own packed copy. Returns whether it
         packed anything (False on a GPU, in float16, or where oneDNN cannot pack the dtype)."""
         if not can_pack(self.dtype, self.embed.device):
             return self.packed
