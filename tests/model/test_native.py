@@ -258,3 +258,25 @@ def test_grown_cache_accepts_a_tree_path_outside_inference_mode():
     s.accept([1, 2])
     after = s.forward([50])[0, -1]
     torch.testing.assert_close(after, lm.session().forward(prefix + [41, 42, 50])[0, -1], atol=ATOL, rtol=0)
+
+
+def test_additive_mask_gives_the_boolean_masks_attention():
+    """The boolean mask becomes an additive one once per forward (native.additive): SDPA and the
+    grouped attention over it equal SDPA over the boolean mask, in float32 and bfloat16; None and an
+    additive mask pass through unchanged."""
+    import torch.nn.functional as F
+
+    from decodelab.model.native import _grouped_attention, additive
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, h, n, 16, generator=gen) for h, n in ((4, 5), (2, 9), (2, 9)))
+    mask = torch.rand(3, 1, 5, 9, generator=gen) > 0.4
+    mask[:, :, torch.arange(5), 4 + torch.arange(5)] = True  # every query sees itself, as Session.allowed
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    for dtype in (torch.float32, torch.bfloat16):
+        bias = additive(mask, dtype)
+        assert bias.dtype == dtype and torch.equal(bias == 0, mask) and bool((bias[~mask] == -float("inf")).all())
+        assert additive(bias, dtype) is bias and additive(None, dtype) is None
+    bias = additive(mask, torch.float32)
+    assert torch.equal(F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=True), want)
+    torch.testing.assert_close(_grouped_attention(q, k, v, bias), want, atol=1e-5, rtol=0)

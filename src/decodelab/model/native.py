@@ -5,7 +5,8 @@ In the spirit of gpt-fast's `model.py` (pytorch-labs/gpt-fast): the Hugging Face
 step is a handful of large GEMVs, not 57 small ones); keys and values are written by column into a cache
 preallocated per session, so rollback is moving a length and accepting a tree path copies only the
 accepted columns. Attention is `scaled_dot_product_attention` with grouped-query heads and a boolean mask
-built from precomputed tables (causal chain) or the draft tree's ancestor matrix.
+built from precomputed tables (causal chain) or the draft tree's ancestor matrix, turned into an additive
+one (0 / -inf) once per forward, not once per layer (`additive`).
 
 Supported: Llama (GQA, RoPE incl. llama3 / linear / yarn scaling), Mistral (no sliding window in use),
 Qwen2 (QKV bias), Qwen3 (per-head q/k RMSNorm), tied or untied embeddings. The rotary frequencies come
@@ -147,10 +148,21 @@ class Block(nn.Module):
 GROUPED_MAX_QUERIES = 64  # verify widths up to this use _grouped_attention on a CPU batch
 
 
+def additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """A boolean attention mask (True = attend) as the additive one SDPA would make of it (0 / -inf in
+    `dtype`); None and additive masks pass through. Done once per forward: SDPA converts a boolean mask
+    on every call, i.e. in every layer, and on a CPU a masked fill over [B, heads, n, T] scores costs 8–17×
+    an add (at 8 rows × 6–11 new tokens, 100–390 µs against 13–23 µs per layer). Every query attends at
+    least to itself (Session.allowed), so no row is all -inf and the values equal the boolean mask's."""
+    if mask is None or mask.dtype != torch.bool:
+        return mask
+    return torch.where(mask, 0.0, float("-inf")).to(dtype)
+
+
 def _grouped_attention(q, k, v, mask):
     """Attention of a few new tokens per row with each KV head's query heads folded into one matmul:
     q [B, heads, n, D] → [B, kv_heads, g·n, D] against k, v [B, kv_heads, T, D]; mask [B or 1, 1, n, T]
-    bool (True = attend) or None. The same values as SDPA's with `enable_gqa`. On a CPU, torch's fused
+    additive (0 / -inf, `additive`) or None. The same values as SDPA's with `enable_gqa`. On a CPU, torch's fused
     attention splits a batch of short queries into many tiny (row, head) blocks: at 8 rows × 2–11 new
     tokens each (a batched verify step) these 3–4 ops take half to two thirds of its time, so every row's drafted
     columns cost less (`python -m decodelab.bench.verify_cost`)."""
@@ -158,7 +170,7 @@ def _grouped_attention(q, k, v, mask):
     kv = k.shape[1]
     scores = torch.matmul(q.reshape(B, kv, H // kv * n, D), k.transpose(-1, -2)).mul_(D ** -0.5)
     if mask is not None:
-        scores = scores.view(B, kv, H // kv, n, -1).masked_fill_(~mask[:, None], float("-inf")).view(B, kv, -1, k.shape[2])
+        scores = scores.view(B, kv, H // kv, n, -1).add_(mask[:, None]).view(B, kv, -1, k.shape[2])
     return torch.matmul(torch.softmax(scores, dim=-1), v).view(B, H, n, D)
 
 
@@ -286,6 +298,7 @@ class NativeModel(nn.Module):
                    mask: torch.Tensor | None, lo: int, hi: int, states: list | None = None) -> torch.Tensor:
         """Decoder layers lo..hi−1 over hidden states x [B, n, H] at cache columns start..start+n."""
         cos, sin = self._rope(positions, x.dtype)
+        mask = additive(mask, x.dtype)
         layers = self.layers
         for i in range(lo, hi):  # Block.forward directly: no module hooks are used, Module.__call__ costs
             x = layers[i].forward(x, cos, sin, cache.k[i], cache.v[i], start, mask)
@@ -303,6 +316,7 @@ class NativeModel(nn.Module):
         x = F.embedding(ids.reshape(-1).index_select(0, keep), self.embed)  # [T, H]
         at = positions.reshape(-1).index_select(0, keep)
         cos, sin = self._rope(at, x.dtype)
+        mask = additive(mask, x.dtype)
         for i, layer in enumerate(self.layers):
             x = layer.forward_packed(x, cos, sin, cache.k[i], cache.v[i], start, mask, rows)
         logits = self.logits(x)  # [T, V]
