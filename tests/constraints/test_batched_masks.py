@@ -90,6 +90,53 @@ def test_one_call_gives_every_node_the_mask_a_fresh_matcher_computes(seed):
     assert covered > 30 and rejected > 3 and eos_paths > 0  # the trees exercised every kind of node
 
 
+@pytest.mark.parametrize("seed", range(2))
+def test_a_single_chain_is_computed_on_its_own_matcher_with_the_same_masks(seed, monkeypatch):
+    """A step with one chain (batch size 1, a chain draft or none) skips the executor's pool: the chain's
+    matcher computes its masks on the calling thread. They equal a fresh matcher's at every node (a
+    rejected token cuts the chain), the matcher is left where it was, and two chains still go to the pool."""
+    rng = random.Random(seed)
+
+    class NoPool:
+        def unsafe_compute_mask_ptr_with_draft_token(self, *args):
+            raise AssertionError("the executor was used for a single chain")
+
+    real = batched.executor()
+    for k, prefix in PREFIXES.items():
+        grammar = compile_constraint(LM, CONSTRAINTS[k])
+        generated, tokens = list(prefix.encode()), []
+        for _ in range(6):  # a chain of mostly allowed tokens, sometimes any byte
+            allowed = one_node_mask(grammar, generated + tokens)
+            choices = allowed.nonzero().flatten().tolist() if allowed is not None else []
+            tokens.append(rng.choice(choices) if choices and rng.random() < 0.85 else rng.randrange(3, 256))
+        for draft in (Draft(), Draft.chain(tokens)):
+            row = RowConstraint(grammar)
+            monkeypatch.setattr(batched, "executor", lambda threads=None: NoPool())
+            computed = batched.premask([(row, generated, draft, [EOS])])
+            valid = [t for t in range(len(draft.tokens) + 1)
+                     if one_node_mask(grammar, generated + draft.tokens[:t]) is not None]
+            assert computed == len(valid) and valid == list(range(len(valid)))  # cut at the first rejection
+            if valid:  # the row's matcher is left after `generated`, the draft not consumed
+                fresh = RowConstraint(grammar)
+                assert fresh.seek(generated) and row.tokens == generated
+                assert row.validate(draft.tokens) == fresh.validate(draft.tokens) >= len(valid) - 1
+            for t in valid:
+                path = tuple(generated + draft.tokens[:t])
+                assert torch.equal(unpack(row.masks[path][None], V)[0], one_node_mask(grammar, list(path)))
+                assert torch.equal(row.bias[path][:V] == 0, one_node_mask(grammar, list(path)))
+        if one_node_mask(grammar, generated) is None:
+            continue  # a rejected root (PREFIXES): no chain at all
+        monkeypatch.setattr(batched, "executor", lambda threads=None: NoPool())
+        two = [(RowConstraint(grammar), generated, Draft(), [EOS]) for _ in range(2)]
+        with pytest.raises(AssertionError, match="executor was used"):
+            batched.premask(two)
+        monkeypatch.setattr(batched, "executor", lambda threads=None: real)
+        assert batched.premask(two) == 2
+    with pytest.raises(ValueError, match="do not fit"):
+        row = RowConstraint(grammar)
+        batched.fill([(row.matcher, 0, [1, 2])], torch.zeros(2, (V + 31) // 32, dtype=torch.int32))
+
+
 def test_known_masks_are_not_computed_again_and_a_lone_head_costs_one_mask():
     grammar = compile_constraint(LM, {"json_schema": SCHEMAS[1]})
     row = RowConstraint(grammar)

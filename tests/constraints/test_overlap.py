@@ -237,7 +237,7 @@ def test_the_gil_check_runs():
     from decodelab.constraints import gil_check
 
     result = gil_check.main(["--seconds", "0.05"])
-    assert len(result["shares"]) == 6 and all(s > 0 for s in result["shares"].values())
+    assert len(result["shares"]) == 7 and all(s > 0 for s in result["shares"].values())
     with pytest.raises(SystemExit):
         gil_check.main(["--seconds", "0"])
 
@@ -270,12 +270,14 @@ def test_a_forked_child_gets_its_own_worker(lm, route):
     assert got == want
 
 
-def test_the_workers_unpacking_equals_unpack():
-    from decodelab.constraints.matcher import unpack
+def test_the_additive_masks_equal_unpack():
+    from decodelab.constraints.matcher import bias_of, unpack
 
     gen = torch.Generator().manual_seed(0)
     for nodes, words in ((1, 1), (3, 257), (2, 4010)):
         bitmask = torch.randint(-2**31, 2**31 - 1, (nodes, words), dtype=torch.int32, generator=gen)
         bitmask[0, 0] = -1  # all allowed, and
         bitmask[-1, -1] = 0  # none allowed, at the ends
-        assert torch.equal(batched._forbidden(bitmask), ~unpack(bitmask, 32 * words))
+        bias = bias_of(bitmask)
+        assert bias.dtype == torch.float32 and bias.shape == (nodes, 32 * words)
+        assert torch.equal(bias == 0, unpack(bitmask, 32 * words)) and bool((bias[bias != 0] == -float("inf")).all())

@@ -16,9 +16,15 @@ computes one mask. `premask` instead, once per step and before verification:
    (what `llguidance.torch.fill_next_token_bitmask_par_with_draft_tokens` wraps, without importing that
    module, which runs torch.compile at import): one call, parallel over chains on the executor's
    threads, writing the mask at the chain's head and after each of its tokens into consecutive rows of
-   one bitmask (the matcher is rolled back afterwards);
+   one bitmask (the matcher is rolled back afterwards). A step with a single chain (batch size 1 with a
+   chain draft or none: greedy, pld, speculative) has nothing to run in parallel, so it makes the same
+   call on the chain's own matcher (`LLMatcher.unsafe_compute_mask_ptr_with_draft_token`, same masks)
+   on the thread already running: handing one job to the executor's pool and waiting for it costs more
+   than the mask itself when torch's threads hold the cores;
 4. leaves each mask in its row's `RowConstraint.masks`, keyed by the node's generated tokens — the same
-   key `GrammarMask` looks up, so verification reads the masks instead of computing them. A node the
+   key `GrammarMask` looks up, so verification reads the masks instead of computing them — and its
+   additive form (0 / -inf per token, `matcher.bias_of`) in `RowConstraint.bias`, what the processor
+   adds to the scores. A node the
    step did not cover (a rejected or post-EOS node, a lookahead window node) falls back to the
    one-node route, so the output cannot change: the mask of a state is the same whichever call
    computes it (tests/constraints/test_batched_masks.py compares them on trees).
@@ -49,15 +55,13 @@ from __future__ import annotations
 
 import contextvars
 import os
-import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import numpy as np
 import torch
 
 from . import timing
-from .matcher import RowConstraint, unpack
+from .matcher import RowConstraint, bias_of
 
 _EXECUTOR = None
 ENABLED = True  # False: every mask is computed one node at a time when verification asks (tests compare)
@@ -191,31 +195,33 @@ def start(rows: list[tuple], overlap: bool) -> Pending:
 
 
 def _compute(chains: list[tuple], jobs: list[tuple], bitmask: torch.Tensor, prepared: float) -> int:
-    """The llguidance call (GIL released), then each node's words and its forbidden-token row (what the
-    processor applies, unpacked here so the hit path after the forward is one masked_fill) into its row."""
+    """The llguidance call (GIL released), then each node's words and its additive row (what the
+    processor adds to the scores, made here so the hit path after the forward is one add) into its row."""
     t0 = timing.clock()
-    executor().unsafe_compute_mask_ptr_with_draft_token(jobs, bitmask.data_ptr(), bitmask.shape[1] * 4,
-                                                        bitmask.shape[0])
-    forbidden = _forbidden(bitmask)  # [nodes, 32·words] bool
+    fill(jobs, bitmask)
+    bias = bias_of(bitmask)  # [nodes, 32·words] float32, 0 where allowed, -inf where forbidden
     n = 0
     for (row, key, _, rest, _), (_, at, _) in zip(chains, jobs):
         for j in range(len(rest) + 1):
             node = key + tuple(rest[:j])  # as many as the step's nodes, not bounded
             row.masks[node] = bitmask[at + j]
-            row.forbidden[node] = forbidden[at + j]
+            row.bias[node] = bias[at + j]
         n += 1 + len(rest)
     timing.record_batch(prepared + timing.clock() - t0, n)
     return n
 
 
-def _forbidden(bitmask: torch.Tensor) -> torch.Tensor:
-    """[n, W] int32 words → [n, 32·W] bool, True where the token is forbidden (`~unpack`). Through numpy
-    on a little-endian host (bit j of byte k of word w is token 32w + 8k + j): one single-threaded call,
-    so the worker never opens a torch parallel region beside the forward's (large vocabularies)."""
-    if sys.byteorder != "little":  # pragma: no cover
-        return ~unpack(bitmask, 32 * bitmask.shape[1])
-    bits = np.unpackbits(bitmask.numpy().view(np.uint8), axis=1, bitorder="little")
-    return torch.from_numpy(bits == 0)
+def fill(jobs: list[tuple], bitmask: torch.Tensor) -> None:
+    """Every job's masks (matcher, first bitmask row, draft tokens) into `bitmask`: one job through its own
+    matcher on this thread, several through the executor's pool, in parallel over jobs."""
+    one_mask = bitmask.shape[1] * 4
+    if len(jobs) == 1:
+        matcher, at, draft = jobs[0]
+        if at + 1 + len(draft) > bitmask.shape[0]:
+            raise ValueError(f"{1 + len(draft)} masks from row {at} do not fit a bitmask of {bitmask.shape[0]}")
+        matcher.unsafe_compute_mask_ptr_with_draft_token(bitmask[at].data_ptr(), one_mask, draft)
+    else:
+        executor().unsafe_compute_mask_ptr_with_draft_token(jobs, bitmask.data_ptr(), one_mask, bitmask.shape[0])
 
 
 def _rejected(matcher, eos: set[int]) -> int:
@@ -235,7 +241,7 @@ def _chains(row: RowConstraint, generated: list[int], draft, eos: set[int]) -> l
             paths[i] = paths[p] + (tokens[i],)
     needed = set(paths.values())  # the row keeps the masks of this step's nodes only (bounded memory)
     row.masks = {k: v for k, v in row.masks.items() if k in needed}
-    row.forbidden = {k: v for k, v in row.forbidden.items() if k in needed}
+    row.bias = {k: v for k, v in row.bias.items() if k in needed}
     out, own = [], True
     for head in [-1] + [i for i, p in enumerate(parents) if first_child[p] != i]:
         chain = [head]

@@ -7,8 +7,8 @@ second, alone and then beside a second thread that calls, in a loop, one of:
   references for "released";
 - pure Python and `LLMatcher.validate_tokens` (llguidance work that holds the GIL): the references for
   "held";
-- `LLMatcher.unsafe_compute_mask_ptr` and `LLExecutor.unsafe_compute_mask_ptr_with_draft_token` (the
-  calls batched.py and matcher.py make), on a JSON-suite grammar (constraints/json_suite.py) and
+- `LLMatcher.unsafe_compute_mask_ptr`, `LLMatcher.unsafe_compute_mask_ptr_with_draft_token` and
+  `LLExecutor.unsafe_compute_mask_ptr_with_draft_token` (the calls batched.py and matcher.py make), on a JSON-suite grammar (constraints/json_suite.py) and
   builtin:pyco's tokenizer.
 
 It prints the counting loop's speed beside each as a share of its speed alone. A call that releases the
@@ -64,6 +64,8 @@ def run(seconds: float = 1.0, model: str = "builtin:pyco") -> dict:
         "pure Python (holds)": python,
         "LLMatcher.validate_tokens (holds)": lambda: matcher.validate_tokens(doc),
         "LLMatcher.unsafe_compute_mask_ptr": lambda: matcher.unsafe_compute_mask_ptr(bitmask.data_ptr(), words * 4),
+        "LLMatcher.unsafe_compute_mask_ptr_with_draft_token": lambda: matcher.unsafe_compute_mask_ptr_with_draft_token(
+            bitmask.data_ptr(), words * 4, chain),
         "LLExecutor.unsafe_compute_mask_ptr_with_draft_token": lambda: pool.unsafe_compute_mask_ptr_with_draft_token(
             [(matcher, 0, chain)], bitmask.data_ptr(), words * 4, 8),
     }
