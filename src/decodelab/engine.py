@@ -95,6 +95,11 @@ class Context:
         self.log_z: list[list[float]] = [[] for _ in prompts]  # per row: log Z_t of each sampled token
         self.seed: int | list[int] | None = None  # the request's seed and stop strings (set by run_method)
         self.stop: list[str] = []
+        # the request's grammar and token healing, and its prompts before healing backed them up (set by
+        # run_method): meta-generation re-runs an inner method on them
+        self.grammar = None
+        self.token_healing = False
+        self.unhealed: list[list[int]] = prompts
         self.open = False  # more rows may join: a method idles (yields nothing) instead of ending
         self.row_stats: dict[int, Stats] | None = None  # per-row draft counts (the Engine's rows)
         self.row_samplers: dict[int, Sampler] = {}  # rows with sampling parameters of their own (Engine.add)
@@ -340,6 +345,7 @@ def run_method(info, lm: LM, prompts: list[list[int]], params: dict, max_new_tok
     stats = Stats()
     from .constraints import row_processors
 
+    unhealed = prompts
     prompts, mask, healer, healed = row_processors(lm, prompts, grammar, token_healing)
     width = max(len(p) for p in prompts)
     sampler = Sampler(params, prompt_len=width, constraint=mask, healing=healer)
@@ -347,6 +353,7 @@ def run_method(info, lm: LM, prompts: list[list[int]], params: dict, max_new_tok
     ctx = Context(lm, prompts, params, sampler, generators[0] if generators else None, max_new_tokens, stats)
     ctx.generators = generators
     ctx.seed, ctx.stop = seed, stop  # meta-generation re-runs an inner method with them
+    ctx.grammar, ctx.token_healing, ctx.unhealed = grammar, token_healing, unhealed
     rows = [_RowState(lm, stop, mask.rows[b] if mask else None, healed[b]) for b in range(len(prompts))]
     t0 = time.perf_counter()
     steps = info.run(ctx)

@@ -182,6 +182,22 @@ MUTANTS = [
         "a batched verify step's folded attention drops the tree / padding mask",
     ),
     Mutant(
+        "beam-drops-the-healing-mask",
+        "src/decodelab/search/beam.py",
+        "    view.logits_processors = [swap.get(id(p), p) for p in sampler.logits_processors]\n",
+        "    view.logits_processors = [swap.get(id(p), p) for p in sampler.logits_processors if p not in healers]\n",
+        ("tests/search/test_beam.py::test_one_beam_with_token_healing_is_healed_greedy",),
+        "beam search backs the prompt up for token healing but lets the first token ignore the removed text",
+    ),
+    Mutant(
+        "meta-inner-method-unhealed",
+        "src/decodelab/search/meta.py",
+        "max_new_tokens=ctx.max_new_tokens, token_healing=ctx.token_healing, **params)",
+        "max_new_tokens=ctx.max_new_tokens, token_healing=False, **params)",
+        ("tests/search/test_meta.py::test_token_healing_runs_the_inner_method_healed_and_scores_against_the_backed_up_prompt[best_of_n]",),
+        "a meta method's inner samples are drawn without the request's token healing",
+    ),
+    Mutant(
         "packed-attention-misses-own-column",
         "src/decodelab/model/native.py",
         "            end = start + width  # a real token",

@@ -157,10 +157,47 @@ def test_beam_under_a_choice_constraint_ranks_every_choice_by_its_likelihood():
         assert g.text == expected[0][1] and g.incomplete is False
 
 
-def test_beam_rejects_token_healing_rather_than_ignoring_it():
-    lm = tiny_lm("llama")
-    with pytest.raises(ValueError, match="token_healing"):
-        decodelab.generate(lm, "hello wor", method="beam", max_new_tokens=4, token_healing=True)
+@pytest.fixture(scope="module")
+def pyco():
+    return decodelab.load("builtin:pyco")
+
+
+HEAL_PROMPTS = ["x = ", "def f(x):\n    ", "import os\n", "print(", "for i in ra"]
+
+
+def test_one_beam_with_token_healing_is_healed_greedy(pyco):
+    """Token healing under beam search: the first step's beams continue the backed-up prompt under the
+    healing mask (repeated for each prompt's beams), so one beam is healed greedy, token for token, in a
+    ragged batch; the mask bites — on some prompt healed greedy's first token is not the model's argmax
+    after the backed-up prompt."""
+    from decodelab.constraints import heal
+
+    beams = decodelab.generate_batch(pyco, HEAL_PROMPTS, method="beam", num_beams=1, max_new_tokens=8,
+                                     token_healing=True)
+    bites = 0
+    for prompt, beam in zip(HEAL_PROMPTS, beams):
+        greedy = decodelab.generate(pyco, prompt, max_new_tokens=8, token_healing=True)
+        assert (beam.token_ids, beam.text) == (greedy.token_ids, greedy.text), prompt
+        kept, _ = heal(pyco, pyco.encode(prompt))
+        bites += decodelab.generate(pyco, kept, max_new_tokens=1).token_ids[0] != greedy.token_ids[0]
+    assert bites > 0
+
+
+def test_every_beam_re_covers_the_removed_prompt_token(pyco):
+    """With several beams (and under a grammar) every returned hypothesis starts with the removed token's
+    text, and its text leaves that part out; the beams differ, so more than one hypothesis was checked."""
+    from decodelab.constraints import heal
+
+    for prompt, constraint in (("x = ", None), ("print(", None), ("n = ", {"regex": r"[0-9]{1,3}"})):
+        _, removed = heal(pyco, pyco.encode(prompt))
+        g = decodelab.generate(pyco, prompt, method="beam", num_beams=3, num_return_sequences=3, max_new_tokens=6,
+                               token_healing=True, constraint=constraint)
+        assert len({tuple(c.token_ids) for c in g.candidates}) == 3
+        for c in g.candidates:
+            full = pyco.decode([t for t in c.token_ids if t not in pyco.eos_token_ids])
+            assert full.startswith(removed) and c.text == full[len(removed):], (prompt, full)
+        if constraint:
+            assert g.finish_reason == "stop" and all(c.text.isdigit() for c in g.candidates), g.candidates
 
 
 def test_native_backend_equals_transformers_backend_on_pyco():

@@ -110,6 +110,33 @@ def test_mbr_picks_the_candidate_with_the_highest_mean_utility():
     assert votes[same.text] == max(votes.values())
 
 
+@pytest.mark.parametrize("method", ["best_of_n", "adaptive_best_of_k"])
+def test_token_healing_runs_the_inner_method_healed_and_scores_against_the_backed_up_prompt(method):
+    """With token_healing the inner method heals the same boundary: best_of_n's candidates are exactly
+    `generate_batch(n=N, token_healing=True)`'s rows with the same seeds, each scored by its mean
+    log-likelihood after the backed-up prompt; the returned text leaves out the re-covered part."""
+    from decodelab.constraints import heal
+
+    lm = _soft_lm()
+    prompts = ["def f(x):", "hello wor"]
+    kw = dict(seed=11, max_new_tokens=8, temperature=0.9, token_healing=True)
+    samples = decodelab.generate_batch(lm, prompts, method="sample", n=4, **kw)
+    params = {"num_samples": 4} if method == "best_of_n" else {"max_samples": 4, "budget": 4.0}
+    best = decodelab.generate_batch(lm, prompts, method=method, **params, **kw)
+    for b, (prompt, g) in enumerate(zip(prompts, best)):
+        kept, removed = heal(lm, lm.encode(prompt))
+        ref = {tuple(c.token_ids): _mean_logprob(lm, kept, c.token_ids) for c in g.candidates}
+        if method == "best_of_n":
+            mine = samples[b * 4: (b + 1) * 4]
+            assert len({tuple(s.token_ids) for s in mine}) > 1
+            assert sorted(c.token_ids for c in g.candidates) == sorted(s.token_ids for s in mine)
+        for c in g.candidates:
+            assert c.score == pytest.approx(ref[tuple(c.token_ids)], abs=1e-4)
+            assert lm.decode(c.token_ids[:1]).startswith(removed)
+        assert tuple(g.token_ids) == max(ref, key=ref.get)
+        assert g.text == lm.decode(g.token_ids)[len(removed):]
+
+
 def test_meta_methods_under_a_grammar_constraint():
     """The inner method runs under the request's grammar: every candidate (and the answer) obeys it."""
     import re

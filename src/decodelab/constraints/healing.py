@@ -67,8 +67,16 @@ class HealingMask:
 
     def for_row(self, b: int, prompt_len: int) -> "HealingMask":
         """A one-row view for row b's own unpadded history (see GrammarMask.for_row)."""
+        return self._view(prompt_len, self.allowed[b : b + 1])
+
+    def repeated(self, k: int) -> "HealingMask":
+        """The mask for k copies of every row, prompt-major (beam search's B·K beams)."""
+        return self._view(self.prompt_len, self.allowed.repeat_interleave(k, dim=0))
+
+    @staticmethod
+    def _view(prompt_len: int, allowed: torch.Tensor) -> "HealingMask":
         view = HealingMask.__new__(HealingMask)
-        view.prompt_len, view.allowed = prompt_len, self.allowed[b : b + 1]
+        view.prompt_len, view.allowed = prompt_len, allowed
         return view
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:

@@ -74,7 +74,7 @@ def adaptive_best_of_k(ctx, inner: str, budget: float, max_samples: int, predict
         raise UserError("adaptive_best_of_k takes one integer seed (candidate j of prompt b uses seed + b·max_samples + j)")
     base = ctx.seed if ctx.seed is not None else int(torch.randint(0, 2**30, ()).item())
     rows = [(b, j) for b, k in enumerate(counts) for j in range(k)]
-    gens = run_inner(ctx, inner, [ctx.prompts[b] for b, _ in rows], 1, [base + b * max_samples + j for b, j in rows])
+    gens = run_inner(ctx, inner, [b for b, _ in rows], 1, [base + b * max_samples + j for b, j in rows])
     lps = (completion_logprobs(ctx, [ctx.prompts[b] for b, _ in rows], [g.token_ids for g in gens])
            if not callable(scorer) else [[] for _ in gens])
     ranked: list[list[tuple[list[int], float]]] = [[] for _ in counts]

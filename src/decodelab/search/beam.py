@@ -63,18 +63,24 @@ def beam_log_probs(sampler, history: torch.Tensor | None, logits: torch.Tensor) 
 
 def beam_sampler(sampler, k: int):
     """The sampler for B·K beam rows: a grammar constraint gets one matcher per beam, forked from its
-    prompt's (each beam's matcher seeks its own history at every step, so reordering beams is free)."""
+    prompt's (each beam's matcher seeks its own history at every step, so reordering beams is free);
+    token healing's first-token mask is repeated for each prompt's K beams (at the first step every
+    beam of a prompt continues the same backed-up prompt). Penalties read the history they are given."""
     from ..constraints.healing import HealingMask
 
     mask = sampler.constraint
-    if any(isinstance(p, HealingMask) for p in sampler.logits_processors):  # penalties have row views too
-        raise UserError("beam does not support token_healing yet")
-    if mask is None:
+    healers = [p for p in sampler.logits_processors if isinstance(p, HealingMask)]
+    if mask is None and not healers:
         return sampler
-    beams = copy.copy(mask)
-    beams.rows = [row.fork() for row in mask.rows for _ in range(k)]
+    beams = None
+    if mask is not None:
+        beams = copy.copy(mask)
+        beams.rows = [row.fork() for row in mask.rows for _ in range(k)]
+    swap = {id(p): p.repeated(k) for p in healers}
+    if mask is not None:
+        swap[id(mask)] = beams
     view = copy.copy(sampler)
-    view.logits_processors = [beams if p is mask else p for p in sampler.logits_processors]
+    view.logits_processors = [swap.get(id(p), p) for p in sampler.logits_processors]
     view.constraint = beams
     return view
 

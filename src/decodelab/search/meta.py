@@ -10,7 +10,9 @@ Parallel meta-generators: draw N candidates per prompt with an inner method, the
   extractor: the stripped text; or a callable `extract(text) -> str`), i.e. MBR with u = 1[same answer];
   ties and the returned representative go to the higher mean log-likelihood.
 
-Under a grammar `constraint=` the inner method runs under the same grammar, so every candidate obeys it.
+Under a grammar `constraint=` the inner method runs under the same grammar, so every candidate obeys it;
+with `token_healing=True` it heals the same prompt boundary (the candidates' tokens then continue the
+backed-up prompt, which is what they are scored against, and their text leaves out the re-covered part).
 The N candidates of prompt b are exactly `generate_batch(lm, prompts, method=inner, n=N, seed=s)`'s
 rows b·N … b·N + N − 1 (seed s + b·N + j), so "best of these samples" is checkable sample for sample.
 Cost: the inner run's forward passes plus one scoring forward over all B·N candidates.
@@ -32,38 +34,28 @@ def inner_generations(ctx, inner: str, n: int) -> list[list]:
     seed = ctx.seed
     if isinstance(seed, (list, tuple)):
         seed = [s + j for s in seed for j in range(n)]
-    gens = run_inner(ctx, inner, ctx.prompts, n, seed)
+    gens = run_inner(ctx, inner, list(range(ctx.batch_size)), n, seed)
     return [gens[b * n: (b + 1) * n] for b in range(ctx.batch_size)]
 
 
-def run_inner(ctx, inner: str, prompts: list[list[int]], n: int, seed) -> list:
-    """`generate_batch(prompts, method=inner, n=n, seed=seed)` with the request's sampling parameters,
-    stop strings and length; its forward passes are added to ctx.stats."""
+def run_inner(ctx, inner: str, rows: list[int], n: int, seed) -> list:
+    """`generate_batch(the prompts of rows, method=inner, n=n, seed=seed)` with the request's sampling
+    parameters, grammar, token healing, stop strings and length (healing backs up the prompts as given
+    to the request, so the candidates continue `ctx.prompts`); its forward passes are added to ctx.stats."""
     from ..api import generate_batch
 
     if inner in META_METHODS:
         raise UserError(f"inner method {inner!r} is itself a meta method; pick a decoding method")
     params = {k: ctx.params[k] for k in (*SAMPLING_DEFAULTS, "temperature")}
-    grammar = inner_constraint(ctx.sampler)
-    if grammar is not None:
-        params["constraint"] = grammar
+    if ctx.grammar is not None:  # the request's grammar, compiled once (healing prefixes it again inside)
+        params["constraint"] = ctx.grammar
+    prompts = [(ctx.unhealed if ctx.token_healing else ctx.prompts)[b] for b in rows]
     gens = generate_batch(ctx.lm, prompts, method=inner, n=n, seed=seed, stop=ctx.stop or None,
-                          max_new_tokens=ctx.max_new_tokens, **params)
+                          max_new_tokens=ctx.max_new_tokens, token_healing=ctx.token_healing, **params)
     shared = gens[0].stats  # forward passes are the whole inner batch's
     ctx.stats.forward_passes += shared.forward_passes
     ctx.stats.draft_forward_passes += shared.draft_forward_passes
     return gens
-
-
-def inner_constraint(sampler):
-    """The request's compiled grammar (one per request), for the inner method's own matchers; None
-    without one. Token healing is refused: the prompts the meta method sees were already backed up."""
-    from ..constraints.healing import HealingMask
-
-    mask = sampler.constraint
-    if any(isinstance(p, HealingMask) for p in sampler.logits_processors):
-        raise UserError("the meta methods do not support token_healing")
-    return mask.rows[0].grammar if mask is not None else None
 
 
 META_METHODS = ("best_of_n", "self_consistency", "mbr", "adaptive_best_of_k")
