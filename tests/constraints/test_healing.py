@@ -127,3 +127,28 @@ def test_healed_constrained_sampling_has_the_exact_healed_distribution(method):
                                     token_healing=True, constraint=constraint, **extra)
     assert gens[0].stats.batch_size == 400
     assert chi2_pvalue([g.text for g in gens], exact) > ALPHA, (method, exact)
+
+
+def test_every_causal_method_heals_or_refuses(pyco):
+    """token_healing is never silently ignored: under every causal method the first generated token
+    re-covers the removed prompt text and `text` leaves it out — or the method refuses with a one-line
+    error naming token_healing (self_infill: not left to right; superposed: raw logits)."""
+    from decodelab.methods.registry import methods
+
+    extra = {"dba": {"constraints": ["self"]}}
+    refused = set()
+    for name, info in sorted(methods().items()):
+        if info.kind != "causal":
+            continue
+        for prompt in ("print(", "for i in ra"):
+            _, removed = heal(pyco, pyco.encode(prompt))
+            try:
+                g = decodelab.generate(pyco, prompt, method=name, max_new_tokens=3, token_healing=True, seed=0,
+                                       **extra.get(name, {}))
+            except ValueError as error:
+                assert "token_healing" in str(error) and "\n" not in str(error), (name, str(error))
+                refused.add(name)
+                continue
+            full = pyco.decode([t for t in g.token_ids if t not in pyco.eos_token_ids])
+            assert full.startswith(removed) and g.text == full[len(removed):], (name, prompt, full, g.text)
+    assert refused == {"self_infill", "superposed"}

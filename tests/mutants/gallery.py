@@ -184,8 +184,8 @@ MUTANTS = [
     Mutant(
         "beam-drops-the-healing-mask",
         "src/decodelab/search/beam.py",
-        "    view.logits_processors = [swap.get(id(p), p) for p in sampler.logits_processors]\n",
-        "    view.logits_processors = [swap.get(id(p), p) for p in sampler.logits_processors if p not in healers]\n",
+        "        swap[id(healer)] = healer.repeated(k)\n",
+        "        swap[id(healer)] = healer.repeated(k)\n        sampler.logits_processors.remove(healer)\n",
         ("tests/search/test_beam.py::test_one_beam_with_token_healing_is_healed_greedy",),
         "beam search backs the prompt up for token healing but lets the first token ignore the removed text",
     ),
@@ -196,6 +196,22 @@ MUTANTS = [
         "max_new_tokens=ctx.max_new_tokens, token_healing=False, **params)",
         ("tests/search/test_meta.py::test_token_healing_runs_the_inner_method_healed_and_scores_against_the_backed_up_prompt[best_of_n]",),
         "a meta method's inner samples are drawn without the request's token healing",
+    ),
+    Mutant(
+        "awrs-ignores-token-healing",
+        "src/decodelab/methods/awrs.py",
+        "    free = ctx.sampler.without_constraint()  # p without the grammar mask (token healing's kept)\n",
+        "    free = Sampler(ctx.params, prompt_len=len(ctx.prompts[0]))\n",
+        ("tests/constraints/test_healing.py::test_every_causal_method_heals_or_refuses",),
+        "awrs draws its first token without token healing's mask (the request's token_healing silently ignored)",
+    ),
+    Mutant(
+        "deal-ignores-token-healing",
+        "src/decodelab/methods/deal.py",
+        "    return Sampler({**ctx.params, \"temperature\": 0.0}, prompt_len=len(ctx.prompts[0]), constraint=mask,\n                   healing=healer)\n",
+        "    return Sampler({**ctx.params, \"temperature\": 0.0}, prompt_len=len(ctx.prompts[0]), constraint=mask)\n",
+        ("tests/constraints/test_healing.py::test_every_causal_method_heals_or_refuses",),
+        "DeAL expands and rolls out its states without token healing's first-token mask",
     ),
     Mutant(
         "packed-attention-misses-own-column",

@@ -85,3 +85,16 @@ def test_sampled_choice_follows_softmax_of_minus_kl():
                             minlength=3)
     expected = (-kl[0]).double().softmax(-1) * 3000
     assert chisquare(counts.tolist(), expected.tolist()).pvalue > 1e-3
+
+
+def test_a_one_token_prompt_has_no_earlier_distribution_and_no_alarm():
+    """A one-token prompt leaves the look-back window empty at the first step: KL_min is +inf (no alarm,
+    a greedy step), not an error from a reduction over nothing — what a healed two-token prompt gives."""
+    assert torch.equal(kl_min(torch.zeros(2, 3, 5).log_softmax(-1), torch.zeros(2, 0, 5), torch.ones(2, 0, dtype=torch.bool)),
+                       torch.full((2, 3), float("inf")))
+    lm = soft_lm("llama", seed=0)
+    for prompt in ([65], [104]):
+        got = decodelab.generate(lm, prompt, method="lookback", max_new_tokens=6, alpha=0.5)
+        assert len(got.token_ids) == 6
+        first = decodelab.generate(lm, prompt, method="greedy", max_new_tokens=1).token_ids
+        assert got.token_ids[:1] == first

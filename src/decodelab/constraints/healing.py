@@ -60,6 +60,7 @@ class HealingMask:
     def __init__(self, lm, removed: list[str], prompt_len: int):
         vocab = decoded_vocab(lm)
         self.prompt_len = prompt_len
+        self.removed = list(removed)  # per row: the text the first token re-covers ("" when not healed)
         self.allowed = torch.ones(len(removed), lm.vocab_size, dtype=torch.bool)  # [B, V]
         for b, text in enumerate(removed):
             if text:
@@ -67,16 +68,17 @@ class HealingMask:
 
     def for_row(self, b: int, prompt_len: int) -> "HealingMask":
         """A one-row view for row b's own unpadded history (see GrammarMask.for_row)."""
-        return self._view(prompt_len, self.allowed[b : b + 1])
+        return self._view(prompt_len, self.allowed[b : b + 1], self.removed[b : b + 1])
 
     def repeated(self, k: int) -> "HealingMask":
-        """The mask for k copies of every row, prompt-major (beam search's B·K beams)."""
-        return self._view(self.prompt_len, self.allowed.repeat_interleave(k, dim=0))
+        """The mask for k copies of every row, prompt-major (beam search's B·K beams, DeAL's states)."""
+        return self._view(self.prompt_len, self.allowed.repeat_interleave(k, dim=0),
+                          [t for t in self.removed for _ in range(k)])
 
     @staticmethod
-    def _view(prompt_len: int, allowed: torch.Tensor) -> "HealingMask":
+    def _view(prompt_len: int, allowed: torch.Tensor, removed: list[str]) -> "HealingMask":
         view = HealingMask.__new__(HealingMask)
-        view.prompt_len, view.allowed = prompt_len, allowed
+        view.prompt_len, view.allowed, view.removed = prompt_len, allowed, removed
         return view
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:

@@ -109,7 +109,7 @@ def _resample(ctx, session, particles: list[_Particle], log_w: torch.Tensor):
 def _smc(ctx) -> Iterator[list[list[int]]]:
     n = ctx.params["n_particles"] if not ctx.sampler.greedy else 1
     base = ctx.sampler.constraint.rows[0] if ctx.sampler.constraint is not None else None
-    free = Sampler(ctx.params, prompt_len=len(ctx.prompts[0]))  # p without the grammar mask
+    free = ctx.sampler.without_constraint()  # p without the grammar mask (token healing's kept)
     session = ctx.lm.session(1, stats=ctx.stats)
     logits = prefill(ctx, session)  # [1, V]
     if n > 1:

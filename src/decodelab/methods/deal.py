@@ -82,12 +82,15 @@ class _State:
 
 
 def _batch_sampler(ctx, states: list[_State]) -> Sampler:
-    """A greedy sampler over one row per state: each row's grammar state is a fork of the state's."""
+    """A greedy sampler over one row per state: each row's grammar state is a fork of the state's, and
+    token healing's first-token mask (the prompt's) holds for every state."""
     mask = None
     if ctx.sampler.constraint is not None:
         mask = GrammarMask([], len(ctx.prompts[0]), ctx.lm.eos_token_ids)
         mask.rows = [s.row.fork() for s in states]
-    return Sampler({**ctx.params, "temperature": 0.0}, prompt_len=len(ctx.prompts[0]), constraint=mask)
+    healer = ctx.sampler.healing.repeated(len(states)) if ctx.sampler.healing is not None else None
+    return Sampler({**ctx.params, "temperature": 0.0}, prompt_len=len(ctx.prompts[0]), constraint=mask,
+                   healing=healer)
 
 
 def _next_scores(ctx, states: list[_State]) -> torch.Tensor:
@@ -133,7 +136,10 @@ def _rollout(ctx, states: list[_State], steps: int) -> list[list[int]]:
 
 
 def _text(ctx, tokens: list[int]) -> str:
-    return ctx.lm.decode([t for t in tokens if t not in ctx.lm.eos_token_ids])
+    """A state's text as the user gets it: without EOS, and without the prompt text token healing's
+    first token re-covers (the reward scores the output, not the prompt's end)."""
+    text = ctx.lm.decode([t for t in tokens if t not in ctx.lm.eos_token_ids])
+    return text[len(ctx.sampler.healing.removed[0]):] if ctx.sampler.healing is not None else text
 
 
 def _deal(ctx) -> Iterator[list[list[int]]]:

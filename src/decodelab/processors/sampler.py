@@ -80,6 +80,7 @@ class Sampler:
         self.greedy: bool = self.temperature == 0
         self.logits_processors = build_logits_processors(params, prompt_len)
         self.constraint = constraint
+        self.healing = healing  # token healing's first-token mask (constraints.HealingMask), or None
         self.logits_processors += [p for p in (constraint, healing) if p is not None]
         self.warpers = build_warpers(params)
 
@@ -90,6 +91,15 @@ class Sampler:
         view = copy.copy(self)
         view.logits_processors = [views.get(id(p), p) for p in self.logits_processors]
         view.constraint = views.get(id(self.constraint))
+        view.healing = views.get(id(self.healing))
+        return view
+
+    def without_constraint(self) -> "Sampler":
+        """This sampler without the grammar mask (penalties, healing and warpers kept): p as a method
+        that tests the grammar itself (awrs) needs it."""
+        view = copy.copy(self)
+        view.logits_processors = [p for p in self.logits_processors if p is not self.constraint]
+        view.constraint = None
         return view
 
     @property

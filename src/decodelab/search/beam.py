@@ -66,22 +66,19 @@ def beam_sampler(sampler, k: int):
     prompt's (each beam's matcher seeks its own history at every step, so reordering beams is free);
     token healing's first-token mask is repeated for each prompt's K beams (at the first step every
     beam of a prompt continues the same backed-up prompt). Penalties read the history they are given."""
-    from ..constraints.healing import HealingMask
-
-    mask = sampler.constraint
-    healers = [p for p in sampler.logits_processors if isinstance(p, HealingMask)]
-    if mask is None and not healers:
+    mask, healer = sampler.constraint, sampler.healing
+    if mask is None and healer is None:
         return sampler
-    beams = None
+    swap = {}
     if mask is not None:
         beams = copy.copy(mask)
         beams.rows = [row.fork() for row in mask.rows for _ in range(k)]
-    swap = {id(p): p.repeated(k) for p in healers}
-    if mask is not None:
         swap[id(mask)] = beams
+    if healer is not None:
+        swap[id(healer)] = healer.repeated(k)
     view = copy.copy(sampler)
     view.logits_processors = [swap.get(id(p), p) for p in sampler.logits_processors]
-    view.constraint = beams
+    view.constraint, view.healing = swap.get(id(mask)), swap.get(id(healer))
     return view
 
 

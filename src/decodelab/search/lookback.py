@@ -37,6 +37,8 @@ def kl_min(log_p: torch.Tensor, history: torch.Tensor, valid: torch.Tensor) -> t
     flat = p.reshape(p.shape[0], -1, p.shape[-1])  # [B, N, V]
     cross = torch.einsum("bnv,bwv->bnw", flat, history).reshape(*p.shape[:-1], history.shape[1])
     kl = self_term - cross  # [B, ..., W]
+    if kl.shape[-1] == 0:  # no earlier distribution (a one-token prompt): nothing to repeat, no alarm
+        return kl.new_full(kl.shape[:-1], float("inf"))
     mask = valid.reshape(valid.shape[0], *([1] * (kl.dim() - 2)), valid.shape[1])
     return kl.masked_fill(~mask, float("inf")).min(dim=-1).values
 
