@@ -96,3 +96,21 @@ def test_bad_input(kw, match):
     lm = tiny_lm("llama", seed=3)
     with pytest.raises(ValueError, match=match):
         decodelab.generate(lm, "x", method="dba", max_new_tokens=10, **kw)
+
+
+def test_composes_with_the_history_penalties():
+    """Penalties read each hypothesis's token history (a long tensor from the first step on): with
+    no_repeat_ngram_size=2 no candidate's token completes a bigram seen before it, and every phrase still
+    appears (prompts whose own bigrams do not block a phrase: "ab" would forbid "abc"); repetition_penalty
+    runs too."""
+    lm = tiny_lm("llama", seed=3)
+    for kw in ({"no_repeat_ngram_size": 2}, {"repetition_penalty": 1.5}):
+        gens = decodelab.generate_batch(lm, PROMPTS[:2], method="dba", constraints=PHRASES, max_new_tokens=14,
+                                        num_beams=4, num_return_sequences=2, **kw)
+        for p, g in zip(PROMPTS[:2], gens):
+            assert all(ph in g.text for ph in PHRASES), (kw, g.text)
+            if "no_repeat_ngram_size" in kw:
+                for c in g.candidates:
+                    seq, start = lm.encode(p) + c.token_ids, len(lm.encode(p))
+                    for j in range(start, len(seq)):  # an output token never completes a bigram seen before
+                        assert (seq[j - 1], seq[j]) not in set(zip(seq[: j - 1], seq[1:j])), (p, c.token_ids, j)

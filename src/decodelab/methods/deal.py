@@ -27,7 +27,7 @@ import torch
 from ..constraints import GrammarMask
 from ..errors import UserError
 from ..processors import Sampler
-from .registry import Param, register
+from .registry import WARPER_PARAMS, Param, register
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,9 @@ def _deal(ctx) -> Iterator[list[list[int]]]:
                                         "or 'json'"),
                   "branching": Param(4, 1, 64, help="next tokens tried per state (top-k)"),
                   "lookahead": Param(4, 0, 64, help="greedy rollout length used to score a candidate"),
-                  "keep": Param(4, 1, 64, help="states kept after each step")})
+                  "keep": Param(4, 1, 64, help="states kept after each step")},
+          ignores=("temperature",) + WARPER_PARAMS,
+          ignores_why="its expansion and rollouts are deterministic: top-branching tokens and greedy look-ahead")
 def deal(ctx) -> Iterator[list[list[int]]]:
     if ctx.batch_size != 1:
         raise UserError("deal runs one sequence at a time")

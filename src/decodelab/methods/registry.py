@@ -17,6 +17,12 @@ from typing import Any
 from ..errors import UserError
 from ..processors import SAMPLING_DEFAULTS, SamplingParams
 
+# the sampling parameters that truncate or reshape the distribution after the temperature, and those
+# that read the history: the groups a method that does not apply them declares with `ignores=`
+WARPER_PARAMS = ("top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "bregman_alpha",
+                 "bregman_lambda")
+PENALTY_PARAMS = ("repetition_penalty", "presence_penalty", "frequency_penalty", "no_repeat_ngram_size")
+
 
 @dataclass(frozen=True)
 class Param:
@@ -68,6 +74,10 @@ class MethodInfo:
     # ctx → a per-row proposer factory for the one propose → verify loop (methods/loop.py): the methods
     # whose rows can share one batch with rows of other such methods (Engine(mixed=True))
     proposers: Callable[..., Callable] | None = field(default=None, repr=False)
+    # sampling parameters the method does not apply, and why: a value other than the default is refused,
+    # never silently ignored
+    ignores: tuple[str, ...] = ()
+    ignores_why: str = ""
 
     @property
     def params(self) -> dict[str, Any]:
@@ -98,6 +108,10 @@ class MethodInfo:
                             f"allowed: {', '.join(sorted(self.params))}")
         if self.kind == "image":
             return {name: spec.check(name, params.get(name, spec.default)) for name, spec in self.specs.items()}
+        defaults = self.params
+        for name in self.ignores:
+            if name in params and params[name] != defaults[name]:
+                raise UserError(f"method {self.name!r} does not use {name} ({self.ignores_why}); leave it out")
         merged = self.sampling(params).to_dict()
         for name, spec in self.specs.items():
             merged[name] = spec.check(name, params.get(name, spec.default))
@@ -109,10 +123,13 @@ _REGISTRY: dict[str, MethodInfo] = {}
 
 def register(name: str, *, description: str, lossless: bool, paper: str | None = None,
              params: dict[str, Param] | None = None, batched: bool = False, temperature: float = 0.0,
-             kind: str = "causal", family: str = "decoding", continuous: bool = False, proposers=None):
+             kind: str = "causal", family: str = "decoding", continuous: bool = False, proposers=None,
+             ignores: tuple[str, ...] = (), ignores_why: str = ""):
     """`proposers=True`: the decorated function maps a context to a per-row proposer factory, and the
     method runs the one propose → verify loop over it; a callable: that builder, for a method that runs
-    its own loop (greedy, sample) but whose rows may also join a mixed batch."""
+    its own loop (greedy, sample) but whose rows may also join a mixed batch. `ignores`: the sampling
+    parameters the method does not apply (`ignores_why` says why); other values than their defaults
+    are a one-line error."""
     def wrap(fn):
         run, builder = fn, proposers
         if proposers is True:
@@ -123,7 +140,8 @@ def register(name: str, *, description: str, lossless: bool, paper: str | None =
             run.__doc__, builder = fn.__doc__, fn
         _REGISTRY[name] = MethodInfo(name, description, lossless, paper, dict(params or {}), run,
                                      batched=batched, temperature=temperature, kind=kind, family=family,
-                                     continuous=continuous, proposers=builder)
+                                     continuous=continuous, proposers=builder, ignores=tuple(ignores),
+                                     ignores_why=ignores_why)
         return fn
     return wrap
 

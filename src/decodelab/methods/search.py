@@ -23,7 +23,7 @@ from ..search.lookback import lookback as lookback_search
 from ..search.meta import best_of_n, mbr, self_consistency
 from ..search.phi import phi_decoding
 from ..search.superposed import superposed as superposed_search
-from .registry import Param, register
+from .registry import PENALTY_PARAMS, WARPER_PARAMS, Param, register
 
 
 def _emit_best(ctx, ranked: list[list[tuple[list[int], float]]]) -> Iterator[list[list[int]]]:
@@ -253,7 +253,9 @@ _SUPERPOSED = {
 @register("superposed", description="Superposed decoding: k drafts from one forward pass per token — the drafts' "
           "last-token embeddings superposed, extensions scored by the LM and n-gram tables; drafts in .candidates.",
           paper="Superposed Decoding: Multiple Generations from a Single Autoregressive Inference Pass "
-          "(arXiv:2405.18400)", lossless=False, temperature=0.06, family="search", params=_SUPERPOSED)
+          "(arXiv:2405.18400)", lossless=False, temperature=0.06, family="search", params=_SUPERPOSED,
+          ignores=WARPER_PARAMS + PENALTY_PARAMS,
+          ignores_why="it scores its drafts from the raw logits at its temperature, top num_tokens and n-gram tables")
 def superposed(ctx) -> Iterator[list[list[int]]]:
     p = ctx.params
     return _emit_best(ctx, [superposed_search(ctx, p["num_drafts"], p["num_tokens"], p["alpha"],
@@ -263,7 +265,8 @@ def superposed(ctx) -> Iterator[list[list[int]]]:
 @register("autodeco", description="AutoDeco: heads on the frozen model predict each token's temperature and top-p; "
           "sample from top-P̂ of softmax(l/T̂) (shipped heads: builtin:pyco).", lossless=False,
           paper="The End of Manual Decoding: Towards Truly End-to-End Language Models (arXiv:2510.26697)",
-          batched=True, temperature=1.0, family="decoding", params={
+          batched=True, temperature=1.0, family="decoding", ignores=("temperature",) + WARPER_PARAMS,
+          ignores_why="it predicts its own temperature and top-p per token with its heads", params={
               "heads": Param("", help="safetensors file of the heads ('' = the shipped ones for builtin:pyco)"),
           })
 def autodeco(ctx) -> Iterator[list[list[int]]]:
@@ -271,8 +274,6 @@ def autodeco(ctx) -> Iterator[list[list[int]]]:
     from ..search.autodeco import load_heads
 
     p = ctx.params
-    if p["temperature"] != 1.0 or p["top_p"] != 1.0:
-        raise UserError("autodeco predicts its own temperature and top-p per token; leave temperature and top_p unset")
     return autodeco_loop(ctx, load_heads(ctx.lm, p["heads"] or None))
 
 

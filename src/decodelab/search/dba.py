@@ -188,7 +188,8 @@ def dba_search(ctx, constraints, k: int, length_penalty: float, n_return: int) -
     prompt_ids = ctx.padded_prompts[0].repeat_interleave(k, dim=0)  # [B·K, L]
     for g in range(max_new):
         history = torch.cat([prompt_ids, torch.tensor([h.tokens[:g] + [pad] * (g - len(h.tokens[:g]))
-                                                        for row in beams for h in row]).reshape(batch * k, g)], 1)
+                                                        for row in beams for h in row],
+                                                      dtype=torch.long).reshape(batch * k, g)], 1)
         logp = beam_log_probs(sampler, history, logits).reshape(batch, k, -1)
         kept = [dba_step(beams[b], logp[b], k, phrases, eos) for b in range(batch)]
         beams = [[hyp for _, hyp in row] for row in kept]
