@@ -102,6 +102,32 @@ def test_method_from_extra_body_is_lossless(live, served_lm, method, params):
     assert info["choices"][0]["stats"]["forward_passes"] >= 1
 
 
+def test_token_healing_through_the_server_equals_the_api(live, served_lm):
+    """`token_healing` as an extra: the text equals `decodelab.generate(..., token_healing=True)`'s (greedy
+    and beam, streamed or not), a method that refuses healing is a 400 naming it and the server goes on,
+    and logprobs with healing are a 400."""
+    _, client = live
+    for prompt in ("hello wor", "def f(x):\n  "):
+        for method in ("greedy", "beam"):
+            ref = decodelab.generate(served_lm, prompt, method=method, max_new_tokens=10, token_healing=True)
+            assert ref.token_ids != decodelab.generate(served_lm, prompt, method=method, max_new_tokens=10).token_ids \
+                or prompt == "hello wor"
+            extra = {"method": method, "token_healing": True}
+            resp = client.completions.create(model="tiny-llama", prompt=prompt, max_tokens=10, temperature=0,
+                                             extra_body=extra)
+            assert resp.choices[0].text == ref.text and _extra(resp)["choices"][0]["token_ids"] == ref.token_ids
+            pieces = client.completions.create(model="tiny-llama", prompt=prompt, max_tokens=10, temperature=0,
+                                               stream=True, extra_body=extra)
+            assert "".join(c.choices[0].text for c in pieces if c.choices) == ref.text
+    with pytest.raises(openai.BadRequestError, match="token_healing"):
+        client.completions.create(model="tiny-llama", prompt=PROMPT, max_tokens=4, temperature=0.5,
+                                  extra_body={"method": "superposed", "token_healing": True})
+    with pytest.raises(openai.BadRequestError, match="logprobs"):
+        client.completions.create(model="tiny-llama", prompt=PROMPT, max_tokens=4, logprobs=2,
+                                  extra_body={"token_healing": True})
+    assert client.completions.create(model="tiny-llama", prompt=PROMPT, max_tokens=2).choices[0].text is not None
+
+
 def test_unknown_field_is_400_naming_it(live):
     _, client = live
     with pytest.raises(openai.BadRequestError) as err:

@@ -2,7 +2,7 @@
 
 Field names follow OpenAI's `/v1/completions` and `/v1/chat/completions`; decodelab's extras sit at
 the top level of the body the way vLLM accepts them (`method`, `method_params`, `top_k`, `min_p`,
-`repetition_penalty`, `structured_outputs`, …). Every request model forbids unknown fields, so a
+`repetition_penalty`, `structured_outputs`, `token_healing`, …). Every request model forbids unknown fields, so a
 misspelt or unsupported parameter is an HTTP 400 naming it, never silently ignored (vLLM answers
 HTTP 200 with unconstrained output for its removed `guided_*` fields). The same models generate
 `/openapi.json`, so the schema is exactly what the server accepts.
@@ -80,6 +80,9 @@ class SamplingRequest(Strict):
     repetition_penalty: float | None = Field(default=None, gt=0)
     no_repeat_ngram_size: int | None = Field(default=None, ge=0)
     structured_outputs: StructuredOutputs | None = None
+    token_healing: bool = Field(default=False, description="back each prompt up by its last token and make the "
+                                "first generated token re-cover its text (docs/CONSTRAINTS.md); the text "
+                                "returned leaves the re-covered part out")
 
     @field_validator("stop")
     @classmethod

@@ -137,12 +137,17 @@ class Server:
         """A validated Job with one row per (prompt, choice); raises ApiError(400) on bad input."""
         top = _logprobs(req)
         method, params = self._params(req)
+        if top is not None and req.token_healing:
+            raise ApiError(400, "logprobs are defined without token healing (the first token overlaps the prompt)",
+                           "logprobs")
         if top is not None and req.stream and (not methods()[method].continuous or _constraint(req) is not None):
             raise ApiError(400, f"streamed logprobs come from the continuous-batching engine: method {method!r} "
                                 "(or a constraint) needs stream=false for logprobs", "logprobs")
         checked = self._check_params(method, params)
         if (constraint := _constraint(req)) is not None:
             params["constraint"] = constraint
+        if req.token_healing:  # decodelab checks it with the method (a refusal is a 400) before generating
+            params["token_healing"] = True
         if max_new_tokens is None:
             max_new_tokens = min(self.max_tokens, self.lm.max_length - max(len(p) for p in prompts))
         if max_new_tokens > self.max_tokens:
