@@ -336,6 +336,15 @@ class _RowState:
         return text[: max(end, self.sent)]
 
 
+def _no_grammar(params: dict) -> None:
+    """The Engine's rows join a running batch one by one; a grammar or token healing is set up per batch
+    (constraints.row_processors) and is not offered there: say so instead of calling it unknown."""
+    given = [k for k in ("constraint", "token_healing") if k in params]
+    if given:
+        raise UserError(f"Engine (continuous batching) takes no {given[0]}; run constrained or healed requests "
+                        "with decodelab.generate_batch (the server does)")
+
+
 def run_method(info, lm: LM, prompts: list[list[int]], params: dict, max_new_tokens: int,
                seed: int | None, stop: list[str], grammar=None, token_healing: bool = False) -> Iterator[Event]:
     """Drive one method over a batch of prompts, yielding events; the last per row carries a Generation.
@@ -413,6 +422,7 @@ class Engine:
         from .methods import get
 
         self.info = get(method)
+        _no_grammar(params)
         if not self.info.continuous:
             users = ", ".join(sorted(n for n, m in _methods().items() if m.continuous))
             raise UserError(f"method {method!r} cannot take rows into a running batch; continuous methods: {users}")
@@ -458,6 +468,7 @@ class Engine:
         from .logprobs import check_top
         from .processors import SAMPLING_DEFAULTS
 
+        _no_grammar(sampling)
         stop = check_common(max_new_tokens, stop)
         check_seed(seed)
         top = check_top(logprobs)
