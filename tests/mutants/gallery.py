@@ -208,8 +208,8 @@ MUTANTS = [
     Mutant(
         "deal-ignores-token-healing",
         "src/decodelab/methods/deal.py",
-        "    return Sampler({**ctx.params, \"temperature\": 0.0}, prompt_len=len(ctx.prompts[0]), constraint=mask,\n                   healing=healer)\n",
-        "    return Sampler({**ctx.params, \"temperature\": 0.0}, prompt_len=len(ctx.prompts[0]), constraint=mask)\n",
+        "    return Sampler(ctx.params, prompt_len=len(ctx.prompts[0]), constraint=mask, healing=healer)  # temperature 0:\n",
+        "    return Sampler(ctx.params, prompt_len=len(ctx.prompts[0]), constraint=mask)  # temperature 0:\n",
         ("tests/constraints/test_healing.py::test_every_causal_method_heals_or_refuses",),
         "DeAL expands and rolls out its states without token healing's first-token mask",
     ),

@@ -89,8 +89,8 @@ def _batch_sampler(ctx, states: list[_State]) -> Sampler:
         mask = GrammarMask([], len(ctx.prompts[0]), ctx.lm.eos_token_ids)
         mask.rows = [s.row.fork() for s in states]
     healer = ctx.sampler.healing.repeated(len(states)) if ctx.sampler.healing is not None else None
-    return Sampler({**ctx.params, "temperature": 0.0}, prompt_len=len(ctx.prompts[0]), constraint=mask,
-                   healing=healer)
+    return Sampler(ctx.params, prompt_len=len(ctx.prompts[0]), constraint=mask, healing=healer)  # temperature 0:
+    # the registry refuses any other (`ignores`), so the request's parameters already give a greedy sampler
 
 
 def _next_scores(ctx, states: list[_State]) -> torch.Tensor:
