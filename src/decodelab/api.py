@@ -10,7 +10,7 @@ from .constraints import compile_constraint
 from .engine import Event, Generation, run_method
 from .errors import UserError
 from .inputs import check_common, check_seed, prompt_ids
-from .logprobs import attach, check_top
+from .logprobs import attach, check_top, refuse_healed
 from .methods import get
 from .model import LM
 from .processors import SAMPLING_DEFAULTS, Sampler, SamplingParams
@@ -21,9 +21,10 @@ def _run(lm, prompts, method, max_new_tokens, seed, stop, params) -> Iterator[Ev
     try:
         top = check_top(params.pop("logprobs", None))
         info, ids, checked, stop, grammar, healing = _validate(lm, prompts, method, max_new_tokens, seed, stop, params)
-        if top is not None and (info.kind != "causal" or healing):
-            raise UserError("logprobs are defined for causal methods without token healing (a diffusion or image "
-                            "method has no left-to-right distribution; a healed prompt is not the prompt given)")
+        if top is not None and info.kind != "causal":
+            raise UserError("logprobs are defined for causal methods (a diffusion or image method has no "
+                            "left-to-right distribution)")
+        refuse_healed(top, healing)
     except UserError:
         raise
     except ValueError as exc:  # a check below the boundary (a grammar's compiler, say): still the input's fault
@@ -161,14 +162,16 @@ def _windowed(lm, prompts: list, method: str, max_new_tokens: int, seed, stop, p
               max_batch: int) -> list[Generation]:
     """generate_batch with at most `max_batch` rows at once: a rolling window on the continuous Engine
     (Orca's iteration-level scheduling) where the method allows it, else consecutive groups."""
-    from .engine import Engine
+    from .engine import Engine, fast_forwards
 
-    # checked once here (prompts, seeds, parameters); a grammar is compiled where it is used
-    info, ids, checked, stop, _, _ = _validate(lm, prompts, method, max_new_tokens, seed, stop,
-                                               {k: v for k, v in params.items() if k not in ("logprobs", "constraint")})
+    # checked once here (prompts, seeds, parameters, grammars); each group or row reuses the compiled grammar
+    info, ids, checked, stop, grammar, healing = _validate(lm, prompts, method, max_new_tokens, seed, stop,
+                                                           {k: v for k, v in params.items() if k != "logprobs"})
     seeds = list(seed) if isinstance(seed, (list, tuple)) else \
         [None if seed is None else seed + i for i in range(len(ids))]
-    if not info.continuous or params.get("constraint") is not None or params.get("token_healing"):
+    if grammar is not None:
+        params = {**params, "constraint": grammar}
+    if not info.continuous:
         out: list[Generation] = []
         per_row = params.get("constraint")
         for lo in range(0, len(ids), max_batch):
@@ -177,7 +180,8 @@ def _windowed(lm, prompts: list, method: str, max_new_tokens: int, seed, stop, p
                                   seed=seeds[lo : lo + max_batch] if seed is not None else None, stop=stop, **group)
         return out
     top = check_top(params.get("logprobs"))
-    engine = Engine(lm, method, **checked)
+    grammars = grammar if isinstance(grammar, list) else [grammar] * len(ids)
+    engine = Engine(lm, method, mixed=grammar is not None and not fast_forwards(info, mixed=False), **checked)
     rows: dict[int, int] = {}  # engine row → prompt index
     results: dict[int, Generation] = {}
     waiting = list(range(len(ids)))[::-1]
@@ -185,7 +189,8 @@ def _windowed(lm, prompts: list, method: str, max_new_tokens: int, seed, stop, p
         while len(results) < len(ids):
             while waiting and len(rows) - len(results) < max_batch:  # refill the batch from the queue
                 i = waiting.pop()
-                rows[engine.add(ids[i], max_new_tokens=max_new_tokens, seed=seeds[i], stop=stop, logprobs=top)] = i
+                rows[engine.add(ids[i], max_new_tokens=max_new_tokens, seed=seeds[i], stop=stop, logprobs=top,
+                                constraint=grammars[i], token_healing=healing)] = i
             for event in engine.step():
                 if event.generation is not None:
                     results[rows[event.row]] = event.generation

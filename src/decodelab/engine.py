@@ -102,7 +102,8 @@ class Context:
         self.unhealed: list[list[int]] = prompts
         self.open = False  # more rows may join: a method idles (yields nothing) instead of ending
         self.row_stats: dict[int, Stats] | None = None  # per-row draft counts (the Engine's rows)
-        self.row_samplers: dict[int, Sampler] = {}  # rows with sampling parameters of their own (Engine.add)
+        # rows with a sampler of their own (Engine.add: own sampling parameters, grammar or token healing)
+        self.row_samplers: dict[int, Sampler] = {}
         self.row_params: dict[int, dict] = {}  # rows with parameters of their own (a mixed Engine's methods)
         self._pending = list(range(len(prompts)))  # rows not yet admitted by the method
         self._views: dict[int, RowContext] = {}
@@ -129,6 +130,14 @@ class Context:
     def sampler_of(self, b: int) -> Sampler:
         """Row b's sampler: its own when it brought sampling parameters, else the batch's."""
         return self.row_samplers.get(b, self.sampler)
+
+    def row_sampler(self, b: int) -> Sampler:
+        """Row b's sampler for row b's history alone: a view of the batch's (its row b), or of the row's
+        own (`row_samplers`, made for that row alone: its row 0)."""
+        own = self.row_samplers.get(b)
+        if own is not None:
+            return own.for_row(0, len(self.prompts[b]))
+        return self.sampler.for_row(b, len(self.prompts[b]))
 
     def release(self, b: int) -> None:
         """Row b has left the batch for good: drop what it holds (a long-running server adds rows forever)."""
@@ -202,7 +211,7 @@ class RowContext:
         self.parent, self.b = parent, b
         self.lm, self.stats = parent.lm, parent.stats
         self.params = parent.row_params.get(b, parent.params)  # its method's parameters (a mixed batch)
-        self.sampler = parent.sampler_of(b).for_row(b, len(parent.prompts[b]))  # row b's own, unpadded
+        self.sampler = parent.row_sampler(b)  # row b's own, for its unpadded history
         self.max_new_tokens = parent.max_new[b]
         self.prompts, self.out = [parent.prompts[b]], [parent.out[b]]
         self.generator = parent.generators[b] if parent.generators else None
@@ -336,13 +345,23 @@ class _RowState:
         return text[: max(end, self.sent)]
 
 
-def _no_grammar(params: dict) -> None:
-    """The Engine's rows join a running batch one by one; a grammar or token healing is set up per batch
-    (constraints.row_processors) and is not offered there: say so instead of calling it unknown."""
-    given = [k for k in ("constraint", "token_healing") if k in params]
+def _per_row_only(params: dict) -> None:
+    """A grammar or token healing belongs to one row of an Engine (`Engine.add`), not to the Engine."""
+    given = [k for k in ROW_OPTIONS if k in params]
     if given:
-        raise UserError(f"Engine (continuous batching) takes no {given[0]}; run constrained or healed requests "
-                        "with decodelab.generate_batch (the server does)")
+        raise UserError(f"an Engine takes {given[0]} per row: pass it to Engine.add")
+
+
+ROW_OPTIONS = ("constraint", "token_healing")  # Engine.add's per-row options besides sampling parameters
+
+
+def fast_forwards(info, mixed: bool) -> bool:
+    """Does an Engine of this method (mixed or not) run the propose → verify loop, which feeds a row's
+    grammar-forced tokens at once (constraints/fastforward.py)? Every speculative method's does, and a mixed
+    Engine's; a plain greedy or sample Engine's loop decodes one token per step."""
+    from .methods.autoregressive import no_draft
+
+    return mixed or info.proposers is not no_draft
 
 
 def run_method(info, lm: LM, prompts: list[list[int]], params: dict, max_new_tokens: int,
@@ -408,8 +427,9 @@ class Engine:
     forward over the rows alive now; a row added with `add()` is prefilled and merged into the batch
     before the next step (`Session.merge`), and a finished or cancelled row leaves at once. Rows share the
     method and its own parameters (a draft, widths …); each has its own prompt, seed, `max_new_tokens`,
-    stop strings and, when given, sampling parameters, and its tokens are those it would get alone with
-    the same seed and parameters (tests/methods/test_engine_continuous.py).
+    stop strings and, when given, sampling parameters, grammar and token healing, and its tokens are those
+    it would get alone with the same seed and parameters (tests/methods/test_engine_continuous.py,
+    tests/methods/test_engine_constrained.py).
 
         engine = Engine(lm, "pld")
         row = engine.add(lm.encode("def f(x):"), max_new_tokens=64, seed=0)
@@ -422,7 +442,7 @@ class Engine:
         from .methods import get
 
         self.info = get(method)
-        _no_grammar(params)
+        _per_row_only(params)
         if not self.info.continuous:
             users = ", ".join(sorted(n for n, m in _methods().items() if m.continuous))
             raise UserError(f"method {method!r} cannot take rows into a running batch; continuous methods: {users}")
@@ -455,12 +475,16 @@ class Engine:
 
     def add(self, prompt: str | list[int], *, max_new_tokens: int = 64, seed: int | None = None,
             stop: str | list[str] | None = None, logprobs: int | None = None, method: str | None = None,
-            **sampling) -> int:
+            constraint: dict | None = None, token_healing: bool = False, **sampling) -> int:
         """A new row (text or token ids); it joins the batch at the next step. Returns its row id.
 
         `logprobs=k`: its Generation carries each token's log p and k alternatives (decodelab/logprobs.py).
         `**sampling` (temperature, top_p, … — SamplingParams names): this row's own sampling parameters;
         rows with different ones share the batch, each verified and drawn under its own.
+        `constraint=` (docs/CONSTRAINTS.md) and `token_healing=True`: this row's own grammar and healing,
+        with the tokens (same seed: the same text) `generate` gives it alone; a grammar needs an Engine
+        whose loop verifies drafts (`fast_forwards`: a speculative method's, or any Engine made with
+        `mixed=True`), which feeds grammar-forced tokens at once as `generate` does.
         `method=` (an Engine made with `mixed=True`): this row's own method, with its own parameters among
         `**sampling` — greedy, sample and the speculative methods share one batch, each row drafting with
         its own proposer and all rows verified in one forward per step."""
@@ -468,25 +492,37 @@ class Engine:
         from .logprobs import check_top
         from .processors import SAMPLING_DEFAULTS
 
-        _no_grammar(sampling)
+        _per_row_only(sampling)
         stop = check_common(max_new_tokens, stop)
         check_seed(seed)
         top = check_top(logprobs)
-        if method is not None and method != self.info.name or self.mixed and sampling:
-            return self._add_mixed(prompt, method or self.info.name, max_new_tokens, seed, stop, logprobs, sampling)
-        own = sorted(set(sampling) - set(SAMPLING_DEFAULTS))
-        if own:
-            raise UserError(f"Engine.add takes sampling parameters only; {own[0]!r} is the method's, set when "
-                            "the Engine is made")
-        params = self.info.check_params({**self._given, **sampling}) if sampling else self.params
+        mixed = method is not None and method != self.info.name or self.mixed and bool(sampling)
+        if mixed:
+            params = self._mixed_params(method or self.info.name, sampling)
+        else:
+            own = sorted(set(sampling) - set(SAMPLING_DEFAULTS))
+            if own:
+                raise UserError(f"Engine.add takes sampling parameters only; {own[0]!r} is the method's, set "
+                                "when the Engine is made")
+            params = self.info.check_params({**self._given, **sampling}) if sampling else None
+        grammar = self._grammar(constraint, token_healing, top)
         ids = prompt_ids(self.lm, prompt)
-        sampler = Sampler(params, prompt_len=0) if sampling else self.ctx.sampler
+        from .constraints import row_processors
+
+        (healed_ids,), mask, healer, (healed,) = row_processors(self.lm, [ids], grammar, token_healing)
+        own_sampler = params is not None or mask is not None or healer is not None
+        sampler = Sampler(params or self.params, prompt_len=len(healed_ids), constraint=mask,
+                          healing=healer) if own_sampler else self.ctx.sampler
         generator = None if sampler.greedy else row_generators(seed, 1)[0]
-        b = self.ctx.add_row(ids, generator, max_new_tokens)
-        if sampling:
+        b = self.ctx.add_row(healed_ids, generator, max_new_tokens)
+        if own_sampler:
             self.ctx.row_samplers[b] = sampler
+        if params is not None:
             self._row_params[b] = params
-        self.rows[b] = _RowState(self.lm, stop)
+        if mixed:
+            self.ctx.row_params[b] = params
+            self._row_method[b] = method or self.info.name
+        self.rows[b] = _RowState(self.lm, stop, mask.rows[0] if mask is not None else None, healed)
         self.ctx.row_stats[b] = Stats()
         if top is not None:
             from .logprobs import Scorer
@@ -495,8 +531,8 @@ class Engine:
         self._started[b] = (time.perf_counter(), self.stats.forward_passes, self.stats.draft_forward_passes)
         return b
 
-    def _add_mixed(self, prompt, method: str, max_new_tokens, seed, stop, logprobs, given: dict) -> int:
-        """A row of its own method and parameters in a mixed engine (each checked by that method)."""
+    def _mixed_params(self, method: str, given: dict) -> dict:
+        """A row's own method and parameters in a mixed engine (each checked by that method)."""
         from .methods import get
 
         if not self.mixed:
@@ -506,13 +542,27 @@ class Engine:
         if info.proposers is None:
             users = ", ".join(sorted(n for n, m in _methods().items() if m.proposers is not None))
             raise UserError(f"method {method!r} cannot share a batch with other methods; these can: {users}")
-        params = info.check_params({**(self._given if method == self.info.name else {}), **given})
-        b = self.add(prompt, max_new_tokens=max_new_tokens, seed=seed, stop=stop, logprobs=logprobs)
-        sampler = Sampler(params, prompt_len=0)
-        self.ctx.generators[b] = None if sampler.greedy else row_generators(seed, 1)[0]
-        self.ctx.row_samplers[b], self.ctx.row_params[b], self._row_params[b] = sampler, params, params
-        self._row_method[b] = method
-        return b
+        return info.check_params({**(self._given if method == self.info.name else {}), **given})
+
+    def _grammar(self, constraint, token_healing, top: int | None):
+        """A row's compiled grammar (None when it has none), after checking its per-row options."""
+        from .constraints import compile_constraint
+        from .logprobs import refuse_healed
+
+        if not isinstance(token_healing, bool):
+            raise UserError(f"token_healing must be True or False, got {token_healing!r}")
+        refuse_healed(top, token_healing)
+        if constraint is None:
+            return None
+        if not fast_forwards(self.info, self.mixed):
+            raise UserError(f"a constrained row needs an Engine that verifies drafts: Engine(lm, {self.info.name!r}, "
+                            "mixed=True) feeds grammar-forced tokens at once as generate does")
+        try:
+            return compile_constraint(self.lm, constraint)
+        except UserError:
+            raise
+        except ValueError as exc:  # the grammar compiler's own check: still the input's fault
+            raise UserError(str(exc)) from None
 
     def _proposer(self, view):
         """Row view → its proposer, from its method's factory (one factory per method and parameters, so
@@ -572,6 +622,8 @@ class Engine:
         stats.log_z = self.ctx.kept_log_z(b, len(row.tokens))
         method = self._row_method.pop(b, self.info.name)
         gen = _generation(self.lm, row, stats, method, self._row_params.pop(b, self.params))
+        if row.constraint is not None:
+            gen.incomplete, gen.error = not row.grammar_done, row.error
         return Event(gen.text[row.sent:], row.unsent, b, gen)  # step() adds its logprobs
 
     def close(self) -> None:

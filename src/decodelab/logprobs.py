@@ -28,6 +28,14 @@ def check_top(value) -> int | None:
     return value
 
 
+def refuse_healed(top: int | None, token_healing: bool) -> None:
+    """Logprobs are of the prompt as given: a healed prompt (backed up by a token the first generated token
+    overlaps) has none to report."""
+    if top is not None and token_healing:
+        raise UserError("logprobs are defined without token healing (a healed prompt is not the prompt given: "
+                        "its first generated token overlaps it)")
+
+
 @torch.inference_mode()
 def score(lm, prompt: list[int], tokens: list[int], top: int = 0):
     """(log p of each token, its `top` most likely alternatives as (token id, log p) pairs) under `lm`."""

@@ -106,16 +106,3 @@ def test_rows_with_their_own_sampling_parameters_share_the_batch(method):
         assert done[i].params["temperature"] == kw["temperature"]
     with pytest.raises(UserError, match="sampling parameters only"):
         engine.add(PROMPTS[0], num_draft_tokens=2)
-
-
-def test_constraint_and_token_healing_are_refused_by_name():
-    """The Engine does not run grammars or token healing: asking for either, when it is made or per row,
-    is one line naming the option and where it is offered (not "unknown parameter")."""
-    from fakes import tiny_lm
-
-    lm = tiny_lm("llama", seed=0)
-    for option, value in (("constraint", {"regex": "a+"}), ("token_healing", True)):
-        with pytest.raises(ValueError, match=f"takes no {option}; .*generate_batch"):
-            decodelab.Engine(lm, "greedy", **{option: value})
-        with pytest.raises(ValueError, match=f"takes no {option}; .*generate_batch"):
-            decodelab.Engine(lm, "greedy").add("ab", **{option: value})

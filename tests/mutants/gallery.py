@@ -287,4 +287,22 @@ MUTANTS = [
             "the row keeps the first leaf's branch",
         ),
     ]),
+    Mutant(
+        "engine-row-ignores-its-grammar",
+        "src/decodelab/engine.py",
+        "prompt_len=len(healed_ids), constraint=mask,",
+        "prompt_len=len(healed_ids), constraint=None,",
+        ("tests/methods/test_engine_constrained.py::test_constrained_and_healed_rows_in_a_running_batch_equal_each_row_alone[greedy-True-False-native]",
+         "tests/methods/test_engine_constrained.py::test_constrained_and_healed_rows_in_a_running_batch_equal_each_row_alone[speculative-False-True-transformers]",
+         "tests/methods/test_engine_constrained.py::test_a_mixed_engine_takes_constrained_rows_of_every_method"),
+        "a constrained row joins the continuous Engine, which checks and compiles its grammar but never masks it",
+    ),
+    Mutant(
+        "engine-row-unhealed",
+        "src/decodelab/engine.py",
+        "                          healing=healer) if own_sampler else self.ctx.sampler",
+        "                          healing=None) if own_sampler else self.ctx.sampler",
+        ("tests/methods/test_engine_constrained.py::test_constrained_and_healed_rows_in_a_running_batch_equal_each_row_alone[pld-False-False-native]", "tests/methods/test_engine_constrained.py::test_constrained_and_healed_rows_in_a_running_batch_equal_each_row_alone[sample-True-True-transformers]"),
+        "an Engine row backs its prompt up for token healing but its first token ignores the removed text",
+    ),
 ]

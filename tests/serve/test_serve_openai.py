@@ -6,6 +6,8 @@ model, so these tests check the server's plumbing, not hard-coded strings.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import decodelab
@@ -271,3 +273,19 @@ def test_streamed_logprobs_arrive_with_their_chunks(live, served_lm):
     with pytest.raises(openai.BadRequestError, match="logprobs"):  # search methods: not streamed with logprobs
         list(client.completions.create(model="tiny-llama", prompt=PROMPT, max_tokens=4, logprobs=1, stream=True,
                                        extra_body={"method": "beam"}))
+
+
+def test_a_streamed_json_response_with_logprobs_equals_the_api(live, served_lm):
+    """response_format json_schema, streamed with logprobs (a constrained row of the continuous engine):
+    the pieces make `decodelab.generate`'s constrained text, and their logprobs are its logprobs."""
+    _, client = live
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"enum": [1, 2, 3]}},
+              "required": ["ok", "n"], "additionalProperties": False}
+    ref = decodelab.generate(served_lm, "x", max_new_tokens=24, constraint={"json_schema": schema}, logprobs=1)
+    chunks = list(client.completions.create(
+        model="tiny-llama", prompt="x", max_tokens=24, logprobs=1, stream=True,
+        extra_body={"response_format": {"type": "json_schema", "json_schema": {"name": "t", "schema": schema}}}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == ref.text
+    json.loads(ref.text)
+    flat = [lp for c in chunks if c.choices and c.choices[0].logprobs for lp in c.choices[0].logprobs.token_logprobs]
+    assert flat == pytest.approx(ref.logprobs, abs=1e-4)

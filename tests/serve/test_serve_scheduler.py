@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -225,3 +226,54 @@ def test_stream_interval_sends_a_rows_text_every_n_tokens(served_lm):
         assert final.token_ids == decodelab.generate(served_lm, prompt, max_new_tokens=18).token_ids
     with pytest.raises(ValueError, match="stream_interval"):
         ContinuousScheduler(served_lm, stream_interval=0)
+
+
+@pytest.mark.parametrize("mix", [True, False])
+def test_constrained_and_healed_requests_join_the_running_batch(served_lm, mix):
+    """Requests with a grammar or token healing are continuously batched like any other: while a long plain
+    request streams, constrained greedy / sample / pld requests and a healed one join its batch (a
+    constrained greedy or sample row in an engine that fast-forwards forced tokens), a request with a bad
+    grammar fails alone, and every row equals generate() alone and satisfies its grammar."""
+    from decodelab.serve.scheduler import ContinuousScheduler
+
+    scheduler = ContinuousScheduler(served_lm, max_batch=8, mix_methods=mix)
+    scheduler.start()
+    first, ended = [], []
+
+    def noting(events, name):
+        def emit(event):
+            events.append(event)
+            if event.generation is not None or event.error is not None:
+                ended.append(name)
+        return emit
+    scheduler.submit(_job(served_lm, ["def f(x):"], first, stream=True, max_new_tokens=48))
+    scheduler._queue[-1].emit = noting(first, "first")
+    deadline = time.monotonic() + 60
+    while not first:  # the plain row is generating
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    regex = {"regex": r"(yes|no), [0-9]{2}"}
+    jobs = [("greedy", {"constraint": regex}, True, 12), ("sample", {"constraint": regex, "temperature": 1.0}, False, 12),
+            ("pld", {"constraint": regex}, True, 12), ("greedy", {"token_healing": True}, True, 2),
+            ("greedy", {"constraint": {"regex": "("}}, True, 12)]  # (the healed row ends first: beside the others)
+    logs = [[] for _ in jobs]
+    with scheduler._cond:  # submitted together: admitted in one pass while the first row runs
+        for events, (method, params, greedy, n) in zip(logs, jobs):
+            scheduler._queue.append(_job(served_lm, ["answer:"], events, greedy=greedy, params=params,
+                                         max_new_tokens=n, method=method))
+            scheduler._queue[-1].emit = noting(events, method)
+        scheduler._cond.notify()
+    _drain(scheduler)
+    scheduler.stop()
+    assert ended[-1] == "first"  # the others did not wait for the running batch to drain
+    for events, (method, params, _, n) in zip(logs[:-1], jobs):
+        gen = _finals(events)[0]
+        assert gen.stats.batch_size >= 2 or not mix, (method, params)  # beside other methods' rows (mixed)
+        ref = decodelab.generate(served_lm, "answer:", method=method, max_new_tokens=n, seed=5, **params)
+        assert gen.token_ids == ref.token_ids and gen.text == ref.text, (method, params)
+        if "constraint" in params:
+            assert re.fullmatch(regex["regex"], gen.text) and gen.incomplete is False
+    assert [type(e.error).__name__ for e in logs[-1]] == ["UserError"]
+    assert "invalid regex constraint" in str(logs[-1][0].error)
+    ref = decodelab.generate(served_lm, "def f(x):", max_new_tokens=48)
+    assert _finals(first)[0].token_ids == ref.token_ids

@@ -63,9 +63,22 @@ def request_body(args, index: int, prompts: list[str]) -> dict:
             "seed": args.seed + index, "method": method, "stream": not args.no_stream}
     if params_for(args, method):
         body["method_params"] = params_for(args, method)
+    constraint = constraint_of(args, index)
+    if constraint is not None:  # a suite prompt's grammar (the json suite), as vLLM's structured_outputs
+        (kind, value), = constraint.items()
+        body["structured_outputs"] = {STRUCTURED.get(kind, kind): value}
     if not args.no_stream:
         body["stream_options"] = {"include_usage": True}
     return body
+
+
+STRUCTURED = {"json_schema": "json", "lark": "grammar"}  # decodelab's constraint keys → structured_outputs
+
+
+def constraint_of(args, index: int) -> dict | None:
+    """Request i's constraint: that of its suite prompt (cycled like the prompts), or None."""
+    constraints = getattr(args, "constraints", None) or [None]
+    return constraints[index % len(constraints)]
 
 
 def request_method(args, index: int) -> str:
@@ -351,13 +364,14 @@ def baseline(lm, args, prompts: list[str], n: int, responses: list[dict]) -> dic
 
     for method in args.methods:  # warm-up, as the server had its warm-up request
         generate(lm, prompts[0], method=method, max_new_tokens=args.max_tokens, seed=args.seed,
-                 temperature=args.temperature, **params_for(args, method))
+                 temperature=args.temperature, constraint=constraint_of(args, 0), **params_for(args, method))
     t0, cpu0, tokens, same = clock(), _own_cpu_s(), 0, 0
     texts = {r["index"]: r["text"] for r in responses if r["ok"]}
     for i in range(n):
         method = request_method(args, i)
         g = generate(lm, prompts[i % len(prompts)], method=method, max_new_tokens=args.max_tokens,
-                     seed=args.seed + i, temperature=args.temperature, **params_for(args, method))
+                     seed=args.seed + i, temperature=args.temperature, constraint=constraint_of(args, i),
+                     **params_for(args, method))
         tokens += len(g.token_ids)
         same += texts.get(i) == g.text
     wall, cpu = clock() - t0, _own_cpu_s() - cpu0
@@ -395,7 +409,7 @@ def paired(target: Target, lm, args, prompts: list[str]) -> dict:
         method = request_method(args, i)
         t0 = clock()
         g = generate(lm, prompts[i % len(prompts)], method=method, max_new_tokens=args.max_tokens, seed=args.seed + i,
-                     temperature=args.temperature, **params_for(args, method))
+                     temperature=args.temperature, constraint=constraint_of(args, i), **params_for(args, method))
         order.append("in-process")
         return g, clock() - t0
 
@@ -512,7 +526,9 @@ def run(args) -> dict:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    prompts = [p.text[-args.prompt_chars:] for p in load_suite(args.suite).prompts]
+    suite = load_suite(args.suite).prompts
+    prompts = [p.text[-args.prompt_chars:] for p in suite]
+    args.constraints = [p.constraint for p in suite]  # the json suite's schemas go with their prompts
     lm = _load(args) if (args.server == "inprocess" and not args.url) or args.baseline or args.paired else None
     if args.url:
         target = url_target(args.url, args.api_key)

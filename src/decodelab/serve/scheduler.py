@@ -19,7 +19,9 @@ to its end. `ContinuousScheduler` (the server's default) is continuous batching 
 2022): rows of every request whose method takes joining rows (`MethodInfo.continuous`: greedy, sample,
 every speculative method) join a running `decodelab.Engine` between two steps and leave it as soon as
 they finish or their client goes away; streamed and non-streamed rows share the batch, and so do rows
-with different sampling parameters (each row is drawn and verified under its own) and, once requests of
+with different sampling parameters (each row is drawn and verified under its own), with different
+grammars or token healing (each row masked by its own matcher; a constrained greedy or sample row joins an
+engine whose loop feeds grammar-forced tokens at once, as `generate` does) and, once requests of
 different methods overlap, rows of different methods (a mixed Engine: each row drafts with its own
 method's proposer, one target forward per step verifies them all). Both implement
 `Scheduler`: `submit`, `waiting`, `running`, `start`, `stop`, and the same events.
@@ -35,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..engine import Generation
+from ..engine import ROW_OPTIONS, Generation
 
 
 class QueueFull(Exception):
@@ -265,11 +267,12 @@ class BatchingScheduler:
 
 class ContinuousScheduler(BatchingScheduler):
     """Continuous batching: one `decodelab.Engine` per (method, method parameters), stepped in turn by the
-    worker; each row brings its own sampling parameters (temperature, top-p, penalties …).
+    worker; each row brings its own sampling parameters (temperature, top-p, penalties …), grammar and
+    token healing.
 
     Between two steps the worker admits waiting requests in arrival order while the live rows stay within
     `max_batch` (the oldest waits rather than being overtaken), cancels the rows of clients that went away,
-    and runs a request that cannot join an engine (a search method, a grammar constraint) on its own. A
+    and runs a request that cannot join an engine (a search, meta or diffusion method) on its own. A
     failing engine fails only its own rows; the worker goes on.
     """
 
@@ -286,13 +289,17 @@ class ContinuousScheduler(BatchingScheduler):
         return len({id(job) for job, _ in list(self._owners.values())}) + self._running
 
     def _continuous_key(self, job: Job) -> tuple | None:
+        from ..engine import fast_forwards
         from ..methods import methods
 
         info = methods().get(job.method)
-        if info is None or not info.continuous or "constraint" in job.params or "token_healing" in job.params:
+        if info is None or not info.continuous:
             return None
-        own, _ = _split(job.params)  # rows with different sampling parameters share one engine
-        return job.method, json.dumps(own, sort_keys=True)
+        own, _ = _split(job.params)  # rows with different sampling parameters or grammars share one engine
+        key = job.method, json.dumps(own, sort_keys=True)
+        if "constraint" in job.params and not fast_forwards(info, mixed=False):
+            return key + (FAST_FORWARD,)  # a plain greedy / sample engine does not feed forced tokens
+        return key
 
     def _loop(self) -> None:
         while True:
@@ -333,6 +340,7 @@ class ContinuousScheduler(BatchingScheduler):
             try:
                 own, sampling = _split(job.params)
                 key, engine = self._engine_for(key, job.method, own)
+                sampling.update({k: job.params[k] for k in ROW_OPTIONS if k in job.params})
                 extra = {"method": job.method, **own} if key == MIXED else {}
                 for row in job.rows:
                     b = engine.add(row.prompt, max_new_tokens=job.max_new_tokens, seed=row.seed, stop=job.stop,
@@ -356,7 +364,7 @@ class ContinuousScheduler(BatchingScheduler):
         if MIXED in self._engines:
             return MIXED, self._engines[MIXED]
         if key not in self._engines:
-            self._engines[key] = Engine(self.lm, method, **own)
+            self._engines[key] = Engine(self.lm, method, mixed=FAST_FORWARD in key, **own)
         return key, self._engines[key]
 
     def _fail(self, key: tuple, job: Job, exc: Exception) -> None:
@@ -408,11 +416,15 @@ class ContinuousScheduler(BatchingScheduler):
 
 
 MIXED = ("mixed",)  # the key of the engine whose rows bring their own methods (Engine(mixed=True))
+# the last element of the key of a greedy / sample engine made to take constrained rows (a mixed Engine,
+# whose loop feeds grammar-forced tokens at once, engine.fast_forwards)
+FAST_FORWARD = "fast-forward"
 
 
 def _split(params: dict) -> tuple[dict, dict]:
-    """(the method's own parameters, the sampling parameters) of a request."""
+    """(the method's own parameters, the sampling parameters) of a request; its grammar and token healing,
+    per row like sampling, are in neither (Engine.add takes them)."""
     from ..processors import SAMPLING_DEFAULTS
 
-    return ({k: v for k, v in params.items() if k not in SAMPLING_DEFAULTS},
+    return ({k: v for k, v in params.items() if k not in SAMPLING_DEFAULTS and k not in ROW_OPTIONS},
             {k: v for k, v in params.items() if k in SAMPLING_DEFAULTS})

@@ -140,9 +140,9 @@ class Server:
         if top is not None and req.token_healing:
             raise ApiError(400, "logprobs are defined without token healing (the first token overlaps the prompt)",
                            "logprobs")
-        if top is not None and req.stream and (not methods()[method].continuous or _constraint(req) is not None):
+        if top is not None and req.stream and not methods()[method].continuous:
             raise ApiError(400, f"streamed logprobs come from the continuous-batching engine: method {method!r} "
-                                "(or a constraint) needs stream=false for logprobs", "logprobs")
+                                "needs stream=false for logprobs", "logprobs")
         checked = self._check_params(method, params)
         if (constraint := _constraint(req)) is not None:
             params["constraint"] = constraint
