@@ -1,5 +1,5 @@
-"""A bounded load test on loopback: concurrent streaming and plain clients mixing methods, some of
-them disconnecting mid-stream. Every completed response equals its in-process reference, the token
+"""A bounded load test on loopback: concurrent streaming and plain clients mixing methods, grammars and
+token healing, some of them disconnecting mid-stream. Every completed response equals its in-process reference, the token
 counters add up, and the server is idle and healthy afterwards."""
 
 from __future__ import annotations
@@ -19,8 +19,11 @@ from serve_utils import live_server
 httpx2 = pytest.importorskip("httpx2")
 
 PROMPTS = ["def f(x):", "hello world", "abcabcabcabc", "import os\n", "for i in range(10):\n", "x = [0] * 8\n"]
+REGEX = r"(yes|no), [0-9]{2}"
 METHODS = [("greedy", {}, {}), ("pld", {"num_draft_tokens": 4}, {}), ("jacobi", {"block_size": 4}, {}),
-           ("sample", {}, {"temperature": 5.0, "seed": 9})]
+           ("sample", {}, {"temperature": 5.0, "seed": 9}),
+           ("greedy", {}, {"structured_outputs": {"regex": REGEX}}), ("pld", {}, {"token_healing": True}),
+           ("sample", {}, {"temperature": 2.0, "seed": 3, "structured_outputs": {"regex": REGEX}})]
 CLIENTS = 16
 
 
@@ -67,7 +70,9 @@ def test_concurrent_mixed_clients(served_lm):
     assert len(done) == CLIENTS - 3
     for i, token_ids, completion_tokens in done:
         req = _request(i)
-        params = {**req["method_params"], **{k: req[k] for k in ("temperature", "seed") if k in req}}
+        params = {**req["method_params"], **{k: req[k] for k in ("temperature", "seed", "token_healing") if k in req}}
+        if "structured_outputs" in req:
+            params["constraint"] = req["structured_outputs"]
         ref = decodelab.generate(served_lm, req["prompt"], method=req["method"], max_new_tokens=12, **params)
         assert token_ids == ref.token_ids, req
         assert completion_tokens == len(ref.token_ids)

@@ -346,9 +346,10 @@ def _loopback(url: str):
     return parts
 
 
-def url_target(url: str, api_key: str | None) -> Target:
+def url_target(url: str, api_key: str | None, server_pid: int | None = None) -> Target:
+    """A running loopback server; `server_pid` (its process) keeps its CPU time out of the load record."""
     parts = _loopback(url)
-    target = Target(parts.hostname, parts.port, None, None, api_key)
+    target = Target(parts.hostname, parts.port, server_pid, None, api_key)
     if _health(target) != 200:
         raise UserError(f"no healthy decodelab server at {url} (GET /health)")
     return target
@@ -457,6 +458,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--server", choices=("subprocess", "inprocess"), default="subprocess")
     p.add_argument("--url", default=None, help="benchmark a running server at http://127.0.0.1:PORT instead")
+    p.add_argument("--server-pid", type=int, default=None,
+                   help="with --url: the server's process id, so its CPU time does not count as the machine's load")
     p.add_argument("--api-key", default=None)
     p.add_argument("--max-batch", type=int, default=16, help="the server's --max-batch (1 = one request at a time)")
     p.add_argument("--max-queue", type=int, default=256)
@@ -531,7 +534,7 @@ def run(args) -> dict:
     args.constraints = [p.constraint for p in suite]  # the json suite's schemas go with their prompts
     lm = _load(args) if (args.server == "inprocess" and not args.url) or args.baseline or args.paired else None
     if args.url:
-        target = url_target(args.url, args.api_key)
+        target = url_target(args.url, args.api_key, args.server_pid)
     else:
         target = start_inprocess(args, lm) if args.server == "inprocess" else start_subprocess(args, out)
     try:
