@@ -17,6 +17,8 @@ import uuid
 from dataclasses import dataclass
 
 from ..engine import Generation
+from ..errors import UserError
+from ..logprobs import refuse_healed
 from ..methods import methods
 from .errors import ApiError
 from .metrics import Metrics
@@ -137,9 +139,10 @@ class Server:
         """A validated Job with one row per (prompt, choice); raises ApiError(400) on bad input."""
         top = _logprobs(req)
         method, params = self._params(req)
-        if top is not None and req.token_healing:
-            raise ApiError(400, "logprobs are defined without token healing (the first token overlaps the prompt)",
-                           "logprobs")
+        try:  # refused here, before the request is queued (decodelab.generate and Engine.add say the same)
+            refuse_healed(top, req.token_healing)
+        except UserError as exc:
+            raise ApiError(400, str(exc), "logprobs") from None
         if top is not None and req.stream and not methods()[method].continuous:
             raise ApiError(400, f"streamed logprobs come from the continuous-batching engine: method {method!r} "
                                 "needs stream=false for logprobs", "logprobs")
