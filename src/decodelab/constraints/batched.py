@@ -18,9 +18,10 @@ computes one mask. `premask` instead, once per step and before verification:
    threads, writing the mask at the chain's head and after each of its tokens into consecutive rows of
    one bitmask (the matcher is rolled back afterwards). A step with a single chain (batch size 1 with a
    chain draft or none: greedy, pld, speculative) has nothing to run in parallel, so it makes the same
-   call on the chain's own matcher (`LLMatcher.unsafe_compute_mask_ptr_with_draft_token`, same masks)
-   on the thread already running: handing one job to the executor's pool and waiting for it costs more
-   than the mask itself when torch's threads hold the cores;
+   call on the chain's own matcher (`LLMatcher.unsafe_compute_mask_ptr_with_draft_token`, same masks;
+   `LLMatcher.unsafe_compute_mask_ptr` for a lone head, which needs no stand-in draft token) on the
+   thread already running: handing one job to the executor's pool and waiting for it costs more than the
+   mask itself when torch's threads hold the cores;
 4. leaves each mask in its row's `RowConstraint.masks`, keyed by the node's generated tokens — the same
    key `GrammarMask` looks up, so verification reads the masks instead of computing them — and its
    additive form (0 / -inf per token, `matcher.bias_of`) in `RowConstraint.bias`, what the processor
@@ -182,10 +183,12 @@ def start(rows: list[tuple], overlap: bool) -> Pending:
     words = (chains[0][0].grammar.tokenizer.vocab_size + 31) // 32
     jobs, at = [], 0
     for _, _, matcher, rest, eos in chains:
-        # llguidance wants at least one draft token: a lone head gets a token it rejects, so nothing is
-        # computed past the head (its row in the bitmask is scratch, written only if the token is valid)
-        jobs.append((matcher, at, rest or [_rejected(matcher, eos)]))
-        at += 1 + len(jobs[-1][2])
+        # the executor wants at least one draft token per job: a lone head gets a token it rejects, so
+        # nothing is computed past the head (its row in the bitmask is scratch, written only if the token
+        # is valid); a single job runs on its own matcher, which computes a lone head's mask directly
+        draft = rest or ([] if len(chains) == 1 else [_rejected(matcher, eos)])
+        jobs.append((matcher, at, draft))
+        at += 1 + len(draft)
     bitmask = torch.full((at, words), -1, dtype=torch.int32)
     prepared = timing.clock() - t0
     if not overlap:
@@ -219,7 +222,10 @@ def fill(jobs: list[tuple], bitmask: torch.Tensor) -> None:
         matcher, at, draft = jobs[0]
         if at + 1 + len(draft) > bitmask.shape[0]:
             raise ValueError(f"{1 + len(draft)} masks from row {at} do not fit a bitmask of {bitmask.shape[0]}")
-        matcher.unsafe_compute_mask_ptr_with_draft_token(bitmask[at].data_ptr(), one_mask, draft)
+        if draft:
+            matcher.unsafe_compute_mask_ptr_with_draft_token(bitmask[at].data_ptr(), one_mask, draft)
+        else:
+            matcher.unsafe_compute_mask_ptr(bitmask[at].data_ptr(), one_mask)
     else:
         executor().unsafe_compute_mask_ptr_with_draft_token(jobs, bitmask.data_ptr(), one_mask, bitmask.shape[0])
 

@@ -216,17 +216,20 @@ class GrammarMask:
         timing.record_mask(timing.clock() - t0, len(self.rows), self.hits)
         return masked
 
-    def mask_nodes(self, keys: list[tuple[int, ...]], scores: torch.FloatTensor) -> torch.FloatTensor | None:
+    def mask_nodes(self, keys: list[tuple[int, ...]], scores: torch.FloatTensor,
+                   raw: bool = False) -> torch.FloatTensor | None:
         """scores [N, V] of one row's nodes masked at once, node i by the state after generated tokens
         keys[i] — when the step's batched call (batched.py) already computed every one of those masks;
-        else None (the caller masks node by node). The same values as calling the processor per node."""
+        else None (the caller masks node by node). The same values as calling the processor per node.
+        `raw`: the scores are the model's own logits (no processor ran before the mask), so no row can
+        have lost every allowed token to an earlier -inf and `apply_bias` skips its check."""
         t0 = timing.clock()
         if len(self.rows) != 1:
             return None
         bias = _known([(self.rows[0], key) for key in keys], scores.shape[-1])
         if bias is None:
             return None
-        masked = apply_bias(scores, bias)
+        masked = apply_bias(scores, bias, guard=not raw)
         timing.record_mask(timing.clock() - t0, len(keys), len(keys))
         return masked
 
@@ -243,13 +246,14 @@ def _known(wanted: list[tuple[RowConstraint, tuple[int, ...]]], vocab_size: int)
     return found[0][None] if len(found) == 1 else torch.stack(found)
 
 
-def apply_bias(scores: torch.FloatTensor, bias: torch.Tensor) -> torch.FloatTensor:
+def apply_bias(scores: torch.FloatTensor, bias: torch.Tensor, guard: bool = True) -> torch.FloatTensor:
     """scores [B, V] + an additive mask [B, V] (0 where allowed, -inf where forbidden: `bias_of`), i.e.
     -inf at every forbidden token; a row left with no finite score (penalties removed every allowed
-    token) gets 0 at its allowed tokens instead, so it never turns NaN."""
+    token) gets 0 at its allowed tokens instead, so it never turns NaN. `guard=False` skips that check
+    (a reduction and a device-to-host read) for finite scores, where it cannot find such a row."""
     bias = bias.to(scores.device, scores.dtype)
     masked = scores + bias
-    if not bool(torch.isfinite(masked.amax(dim=-1)).all()):  # else every row kept a finite score
+    if guard and not bool(torch.isfinite(masked.amax(dim=-1)).all()):  # else every row kept a finite score
         empty = ~torch.isfinite(masked).any(dim=-1, keepdim=True)
         if bool(empty.any()):
             masked = torch.where(empty & (bias == 0), torch.zeros_like(scores), masked)

@@ -61,7 +61,7 @@ class _TargetP:
         keys = [tuple(self.base[constraint.prompt_len:])]
         for token, parent in zip(draft.tokens, draft.parents):  # parents precede their children
             keys.append(keys[parent + 1] + (token,))
-        masked = constraint.mask_nodes(keys, logits)
+        masked = constraint.mask_nodes(keys, logits, raw=True)  # grammar_only_history: no processor before it
         return (None, None) if masked is None else self.sampler.probs_of_processed(masked)
 
     def __call__(self, node: int) -> torch.Tensor:
