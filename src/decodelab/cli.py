@@ -124,21 +124,21 @@ def _read_prompt(args) -> str:
 
 
 def cmd_generate(args) -> None:
-    from . import generate, load, methods
+    from . import batch_cli, generate, methods
 
     info = methods().get(args.method)
     if info is None:
         raise UserError(f"unknown method {args.method!r}; available: {', '.join(sorted(methods()))}")
+    batch_cli.check(args)
     params = _generate_params(args, info)
+    if args.prompts_file is not None:
+        batch_cli.run(_load_for(args, params), args, params)
+        return
     base, base_params = _baseline_params(args, params)
     prompt = _read_prompt(args)
     if not prompt:
         raise UserError("prompt is empty: give at least one token")
-    lm = load(args.model, device=args.device, dtype=args.dtype, backend=args.backend, **_load_options(args))
-    if "draft" in params:  # load it now, with the user's load options, and check the vocabulary
-        from .proposers.draft_model import resolve_draft
-
-        resolve_draft(lm, params["draft"], **_load_options(args))
+    lm = _load_for(args, params)
     run = dict(max_new_tokens=args.max_new_tokens, seed=args.seed, stop=args.stop)
     if base is not None:  # warm both up (first-call costs) so the timed runs compare like with like
         generate(lm, prompt, method=args.method, **{**run, "max_new_tokens": min(8, args.max_new_tokens)}, **params)
@@ -156,6 +156,18 @@ def cmd_generate(args) -> None:
     if ref is not None:
         print(f"{ref.method}: {_stats_line(ref.stats)}", file=sys.stderr)
         print(_comparison_line(gen, ref, info), file=sys.stderr)
+
+
+def _load_for(args, params: dict):
+    """The model (and the draft the parameters name, checked against its vocabulary now)."""
+    from . import load
+
+    lm = load(args.model, device=args.device, dtype=args.dtype, backend=args.backend, **_load_options(args))
+    if "draft" in params:  # load it now, with the user's load options, and check the vocabulary
+        from .proposers.draft_model import resolve_draft
+
+        resolve_draft(lm, params["draft"], **_load_options(args))
+    return lm
 
 
 def _stream_text(lm, prompt, args, run, params):
@@ -311,6 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_backend_flags(g)
     add_load_flags(g)
     add_constraint_flags(g)
+    g.add_argument("--prompts-file", default=None, metavar="FILE",
+                   help="generate for every prompt of a JSON-lines file (- for stdin): a JSON string, or "
+                        '{"prompt": …, "constraint": …} per line; one JSON object per row on stdout')
+    g.add_argument("--n", type=int, default=1, help="with --prompts-file: samples per prompt (row i: seed + i)")
+    g.add_argument("--max-batch", type=int, default=None,
+                   help="with --prompts-file: rows generated at once (default 8)")
     g.add_argument("--json", action="store_true", help="end stdout with one JSON object")
     g.set_defaults(func=cmd_generate)
 
@@ -326,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_backend_flags(d)
     d.add_argument("--json", action="store_true", help="end stdout with one JSON object")
     d.set_defaults(func=cmd_demo, seed=None, stop=None, param=None, draft=None, allow_pickle=False,
-                   trust_remote_code=False)
+                   trust_remote_code=False, prompts_file=None, n=1, max_batch=None)
 
     m = sub.add_parser("methods", help="list decoding methods")
     m.add_argument("--json", action="store_true")
