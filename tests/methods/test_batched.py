@@ -57,6 +57,15 @@ def test_batch_rows_equal_greedy_alone(method, backend):
         assert got.token_ids == want, (method, prompt)
 
 
+@pytest.mark.parametrize("backend", ["transformers", "native"])
+def test_pld_with_a_minimum_ngram_size_keeps_every_row_greedy(backend):
+    """min_ngram_size=2 (drafts only after a 2-gram match) changes which drafts are verified, not the tokens."""
+    lm = SHARP[backend]
+    batch = decodelab.generate_batch(lm, PROMPTS, method="pld", min_ngram_size=2, max_new_tokens=30)
+    for prompt, got in zip(PROMPTS, batch):
+        assert got.token_ids == decodelab.generate(lm, prompt, max_new_tokens=30).token_ids
+
+
 # recycling's adjacency matrix is model state shared by every row and call (by design, arXiv:2408.08696),
 # so its drafts — not its distribution — depend on what else was generated: no seed-for-seed identity.
 @pytest.mark.parametrize("backend", ["transformers", "native"])

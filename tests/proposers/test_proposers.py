@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import decodelab
+from decodelab.errors import UserError
 from decodelab.methods.loop import speculative_loop
 from decodelab.proposers.draft_model import DraftModel
 from decodelab.proposers.jacobi import Jacobi
@@ -44,9 +45,9 @@ def test_lookup_returns_the_continuation_of_the_match(ids, n, k, want):
     assert NgramIndex(n).find(ids, k) == want
 
 
-def _lookup_by_scan(ids: list[int], max_n: int, k: int) -> list[int]:
-    """The rule stated plainly: longest n first, earliest earlier occurrence, its next k tokens."""
-    for n in range(min(max_n, len(ids) - 1), 0, -1):
+def _lookup_by_scan(ids: list[int], max_n: int, k: int, min_n: int = 1) -> list[int]:
+    """The rule stated plainly: longest n ≥ min_n first, earliest earlier occurrence, its next k tokens."""
+    for n in range(min(max_n, len(ids) - 1), min_n - 1, -1):
         for start in range(len(ids) - n):
             if ids[start : start + n] == ids[-n:]:
                 return ids[start + n : start + n + k]
@@ -65,9 +66,18 @@ def test_ngram_index_follows_a_list_that_grows_is_cut_back_and_regrows(seed):
             ids = ids[: rng.randint(0, len(ids))] + [rng.randrange(6) for _ in range(rng.randint(0, 3))]
         else:  # another context altogether
             ids = [rng.randrange(6) for _ in range(rng.randint(0, 30))]
-        k = rng.randint(1, 8)
-        assert index.find(ids, k) == _lookup_by_scan(ids, 3, k), ids
+        k, min_n = rng.randint(1, 8), rng.randint(1, 3)
+        assert index.find(ids, k, min_n) == _lookup_by_scan(ids, 3, k, min_n), ids
         assert index.tokens == ids and len(index.added) == len(ids)
+
+
+def test_min_ngram_size_drafts_only_after_a_long_enough_match():
+    ids = [5, 6, 1, 2, 3, 0, 2, 3, 6]  # only the last token (6) occurred before
+    assert NgramIndex(3).find(ids, 3) == [1, 2, 3]
+    assert NgramIndex(3).find(ids, 3, min_n=2) == []
+    assert NgramIndex(3).find(ids[:-1], 3, min_n=2) == [0, 2, 3]  # "2 3" occurred before
+    with pytest.raises(UserError, match="min_ngram_size .3. must not exceed max_ngram_size .2."):
+        decodelab.methods()["pld"].check_params({"min_ngram_size": 3, "max_ngram_size": 2})
 
 
 def test_prompt_lookup_proposes_a_deterministic_chain_within_the_limit():

@@ -78,6 +78,8 @@ class MethodInfo:
     # never silently ignored
     ignores: tuple[str, ...] = ()
     ignores_why: str = ""
+    # a check across the method's checked parameters (one range each is the Params' own): raises UserError
+    check: Callable[[dict], None] | None = field(default=None, repr=False)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -115,6 +117,8 @@ class MethodInfo:
         merged = self.sampling(params).to_dict()
         for name, spec in self.specs.items():
             merged[name] = spec.check(name, params.get(name, spec.default))
+        if self.check is not None:
+            self.check(merged)
         return merged
 
 
@@ -124,12 +128,12 @@ _REGISTRY: dict[str, MethodInfo] = {}
 def register(name: str, *, description: str, lossless: bool, paper: str | None = None,
              params: dict[str, Param] | None = None, batched: bool = False, temperature: float = 0.0,
              kind: str = "causal", family: str = "decoding", continuous: bool = False, proposers=None,
-             ignores: tuple[str, ...] = (), ignores_why: str = ""):
+             ignores: tuple[str, ...] = (), ignores_why: str = "", check=None):
     """`proposers=True`: the decorated function maps a context to a per-row proposer factory, and the
     method runs the one propose → verify loop over it; a callable: that builder, for a method that runs
     its own loop (greedy, sample) but whose rows may also join a mixed batch. `ignores`: the sampling
     parameters the method does not apply (`ignores_why` says why); other values than their defaults
-    are a one-line error."""
+    are a one-line error. `check(params)`: a rule across the method's parameters, enforced with the rest."""
     def wrap(fn):
         run, builder = fn, proposers
         if proposers is True:
@@ -141,7 +145,7 @@ def register(name: str, *, description: str, lossless: bool, paper: str | None =
         _REGISTRY[name] = MethodInfo(name, description, lossless, paper, dict(params or {}), run,
                                      batched=batched, temperature=temperature, kind=kind, family=family,
                                      continuous=continuous, proposers=builder, ignores=tuple(ignores),
-                                     ignores_why=ignores_why)
+                                     ignores_why=ignores_why, check=check)
         return fn
     return wrap
 

@@ -10,6 +10,7 @@ row's context grows by the tokens a step accepted, and in a batch every row look
 
 from __future__ import annotations
 
+from ..errors import UserError
 from ..verify import Draft
 from .base import Stateless
 
@@ -24,12 +25,12 @@ class NgramIndex:
         self.first: dict[tuple[int, ...], int] = {}  # n-gram → its earliest start
         self.added: list[list[tuple[int, ...]]] = []  # per end position: the n-grams first seen there
 
-    def find(self, ids: list[int], num_tokens: int) -> list[int]:
+    def find(self, ids: list[int], num_tokens: int, min_n: int = 1) -> list[int]:
         """Up to num_tokens tokens that followed the earliest earlier occurrence of ids' final n-gram
-        (the longest n that has one); [] when none has."""
+        (the longest n ≥ min_n that has one); [] when none has."""
         self._sync(ids)
         end = len(ids)
-        for n in range(min(self.max_ngram_size, end - 1), 0, -1):
+        for n in range(min(self.max_ngram_size, end - 1), min_n - 1, -1):
             start = self.first.get(tuple(ids[end - n :]))
             if start is not None and start < end - n:  # an occurrence before the final one itself
                 return ids[start + n : start + n + num_tokens]
@@ -69,10 +70,21 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return lo
 
 
+def check_ngram_sizes(min_ngram_size: int, max_ngram_size: int) -> None:
+    if min_ngram_size > max_ngram_size:
+        raise UserError(f"min_ngram_size ({min_ngram_size}) must not exceed max_ngram_size ({max_ngram_size}): "
+                        "no n-gram would be looked up")
+
+
 class PromptLookup(Stateless):
-    def __init__(self, max_ngram_size: int, num_draft_tokens: int):
-        self.num_draft_tokens = num_draft_tokens
+    """`min_ngram_size` > 1 drafts only after a match of at least that many tokens (vLLM's
+    `prompt_lookup_min`): fewer, likelier drafts, which pays where every drafted token costs a verify
+    column — a batch on a CPU (docs/BENCHMARKS.md, tenth run); 1 is transformers' rule."""
+
+    def __init__(self, max_ngram_size: int, num_draft_tokens: int, min_ngram_size: int = 1):
+        check_ngram_sizes(min_ngram_size, max_ngram_size)
+        self.num_draft_tokens, self.min_ngram_size = num_draft_tokens, min_ngram_size
         self.index = NgramIndex(max_ngram_size)  # one per row: its context grows step by step
 
     def propose(self, ctx, limit: int) -> Draft:
-        return Draft.chain(self.index.find(ctx.ids(), min(limit, self.num_draft_tokens)))
+        return Draft.chain(self.index.find(ctx.ids(), min(limit, self.num_draft_tokens), self.min_ngram_size))
