@@ -78,8 +78,9 @@ def check_ngram_sizes(min_ngram_size: int, max_ngram_size: int) -> None:
 
 class PromptLookup(Stateless):
     """`min_ngram_size` > 1 drafts only after a match of at least that many tokens (vLLM's
-    `prompt_lookup_min`): fewer, likelier drafts, which pays where every drafted token costs a verify
-    column — a batch on a CPU (docs/BENCHMARKS.md, tenth run); 1 is transformers' rule."""
+    `prompt_lookup_min`): fewer drafts, meant for where every drafted token costs a verify column; 1 is
+    transformers' rule. On the development CPU at batch 8 on `code`, 2 gained nothing (docs/BENCHMARKS.md,
+    tenth run)."""
 
     def __init__(self, max_ngram_size: int, num_draft_tokens: int, min_ngram_size: int = 1):
         check_ngram_sizes(min_ngram_size, max_ngram_size)
