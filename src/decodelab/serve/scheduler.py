@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..constraints import compile_constraint
 from ..engine import ROW_OPTIONS, Generation
 
 
@@ -341,6 +342,8 @@ class ContinuousScheduler(BatchingScheduler):
                 own, sampling = _split(job.params)
                 key, engine = self._engine_for(key, job.method, own)
                 sampling.update({k: job.params[k] for k in ROW_OPTIONS if k in job.params})
+                if "constraint" in sampling:  # compiled once for the request's rows (n > 1, several prompts)
+                    sampling["constraint"] = compile_constraint(self.lm, sampling["constraint"])
                 extra = {"method": job.method, **own} if key == MIXED else {}
                 for row in job.rows:
                     b = engine.add(row.prompt, max_new_tokens=job.max_new_tokens, seed=row.seed, stop=job.stop,
