@@ -152,3 +152,26 @@ def test_every_causal_method_heals_or_refuses(pyco):
             full = pyco.decode([t for t in g.token_ids if t not in pyco.eos_token_ids])
             assert full.startswith(removed) and g.text == full[len(removed):], (name, prompt, full, g.text)
     assert refused == {"self_infill", "superposed"}
+
+
+def test_healing_mask_keeps_only_tokens_that_re_cover_the_text_and_never_turns_a_row_nan(pyco):
+    """The first-token mask as a processor: -inf wherever a token's text does not start with the removed
+    text; where an earlier processor already set every such token to -inf (a penalty), the row keeps 0 at
+    them instead of a NaN softmax. Past the first position it changes nothing."""
+    import torch
+
+    from decodelab.constraints import HealingMask
+    from decodelab.constraints.healing import decoded_vocab
+
+    vocab = decoded_vocab(pyco)
+    mask = HealingMask(pyco, ["(", ""], prompt_len=3)
+    scores = torch.randn(2, pyco.vocab_size)
+    out = mask(torch.zeros(2, 3, dtype=torch.long), scores)
+    ok = torch.tensor([v.startswith("(") for v in vocab])
+    assert torch.equal(torch.isfinite(out[0]), ok) and torch.equal(out[0][ok], scores[0][ok])
+    assert torch.equal(out[1], scores[1])  # an unhealed row
+    penalised = scores.masked_fill(ok, -float("inf"))
+    row = mask(torch.zeros(2, 3, dtype=torch.long), penalised)[0]
+    assert torch.equal(torch.isfinite(row), ok) and bool((row[ok] == 0).all())
+    assert not torch.isnan(row.softmax(-1)).any()
+    assert torch.equal(mask(torch.zeros(2, 4, dtype=torch.long), scores), scores)

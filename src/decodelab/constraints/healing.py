@@ -53,7 +53,10 @@ def healed_grammar(grammar: Grammar, prefix: str) -> Grammar:
 
 
 class HealingMask:
-    """Logits processor: at the first generated position only tokens that start with the removed text."""
+    """Logits processor: at the first generated position only tokens that start with the removed text.
+
+    Kept as an additive row per row (0 allowed / -inf not, what `GrammarMask` adds too: matcher.apply_bias),
+    so a row whose allowed tokens a penalty already removed never turns NaN."""
 
     needs_history = True
 
@@ -61,31 +64,34 @@ class HealingMask:
         vocab = decoded_vocab(lm)
         self.prompt_len = prompt_len
         self.removed = list(removed)  # per row: the text the first token re-covers ("" when not healed)
-        self.allowed = torch.ones(len(removed), lm.vocab_size, dtype=torch.bool)  # [B, V]
+        allowed = torch.ones(len(removed), lm.vocab_size, dtype=torch.bool)  # [B, V]
         for b, text in enumerate(removed):
             if text:
-                self.allowed[b] = torch.tensor([v.startswith(text) for v in vocab])
+                allowed[b] = torch.tensor([v.startswith(text) for v in vocab])
+        self.bias = torch.where(allowed, 0.0, -float("inf"))  # [B, V] float32
 
     def for_row(self, b: int, prompt_len: int) -> "HealingMask":
         """A one-row view for row b's own unpadded history (see GrammarMask.for_row)."""
-        return self._view(prompt_len, self.allowed[b : b + 1], self.removed[b : b + 1])
+        return self._view(prompt_len, self.bias[b : b + 1], self.removed[b : b + 1])
 
     def repeated(self, k: int) -> "HealingMask":
         """The mask for k copies of every row, prompt-major (beam search's B·K beams, DeAL's states)."""
-        return self._view(self.prompt_len, self.allowed.repeat_interleave(k, dim=0),
+        return self._view(self.prompt_len, self.bias.repeat_interleave(k, dim=0),
                           [t for t in self.removed for _ in range(k)])
 
     @staticmethod
-    def _view(prompt_len: int, allowed: torch.Tensor, removed: list[str]) -> "HealingMask":
+    def _view(prompt_len: int, bias: torch.Tensor, removed: list[str]) -> "HealingMask":
         view = HealingMask.__new__(HealingMask)
-        view.prompt_len, view.allowed, view.removed = prompt_len, allowed, removed
+        view.prompt_len, view.bias, view.removed = prompt_len, bias, removed
         return view
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         # input_ids: [B, L]; scores: [B, V]
+        from .matcher import apply_bias
+
         if input_ids.shape[1] > self.prompt_len:  # past the first generated token: nothing to do
             return scores
-        return scores.masked_fill(~self.allowed.to(scores.device), -float("inf"))
+        return apply_bias(scores, self.bias[:, : scores.shape[-1]])
 
 
 def row_processors(lm, prompts: list[list[int]], grammar: Grammar | list[Grammar] | None, token_healing: bool):
