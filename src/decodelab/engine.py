@@ -370,6 +370,7 @@ def run_method(info, lm: LM, prompts: list[list[int]], params: dict, max_new_tok
 
     `grammar` (a validated `constraints.Grammar`) masks every row with its own grammar state;
     `token_healing` backs each prompt up by one token that the first generated token must re-cover."""
+    info.refuse(constraint=grammar is not None, token_healing=token_healing)
     stats = Stats()
     from .constraints import row_processors
 

@@ -246,7 +246,7 @@ def test_a_token_outside_the_grammar_stops_the_row_with_the_reason():
         yield [[ord("a")]]
         yield [[ord("z")]]
 
-    info = SimpleNamespace(name="bad", run=bad_method)
+    info = SimpleNamespace(name="bad", run=bad_method, refuse=lambda **options: None)
     grammar = compile_constraint(TINY, {"regex": "a[bc]+"})
     params = decodelab.methods()["greedy"].check_params({})
     events = list(run_method(info, TINY, [TINY.encode("x")], params, 10, None, [], grammar))

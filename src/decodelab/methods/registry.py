@@ -80,6 +80,14 @@ class MethodInfo:
     ignores_why: str = ""
     # a check across the method's checked parameters (one range each is the Params' own): raises UserError
     check: Callable[[dict], None] | None = field(default=None, repr=False)
+    # the request options it cannot honour ("constraint", "token_healing") → why: refused, never ignored
+    refuses: dict[str, str] = field(default_factory=dict)
+
+    def refuse(self, **given: bool) -> None:
+        """One line naming the first option given that this method refuses, and why."""
+        for option, on in given.items():
+            if on and option in self.refuses:
+                raise UserError(f"{self.name} does not support {option} ({self.refuses[option]})")
 
     @property
     def params(self) -> dict[str, Any]:
@@ -128,12 +136,14 @@ _REGISTRY: dict[str, MethodInfo] = {}
 def register(name: str, *, description: str, lossless: bool, paper: str | None = None,
              params: dict[str, Param] | None = None, batched: bool = False, temperature: float = 0.0,
              kind: str = "causal", family: str = "decoding", continuous: bool = False, proposers=None,
-             ignores: tuple[str, ...] = (), ignores_why: str = "", check=None):
+             ignores: tuple[str, ...] = (), ignores_why: str = "", check=None,
+             refuses: dict[str, str] | None = None):
     """`proposers=True`: the decorated function maps a context to a per-row proposer factory, and the
     method runs the one propose → verify loop over it; a callable: that builder, for a method that runs
     its own loop (greedy, sample) but whose rows may also join a mixed batch. `ignores`: the sampling
     parameters the method does not apply (`ignores_why` says why); other values than their defaults
-    are a one-line error. `check(params)`: a rule across the method's parameters, enforced with the rest."""
+    are a one-line error. `check(params)`: a rule across the method's parameters, enforced with the rest.
+    `refuses`: request options (`constraint`, `token_healing`) the method cannot honour, each with why."""
     def wrap(fn):
         run, builder = fn, proposers
         if proposers is True:
@@ -145,7 +155,7 @@ def register(name: str, *, description: str, lossless: bool, paper: str | None =
         _REGISTRY[name] = MethodInfo(name, description, lossless, paper, dict(params or {}), run,
                                      batched=batched, temperature=temperature, kind=kind, family=family,
                                      continuous=continuous, proposers=builder, ignores=tuple(ignores),
-                                     ignores_why=ignores_why, check=check)
+                                     ignores_why=ignores_why, check=check, refuses=dict(refuses or {}))
         return fn
     return wrap
 

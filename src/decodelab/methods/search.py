@@ -179,6 +179,11 @@ def lookback(ctx) -> Iterator[list[list[int]]]:
     return lookback_search(ctx, ctx.params["num_candidates"], ctx.params["alpha"])
 
 
+def _entropy_band(p: dict) -> None:
+    if p["entropy_high"] <= p["entropy_low"]:
+        raise UserError(f"cntp needs entropy_high > entropy_low, got {p['entropy_high']} ≤ {p['entropy_low']}")
+
+
 @register("cntp", description="Cautious next token prediction: where the entropy of p is high, sample N trials "
           "up to the next punctuation and keep the one of lowest perplexity (N grows with the entropy).",
           lossless=False, paper="Cautious Next Token Prediction (arXiv:2507.03038)", temperature=1.0,
@@ -186,7 +191,8 @@ def lookback(ctx) -> Iterator[list[list[int]]]:
               "max_trials": Param(10, 1, 256, help="N_max: trials at the highest entropy"),
               "entropy_low": Param(0.01, 0.0, 100.0, help="H_lo: at or below it, one trial (plain sampling)"),
               "entropy_high": Param(1.5, 0.0, 100.0, help="H_hi: at or above it, N_max trials"),
-          })
+          }, check=_entropy_band,
+          refuses={"constraint": "each trial would need its own grammar matcher"})
 def cntp(ctx) -> Iterator[list[list[int]]]:
     p = ctx.params
     return cntp_search(ctx, p["max_trials"], p["entropy_low"], p["entropy_high"])
@@ -218,7 +224,8 @@ def adaptive_best_of_k_method(ctx) -> Iterator[list[list[int]]]:
               "infill_threshold": Param(0.25, 0.0, 1.0, help="τ: interrupt when max p < τ (once, before a suffix)"),
               "suffix_prompt": Param("return", help="text forced at the start of the suffix's first line"),
               "max_iters": Param(1, 0, 8, help="looping rounds: suffix left to right, then re-infill the middle"),
-          })
+          }, refuses={"constraint": "its output is not produced left to right",
+                      "token_healing": "its output is not produced left to right"})
 def self_infill(ctx) -> Iterator[list[list[int]]]:
     p = ctx.params
     return self_infill_search(ctx, p["infill_threshold"], p["suffix_prompt"], p["max_iters"])
@@ -235,7 +242,7 @@ self_infill.supports = fim_reason  # why a model cannot run it (bench --all skip
               "num_beams": Param(4, 1, 64, help="M: step beams"),
               "num_rollouts": Param(4, 1, 64, help="N: next steps sampled per beam"),
               "max_steps": Param(8, 1, 64, help="at most this many steps before the final completion"),
-          })
+          }, refuses={"constraint": "every rollout would need its own grammar matcher"})
 def phi(ctx) -> Iterator[list[list[int]]]:
     p = ctx.params
     return _emit_best(ctx, [phi_decoding(ctx, p["num_beams"], p["num_rollouts"], p["max_steps"])])
@@ -255,7 +262,9 @@ _SUPERPOSED = {
           paper="Superposed Decoding: Multiple Generations from a Single Autoregressive Inference Pass "
           "(arXiv:2405.18400)", lossless=False, temperature=0.06, family="search", params=_SUPERPOSED,
           ignores=WARPER_PARAMS + PENALTY_PARAMS,
-          ignores_why="it scores its drafts from the raw logits at its temperature, top num_tokens and n-gram tables")
+          ignores_why="it scores its drafts from the raw logits at its temperature, top num_tokens and n-gram tables",
+          refuses={"constraint": "the drafts share one cache position",
+                   "token_healing": "it reads the raw logits, not the processors"})
 def superposed(ctx) -> Iterator[list[list[int]]]:
     p = ctx.params
     return _emit_best(ctx, [superposed_search(ctx, p["num_drafts"], p["num_tokens"], p["alpha"],

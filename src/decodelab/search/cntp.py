@@ -21,8 +21,6 @@ from collections.abc import Iterator
 
 import torch
 
-from ..errors import UserError
-
 PUNCTUATION = ".,\n?!:;)]}"
 
 
@@ -108,10 +106,6 @@ def cntp(ctx, n_max: int, h_lo: float, h_hi: float) -> Iterator[list[list[int]]]
     """Yield a token per confident step and a whole trial per cautious step (one row)."""
     from ..methods.autoregressive import prefill
 
-    if ctx.sampler.constraint is not None:
-        raise UserError("cntp does not support constraint= (each trial would need its own grammar matcher)")
-    if h_hi <= h_lo:
-        raise UserError(f"cntp needs entropy_high > entropy_low, got {h_hi} ≤ {h_lo}")
     session = ctx.session()
     logits = prefill(ctx, session)  # [1, V]
     while True:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from ..errors import ModelError, UserError
+from ..errors import ModelError
 
 FIM = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")
 
@@ -145,9 +145,5 @@ def self_infill_parts(ctx, tau: float, suffix_prompt: str, max_iters: int) -> tu
 
 
 def self_infill(ctx, tau: float, suffix_prompt: str, max_iters: int) -> Iterator[list[list[int]]]:
-    if ctx.sampler.constraint is not None:
-        raise UserError("self_infill does not support constraint= (its output is not produced left to right)")
-    if ctx.sampler.healing is not None:
-        raise UserError("self_infill does not support token_healing (its output is not produced left to right)")
     prefix, middle, suffix = self_infill_parts(ctx, tau, suffix_prompt, max_iters)
     yield [prefix + middle + suffix]

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import UserError
 from .cntp import sample_trials
 
 TAU = 0.1  # the softmax temperature on F and A
@@ -144,8 +143,6 @@ def _foresee(ctx, cands: list[Candidate], budget: int) -> None:
 
 def phi_decoding(ctx, m: int, n: int, max_steps: int) -> list[tuple[list[int], float]]:
     """Ranked (new tokens, w) completions for ctx's one prompt; the first is the answer."""
-    if ctx.sampler.constraint is not None:
-        raise UserError("phi does not support constraint= (every rollout would need its own grammar matcher)")
     budget, gen = ctx.remaining(0), ctx.generator
     beams, final = [Beam([])], []
     for step in range(1, max_steps + 1):

@@ -109,10 +109,6 @@ def superposed(ctx, k: int, n: int, alpha: float, corpus: str, chars: int) -> li
     """The k drafts of ctx's one prompt, ranked by mean score per token (best first)."""
     from ..methods.autoregressive import prefill
 
-    if ctx.sampler.constraint is not None:
-        raise UserError("superposed does not support constraint= (the drafts share one cache position)")
-    if ctx.sampler.healing is not None:
-        raise UserError("superposed does not support token_healing (it reads the raw logits, not the processors)")
     temperature = ctx.params["temperature"]
     if temperature <= 0:
         raise UserError("superposed needs temperature > 0 (the paper's 0.06): it mixes the drafts by probability")
