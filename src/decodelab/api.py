@@ -9,7 +9,7 @@ import torch
 from .constraints import compile_constraint
 from .engine import Event, Generation, run_method
 from .errors import UserError
-from .inputs import check_common, check_seed, prompt_ids
+from .inputs import check_common, check_healing, check_seed, prompt_ids
 from .logprobs import attach, check_top, refuse_healed
 from .methods import get
 from .model import LM
@@ -53,9 +53,7 @@ def _validate(lm, prompts, method, max_new_tokens, seed, stop, params):
         raise UserError(kind_error(lm, info))
     params = _with_sampling(dict(params))
     grammar = _grammars(lm, info, params.pop("constraint", None), len(prompts))
-    healing = params.pop("token_healing", False)
-    if not isinstance(healing, bool):
-        raise UserError(f"token_healing must be True or False, got {healing!r}")
+    healing = check_healing(params.pop("token_healing", False))
     if (grammar is not None or healing) and info.kind != "causal":  # never silently unconstrained
         from .constraints.diffusion import refusal
 

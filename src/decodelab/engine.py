@@ -548,11 +548,10 @@ class Engine:
     def _grammar(self, constraint, token_healing, top: int | None):
         """A row's compiled grammar (None when it has none), after checking its per-row options."""
         from .constraints import compile_constraint
+        from .inputs import check_healing
         from .logprobs import refuse_healed
 
-        if not isinstance(token_healing, bool):
-            raise UserError(f"token_healing must be True or False, got {token_healing!r}")
-        refuse_healed(top, token_healing)
+        refuse_healed(top, check_healing(token_healing))
         if constraint is None:
             return None
         if not fast_forwards(self.info, self.mixed):

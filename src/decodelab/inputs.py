@@ -49,6 +49,12 @@ def check_seed(seed) -> None:
             raise UserError(f"seed must be an integer in [0, 2**64) or None, got {s!r}")
 
 
+def check_healing(token_healing) -> bool:
+    if not isinstance(token_healing, bool):
+        raise UserError(f"token_healing must be True or False, got {token_healing!r}")
+    return token_healing
+
+
 def check_common(max_new_tokens: int, stop) -> list[str]:
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise UserError(f"max_new_tokens must be an integer ≥ 1, got {max_new_tokens!r}")
