@@ -38,6 +38,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..errors import UserError
+from .protocol import CONSTRAINT_KIND
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 clock = time.perf_counter
@@ -66,13 +67,13 @@ def request_body(args, index: int, prompts: list[str]) -> dict:
     constraint = constraint_of(args, index)
     if constraint is not None:  # a suite prompt's grammar (the json suite), as vLLM's structured_outputs
         (kind, value), = constraint.items()
-        body["structured_outputs"] = {STRUCTURED.get(kind, kind): value}
+        body["structured_outputs"] = {STRUCTURED[kind]: value}
     if not args.no_stream:
         body["stream_options"] = {"include_usage": True}
     return body
 
 
-STRUCTURED = {"json_schema": "json", "lark": "grammar"}  # decodelab's constraint keys → structured_outputs
+STRUCTURED = {kind: key for key, kind in CONSTRAINT_KIND.items()}  # constraint kind → structured_outputs key
 
 
 def constraint_of(args, index: int) -> dict | None:

@@ -42,8 +42,12 @@ class ResponseFormat(Strict):
     json_schema: JsonSchemaFormat | None = None
 
 
+# a `structured_outputs` key (by its JSON name) → the decodelab constraint kind it asks for (docs/CONSTRAINTS.md)
+CONSTRAINT_KIND = {"json": "json_schema", "regex": "regex", "choice": "choice", "grammar": "lark"}
+
+
 class StructuredOutputs(Strict):
-    """vLLM's `structured_outputs`: exactly one of the four keys."""
+    """vLLM's `structured_outputs`: exactly one of the four keys (CONSTRAINT_KIND)."""
 
     json_: dict[str, Any] | None = Field(default=None, alias="json")
     regex: str | None = None

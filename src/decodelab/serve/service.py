@@ -22,7 +22,7 @@ from ..logprobs import refuse_healed
 from ..methods import methods
 from .errors import ApiError
 from .metrics import Metrics
-from .protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
+from .protocol import CONSTRAINT_KIND, ChatCompletionRequest, CompletionRequest, SamplingRequest
 from .scheduler import ContinuousScheduler, Job, Row, RowEvent
 from .sse import EventPipe
 
@@ -306,8 +306,7 @@ def _constraint(req: SamplingRequest) -> dict | None:
                            "response_format")
         constraint = {"json_schema": rf.json_schema.schema_}
     elif so is not None:
-        given = {k: v for k, v in (("json_schema", so.json_), ("regex", so.regex), ("choice", so.choice),
-                                   ("lark", so.grammar)) if v is not None}
+        given = {CONSTRAINT_KIND[k]: v for k, v in so.model_dump(by_alias=True, exclude_none=True).items()}
         if len(given) != 1:
             raise ApiError(400, "structured_outputs takes exactly one of json, regex, choice, grammar",
                            "structured_outputs")
